@@ -1,0 +1,55 @@
+# MarketLake: `make run` runs the offline demo, `make test` runs every test and quality gate.
+# Every target creates the virtual environment it needs from requirements.lock.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+CHART_JS := src/marketlake/web/static/vendor/lightweight-charts.standalone.production.js
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: install run test lint bench lock docs clean browser
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+# The dashboard's chart library, from the npm registry at the version pinned in web/package-lock.json.
+$(CHART_JS): web/package.json web/package-lock.json
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	npm ci --prefix web --no-audit --no-fund --silent
+	mkdir -p $(dir $(CHART_JS))
+	cp web/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js $@
+
+# Debian's Chromium for the dashboard's browser tests.
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+browser: $(CHROMIUM)
+
+install: $(STAMP) $(CHART_JS)
+
+run: install
+	$(BIN)/marketlake demo
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: lint browser
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python -m bench
+
+docs: install
+	$(BIN)/python -m marketlake.docs
+
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage*

@@ -1,0 +1,172 @@
+"""Dependencies of the routes, as ``Annotated`` aliases (``store: StoreDep`` …).
+
+Everything a route needs hangs off one :class:`ApiContext` built by
+``create_app``; nothing here is created at import time.
+
+Access: ``ReadAccess``, ``WriteAccess`` and ``AdminAccess`` authenticate the
+caller (API key or JWT), check the scope and count the request against the
+caller's rate limit. Reads are open unless ``MARKETLAKE_API_REQUIRE_KEY_FOR_READS``
+is set; a credential sent to an open route is still checked (a revoked key is
+rejected everywhere).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Path, Request
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from marketlake.api.auth import Authenticator, Principal
+from marketlake.api.cache import BarCache
+from marketlake.api.jobs import JobRunner
+from marketlake.api.observability import ApiMetrics
+from marketlake.api.ratelimit import RateLimiter
+from marketlake.config import Settings
+from marketlake.errors import InputError
+from marketlake.schema import normalize_symbol
+from marketlake.store import Store, open_store
+from marketlake.stream.bus import Bus, open_bus
+
+SYMBOL_PATTERN = r"^[A-Za-z0-9^._=\-]{1,32}$"
+TIMEFRAME_PATTERN = r"^([1-9][0-9]{0,3}[mhd]|1w|1mo)$"
+_SYMBOL = re.compile(r"^[A-Z0-9^._=\-]{1,32}$")
+
+
+@dataclass
+class ApiContext:
+    """The settings, store and services of one app instance."""
+
+    settings: Settings
+    metrics: ApiMetrics
+    auth: Authenticator
+    cache: BarCache
+    jobs: JobRunner
+    limiter: RateLimiter | None = None
+    _store: Store | None = field(default=None, repr=False)
+    owns_store: bool = False
+    _bus: Bus | None = field(default=None, repr=False)
+    owns_bus: bool = False
+
+    @property
+    def store(self) -> Store:
+        """The store; opened on first use when the app was not given one."""
+        if self._store is None:
+            self._store = open_store(self.settings.store)
+            self.owns_store = True
+        return self._store
+
+    def close_store(self) -> None:
+        if self._store is not None and self.owns_store:
+            self._store.close()
+            self._store = None
+
+    @property
+    def bus(self) -> Bus:
+        """The event bus (live SSE streams, feed states); opened on first use."""
+        if self._bus is None:
+            self._bus = open_bus(self.settings)
+            self.owns_bus = True
+        return self._bus
+
+    async def close_bus(self) -> None:
+        if self._bus is not None and self.owns_bus:
+            await self._bus.close()
+            self._bus = None
+
+
+def get_context(request: Request) -> ApiContext:
+    ctx = request.app.state.ctx
+    assert isinstance(ctx, ApiContext)
+    return ctx
+
+
+def get_store(request: Request) -> Store:
+    return get_context(request).store
+
+
+def get_settings(request: Request) -> Settings:
+    return get_context(request).settings
+
+
+def get_bus(request: Request) -> Bus:
+    return get_context(request).bus
+
+
+ContextDep = Annotated[ApiContext, Depends(get_context)]
+StoreDep = Annotated[Store, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BusDep = Annotated[Bus, Depends(get_bus)]
+
+def credential(request: Request) -> str | None:
+    """The token of ``X-API-Key`` or ``Authorization: Bearer``, if any.
+
+    Read straight from the headers (not through FastAPI's security classes, which cost
+    two dependency resolutions per request); ``create_app`` documents both schemes.
+    """
+    headers = request.headers
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def access(scope: str) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that admits callers holding ``scope`` and counts their request."""
+
+    async def check(request: Request) -> Principal:
+        ctx = get_context(request)
+        token = credential(request)
+        if token:
+            principal = ctx.auth.authenticate_cached(token)
+            if principal is None:
+                principal = await run_in_threadpool(ctx.auth.authenticate, ctx.store, token)
+        else:
+            principal = ctx.auth.anonymous()
+        if ctx.limiter is not None:
+            caller = (f"{principal.kind}:{principal.id}" if principal.kind != "anonymous"
+                      else f"ip:{request.client.host if request.client else 'unknown'}")
+            await ctx.limiter.hit(caller)
+        principal.require(scope)
+        request.state.principal = principal
+        return principal
+
+    check.__name__ = f"require_{scope}"
+    return check
+
+
+ReadAccess = Annotated[Principal, Depends(access("read"))]
+WriteAccess = Annotated[Principal, Depends(access("write"))]
+AdminAccess = Annotated[Principal, Depends(access("admin"))]
+
+
+def symbol_param(
+    symbol: Annotated[str, Path(description="Instrument symbol (case-insensitive)",
+                                examples=["AAPL"], pattern=SYMBOL_PATTERN)],
+) -> str:
+    """The path's symbol, upper-cased and checked."""
+    upper = symbol.strip().upper()
+    if _SYMBOL.match(upper):  # the common case, without building a model
+        return upper
+    try:
+        return normalize_symbol(symbol)
+    except ValidationError:
+        raise InputError(
+            f"symbol {symbol!r} is not valid: use 1-32 characters of A-Z, 0-9 and ^ . _ = - /",
+            param="symbol",
+        ) from None
+
+
+SymbolDep = Annotated[str, Depends(symbol_param)]
+
+
+async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run blocking store work off the event loop."""
+    return await run_in_threadpool(func, *args, **kwargs)

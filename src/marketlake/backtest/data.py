@@ -1,0 +1,183 @@
+"""Bars for backtests: from the store (rolled up on the fly when needed) or synthetic.
+
+A backtest works on :class:`Bars`, one symbol's OHLCV columns as NumPy arrays.
+They are checked once on the way in (finite, positive prices, increasing
+times), so strategies and the engine never meet a NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from marketlake.errors import DataError, NotFoundError
+from marketlake.schema import Timeframe, from_epoch_us, normalize_symbol, to_epoch_us
+
+if TYPE_CHECKING:
+    from marketlake.store import Store
+
+FloatArray = np.ndarray[Any, np.dtype[np.float64]]
+IntArray = np.ndarray[Any, np.dtype[np.int64]]
+PRICE_COLUMNS = ("open", "high", "low", "close")
+
+
+@dataclass(frozen=True, eq=False)
+class Bars:
+    """One symbol's bars: times in epoch microseconds (bar open, UTC) and OHLCV arrays.
+
+    ``memo`` caches values derived from these bars (indicators), so a parameter
+    sweep computes each moving average once per process, not once per run.
+    """
+
+    symbol: str
+    ts: IntArray
+    open: FloatArray
+    high: FloatArray
+    low: FloatArray
+    close: FloatArray
+    volume: FloatArray
+    _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def memo(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per ``key`` for these bars."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def check(self) -> Bars:
+        """Raise :class:`DataError` on NaN or non-positive prices or unordered times."""
+        self.memo(("checked",), self._check)
+        return self
+
+    def _check(self) -> bool:
+        for name in PRICE_COLUMNS:
+            values = getattr(self, name)
+            if len(values) and values.min() > 0 and values.max() < np.inf:  # NaN fails min > 0
+                continue
+            bad = ~(np.isfinite(values) & (values > 0))
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise DataError(
+                    f"{self.symbol}: {name} is {values[i]} at {self.time(i)} "
+                    f"({int(bad.sum())} such bars); backtests need finite positive prices — "
+                    "repair or delete those bars (see `marketlake validate`)"
+                )
+        if len(self.ts) > 1 and not bool(np.all(self.ts[1:] > self.ts[:-1])):
+            i = int(np.argmin(self.ts[1:] > self.ts[:-1])) + 1
+            raise DataError(f"{self.symbol}: bar times are not increasing at {self.time(i)}")
+        return True
+
+    def time(self, i: int) -> str:
+        """The ISO time of bar ``i``."""
+        return from_epoch_us(int(self.ts[i])).isoformat().replace("+00:00", "Z")
+
+
+def split_symbols(table: pa.Table) -> list[Bars]:
+    """Canonical bars (ordered by symbol, ts) as one :class:`Bars` per symbol, by symbol."""
+    if table.num_rows == 0:
+        return []
+    symbols = table.column("symbol").combine_chunks().dictionary_encode()
+    codes = symbols.indices.to_numpy(zero_copy_only=False)
+    names = symbols.dictionary.to_pylist()
+    columns: dict[str, Any] = {
+        c: np.ascontiguousarray(table.column(c).to_numpy(), dtype=np.float64)
+        for c in (*PRICE_COLUMNS, "volume")}
+    ts = table.column("ts").cast(pa.int64()).to_numpy()
+    if len(names) == 1:
+        return [Bars(names[0], ts, **columns)]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    out = []
+    for code in sorted(range(len(names)), key=lambda c: names[c]):
+        rows = order[bounds[code]:bounds[code + 1]]
+        out.append(Bars(names[code], ts[rows], **{c: v[rows] for c, v in columns.items()}))
+    return out
+
+
+def empty_bars(symbol: str) -> Bars:
+    """No bars of ``symbol`` (a range with no session, for instance)."""
+    nothing = np.empty(0)
+    return Bars(symbol, np.empty(0, dtype=np.int64), nothing, nothing, nothing, nothing, nothing)
+
+
+def synthetic_bars(symbols: Sequence[str], timeframe: str | Timeframe, start: datetime,
+                   end: datetime, seed: int = 7) -> pa.Table:
+    """Deterministic synthetic bars (the offline mode of ``run-simple`` and the benchmarks)."""
+    from marketlake.providers.synthetic import generate_bars
+
+    return generate_bars(list(symbols), timeframe, start, end, seed)
+
+
+def load_bars(store: Store, symbols: Sequence[str], timeframe: str | Timeframe,
+              start: datetime | None, end: datetime | None) -> list[Bars]:
+    """Stored bars of ``symbols`` in ``[start, end)``, rolled up from a finer timeframe if needed.
+
+    A symbol without bars at ``timeframe`` in the range is rolled up on the fly
+    (with :func:`marketlake.aggregate.rollup`) from the coarsest stored
+    timeframe that divides ``timeframe``. Raises :class:`NotFoundError` when
+    neither exists, saying what to ingest.
+    """
+    tf = Timeframe.parse(timeframe)
+    out = []
+    for symbol in dict.fromkeys(normalize_symbol(s) for s in symbols):
+        table = store.read_bars(symbol, tf, start, end).table
+        if table.num_rows == 0:
+            table = _rolled_up(store, symbol, tf, start, end)
+        out.append(_as_bars(symbol, table))
+    return out
+
+
+def _as_bars(symbol: str, table: pa.Table) -> Bars:
+    """One symbol's bars, ordered by time, as arrays."""
+    columns: dict[str, Any] = {
+        c: np.ascontiguousarray(table.column(c).to_numpy(), dtype=np.float64)
+        for c in (*PRICE_COLUMNS, "volume")}
+    return Bars(symbol, table.column("ts").cast(pa.int64()).to_numpy(), **columns)
+
+
+def _rolled_up(store: Store, symbol: str, tf: Timeframe, start: datetime | None,
+               end: datetime | None) -> pa.Table:
+    from marketlake.aggregate import rollup
+
+    stored = [str(t) for t in store.query("SELECT DISTINCT timeframe FROM bars WHERE symbol = ?",
+                                          [symbol]).column("timeframe").to_pylist()]
+    sources = sorted((Timeframe.parse(t) for t in stored if divides(Timeframe.parse(t), tf)),
+                     key=lambda t: t.seconds, reverse=True)
+    for source in sources:
+        lo = tf.floor(start) if start is not None else None
+        hi = tf.next_start(from_epoch_us(to_epoch_us(end) - 1)) if end is not None else None
+        finer = store.read_bars(symbol, source, lo, hi).table
+        if finer.num_rows == 0:
+            continue
+        rolled = rollup(finer, tf)
+        ts = rolled.column("ts").cast(pa.int64()).to_numpy()
+        keep = np.ones(len(ts), dtype=bool)
+        if start is not None:
+            keep &= ts >= to_epoch_us(start)
+        if end is not None:
+            keep &= ts < to_epoch_us(end)
+        if keep.any():
+            return rolled.filter(pa.array(keep))
+    have = ", ".join(sorted(set(stored))) or "none"
+    raise NotFoundError(
+        f"no {symbol} bars at {tf} (or a finer timeframe to roll up) in the range; stored "
+        f"timeframes of {symbol}: {have}. Ingest some first, e.g. `marketlake ingest "
+        f"synthetic {symbol} -t 1m --start 2024-01-02 --end 2024-02-01`"
+    )
+
+
+def divides(source: Timeframe, target: Timeframe) -> bool:
+    """True when bars of ``source`` roll up exactly into bars of ``target``."""
+    if source.is_calendar:
+        return False
+    if target.is_calendar:
+        return source.seconds <= 86400 and 86400 % source.seconds == 0
+    return source.seconds < target.seconds and target.seconds % source.seconds == 0

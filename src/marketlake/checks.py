@@ -1,0 +1,164 @@
+"""Quality checks against the store: stored bars, what an ingest job wrote, gaps.
+
+- :func:`validate_store` runs every rule over stored series and saves the report
+  (``marketlake validate``);
+- :class:`IngestQuality` is what an ingest job uses: it applies the policy to each
+  fetched batch before it is written, then checks the written range for gaps and
+  saves one report for the job;
+- :func:`stored_gaps` compares the stored bars of a series with those expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+
+from marketlake.columns import int64_values
+from marketlake.errors import NotFoundError
+from marketlake.gaps import GapScan, find_gaps, is_aligned, outside_rows
+from marketlake.quality import (
+    QualityPolicy,
+    QualityReport,
+    SeriesQuality,
+    gap_finding,
+    save_report,
+    scope_of,
+)
+from marketlake.schema import (
+    Instrument,
+    Timeframe,
+    default_instrument,
+    from_epoch_us,
+    normalize_symbol,
+    to_epoch_us,
+    utcnow,
+)
+from marketlake.store.base import Store
+from marketlake.validate import apply_policy, split_actions, validate_bars
+
+
+def instrument_of(store: Store, symbol: str) -> Instrument:
+    """The registered instrument, or the defaults for an unregistered symbol."""
+    return store.get_instrument(symbol, missing_ok=True) or default_instrument(symbol)
+
+
+def validate_store(
+    store: Store,
+    symbols: Sequence[str] | None = None,
+    timeframes: Sequence[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    policy: QualityPolicy | None = None,
+    save: bool = True,
+) -> QualityReport:
+    """Check stored series (all, or those of ``symbols`` and ``timeframes``) in
+    ``[start, end)``; the report is saved unless ``save=False``."""
+    policy = policy or QualityPolicy()
+    wanted = {normalize_symbol(s) for s in symbols} if symbols else None
+    frames = {str(Timeframe.parse(t)) for t in timeframes} if timeframes else None
+    series = [(row["symbol"], row["timeframe"]) for row in store.bar_summary()
+              if (wanted is None or row["symbol"] in wanted)
+              and (frames is None or row["timeframe"] in frames)]
+    if not series:
+        what = ", ".join(sorted(wanted)) if wanted else "any symbol"
+        raise NotFoundError(f"no stored bars for {what}"
+                            + (f" at {', '.join(sorted(frames))}" if frames else "")
+                            + "; ingest some first (`marketlake ingest ...`)")
+    report = QualityReport(kind="validate")
+    for symbol, timeframe in series:
+        table = store.read_bars(symbol, timeframe, start, end).table
+        if table.num_rows:
+            found, _ = validate_bars(table, policy, instruments={symbol: instrument_of(store,
+                                                                                       symbol)},
+                                     corporate_actions=split_actions(store, [symbol]))
+            report.extend(found)
+    if save:
+        save_report(store, report, scope_of([s for s, _ in series], [t for _, t in series],
+                                            start, end, kind="validate"))
+    return report
+
+
+def stored_gaps(store: Store, instrument: Instrument, tf: Timeframe, start: datetime,
+                end: datetime) -> GapScan:
+    """Expected and stored bars of a series in ``[start, end)`` (bars outside sessions
+    and at misaligned times fill no slot)."""
+    table = store.query(
+        "SELECT ts FROM bars WHERE symbol = ? AND timeframe = ? AND ts >= ? AND ts < ? "
+        "ORDER BY ts", [instrument.symbol, str(tf), start, end])
+    ts = int64_values(table.column("ts")) if table.num_rows else np.empty(0, np.int64)
+    ts = ts[is_aligned(ts, tf)]
+    ts = np.delete(ts, outside_rows(ts, tf, instrument))
+    return find_gaps(ts, instrument, tf, to_epoch_us(start), to_epoch_us(end))
+
+
+@dataclass
+class IngestQuality:
+    """The quality side of one ingest job: policy per batch, gaps per symbol, one report."""
+
+    store: Store
+    policy: QualityPolicy
+    timeframe: Timeframe
+    start: datetime
+    end: datetime
+    report: QualityReport = field(default_factory=lambda: QualityReport(kind="ingest"))
+    _series: dict[str, SeriesQuality] = field(default_factory=dict)
+
+    def check(self, batch: pa.Table) -> tuple[pa.Table, QualityReport]:
+        """The rows of ``batch`` to write, and what the rules found in it."""
+        kept, found = apply_policy(batch, self.policy, store=self.store, gaps=False,
+                                   kind="ingest")
+        self.report.rows += found.rows
+        self.report.findings.extend(found.findings)
+        for rule, n in found.counts.items():
+            self.report.counts[rule] = self.report.counts.get(rule, 0) + n
+        self.report.truncated |= found.truncated
+        for stats in found.series:
+            self._add(stats)
+        return kept, found
+
+    def _add(self, stats: SeriesQuality) -> None:
+        total = self._series.setdefault(stats.symbol, SeriesQuality(stats.symbol,
+                                                                    stats.timeframe))
+        for name in ("bars", "errors", "warnings", "rejected", "flagged"):
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        total.first = min(filter(None, (total.first, stats.first)), default=None)
+        total.last = max(filter(None, (total.last, stats.last)), default=None)
+
+    def finish(self, symbol: str) -> SeriesQuality:
+        """Check the job's range of ``symbol`` in the store for gaps; score it."""
+        symbol = normalize_symbol(symbol)
+        stats = self._series.pop(symbol, SeriesQuality(symbol, str(self.timeframe)))
+        end = min(self.end, utcnow())
+        if self.start < end:
+            scan = stored_gaps(self.store, instrument_of(self.store, symbol), self.timeframe,
+                               self.start, end)
+            stats.expected, stats.present = scan.expected, scan.present
+            stats.clean = max(0, scan.present - stats.flagged)
+            if self.policy.enabled("gap") and scan.gaps:
+                self.report.counts["gap"] = self.report.counts.get("gap", 0) + len(scan.gaps)
+                self.report.truncated |= len(scan.gaps) > self.policy.max_findings
+                stats.warnings += len(scan.gaps)
+                self.report.findings.extend(gap_finding(symbol, str(self.timeframe), g)
+                                            for g in scan.gaps[: self.policy.max_findings])
+        self.report.series.append(stats)
+        return stats
+
+    def save(self, job_id: str, symbols: Sequence[str], provider: str) -> str:
+        """Store the job's report; return its id."""
+        self.report.job_id = job_id
+        return save_report(self.store, self.report, scope_of(
+            symbols, [str(self.timeframe)], self.start, self.end, kind="ingest",
+            provider=provider))
+
+
+def first_last(table: pa.Table) -> tuple[datetime, datetime] | None:
+    """The first and last bar time of a table (None when empty)."""
+    if table.num_rows == 0:
+        return None
+    ts = int64_values(table.column("ts"))
+    return from_epoch_us(int(ts.min())), from_epoch_us(int(ts.max()))

@@ -1,0 +1,1 @@
+"""The ``marketlake`` command: ``app.py`` builds it, one module per command group."""

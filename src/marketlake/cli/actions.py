@@ -1,0 +1,41 @@
+"""``marketlake actions SYMBOL``: the splits and dividends stored for a symbol."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from marketlake.adjust import read_actions
+from marketlake.cli.app import state
+from marketlake.cli.output import console, show_table
+from marketlake.cli.timeopts import resolve_range
+
+
+def actions(
+    ctx: typer.Context,
+    symbol: Annotated[str, typer.Argument(help="Symbol, e.g. AAPL.")],
+    start: Annotated[str | None, typer.Option(help="From ex-date (inclusive), ISO date.")] = None,
+    end: Annotated[str | None, typer.Option(help="To ex-date (exclusive), ISO date.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List stored corporate actions: splits (ratio, 4.0 = 4-for-1) and cash dividends.
+
+    They arrive with `marketlake ingest yahoo …` and drive `marketlake bars --adjusted`.
+    """
+    store = state(ctx).store
+    store.instrument(symbol)
+    begin, stop = resolve_range(start, end, None, required=False)
+    rows = read_actions(store, symbol, begin, stop).to_pylist()
+    for row in rows:
+        row["ex_date"] = row["ts"].date().isoformat()
+    if not rows and not as_json:
+        console.print(f"no corporate actions stored for {symbol.upper()}; they come with "
+                      "`marketlake ingest yahoo`", highlight=False)
+        return
+    show_table(rows, ("ex_date", "kind", "value", "source"),
+               title=f"{symbol.upper()} corporate actions", as_json=as_json, numeric=("value",))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("actions")(actions)

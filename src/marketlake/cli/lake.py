@@ -1,0 +1,144 @@
+"""Moving data: ``export``, ``import-lake``, ``lake compact`` and ``copy``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from marketlake.cli.app import state
+from marketlake.cli.output import emit_json, show_table
+from marketlake.cli.timeopts import resolve_range
+from marketlake.errors import InputError
+from marketlake.store import open_store
+
+lake_group = typer.Typer(help="Maintain a Parquet lake written by `marketlake export`.",
+                         no_args_is_help=True)
+
+Symbols = Annotated[str | None, typer.Option(
+    "--symbols", "-s", help="Comma-separated symbols (default: all).")]
+TimeframeOpt = Annotated[str | None, typer.Option(
+    "--timeframe", "-t", help="Only this timeframe (default: all).")]
+Start = Annotated[str | None, typer.Option(help="From (inclusive), ISO date or time, UTC.")]
+End = Annotated[str | None, typer.Option(help="To (exclusive).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _symbols(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    symbols = [s.strip() for s in text.split(",") if s.strip()]
+    if not symbols:
+        raise InputError("--symbols is empty; give e.g. --symbols AAPL,MSFT", param="symbols")
+    return symbols
+
+
+def _show(summary: dict[str, Any], title: str, as_json: bool) -> None:
+    if as_json:
+        emit_json(summary)
+        return
+    rows = [{"what": k, "count": v} for k, v in summary.items() if not isinstance(v, dict)]
+    for kind in ("bars", "trades"):
+        if isinstance(summary.get(kind), dict):
+            rows += [{"what": f"{kind} {k}", "count": v} for k, v in summary[kind].items()]
+    show_table(rows, ("what", "count"), title=title, numeric=("count",))
+
+
+def export(
+    ctx: typer.Context,
+    to: Annotated[Path, typer.Option("--to", help="Lake directory (created if missing).")],
+    symbols: Symbols = None,
+    timeframe: TimeframeOpt = None,
+    start: Start = None,
+    end: End = None,
+    as_json: AsJson = False,
+) -> None:
+    """Write stored bars, trades and instruments as hive-partitioned Parquet (zstd).
+
+    Layout: DIR/bars/timeframe=…/symbol=…/year=…/part-….parquet, one file per
+    partition per export; DuckDB, Polars and Spark read it directly.
+
+    Example: `marketlake export --to lake/ --symbols AAPL,MSFT --timeframe 1m`
+    """
+    from marketlake.store.lake import export_lake
+
+    begin, stop = resolve_range(start, end, None, required=False)
+    summary = export_lake(state(ctx).store, to, symbols=_symbols(symbols), timeframe=timeframe,
+                          start=begin, end=stop)
+    result = summary.as_dict()
+    _show({k: result[k] for k in ("files", "bars", "trades", "instruments")},
+          f"exported to {to}", as_json)
+
+
+def import_lake(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Argument(help="Lake directory written by `export`.")],
+    symbols: Symbols = None,
+    timeframe: TimeframeOpt = None,
+    start: Start = None,
+    end: End = None,
+    as_json: AsJson = False,
+) -> None:
+    """Read a Parquet lake into the store; re-importing adds nothing (idempotent writes).
+
+    Example: `marketlake --store postgresql://localhost/marketlake import-lake lake/`
+    """
+    from marketlake.store.lake import import_lake as run
+
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a directory; give the --to folder of an export",
+                         param="dir")
+    begin, stop = resolve_range(start, end, None, required=False)
+    summary = run(state(ctx).store, directory, symbols=_symbols(symbols), timeframe=timeframe,
+                  start=begin, end=stop)
+    result = summary.as_dict()
+    keys = ("files", "bars", "trades", "instruments", "inserted", "duplicates", "conflicts")
+    _show({k: result[k] for k in keys}, f"imported {directory}", as_json)
+
+
+@lake_group.command("compact")
+def compact(
+    directory: Annotated[Path, typer.Argument(help="Lake directory.")],
+    as_json: AsJson = False,
+) -> None:
+    """Merge each partition's files into one (sorted, newest export wins on repeats)."""
+    from marketlake.store.lake import compact_lake
+
+    if not directory.is_dir():
+        raise InputError(f"{directory} is not a directory", param="dir")
+    result = compact_lake(directory).as_dict()
+    keys = ("partitions", "files", "removed_files", "duplicates_dropped")
+    _show({k: result[k] for k in keys}, f"compacted {directory}", as_json)
+
+
+def copy(
+    source: Annotated[str, typer.Option("--from", help="Store URI to read.")],
+    target: Annotated[str, typer.Option("--to", help="Store URI to write (migrated).")],
+    symbols: Symbols = None,
+    timeframe: TimeframeOpt = None,
+    start: Start = None,
+    end: End = None,
+    as_json: AsJson = False,
+) -> None:
+    """Copy instruments, bars and trades from one store to another, idempotently.
+
+    Example: `marketlake copy --from duckdb:///data/marketlake.duckdb
+    --to postgresql://postgres@localhost/marketlake`
+    """
+    from marketlake.store.transfer import copy_store
+
+    if source == target:
+        raise InputError("--from and --to name the same store", param="to")
+    begin, stop = resolve_range(start, end, None, required=False)
+    with open_store(source) as src, open_store(target) as dst:
+        result = copy_store(src, dst, symbols=_symbols(symbols), timeframe=timeframe,
+                            start=begin, end=stop)
+    _show(result, "copied", as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export)
+    app.command("import-lake")(import_lake)
+    app.command("copy")(copy)
+    app.add_typer(lake_group, name="lake")

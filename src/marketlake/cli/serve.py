@@ -1,0 +1,63 @@
+"""``marketlake serve``: the REST API (and dashboard) with uvicorn."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from marketlake.cli.app import state
+from marketlake.cli.output import console
+from marketlake.config import Settings
+from marketlake.errors import ConfigError
+from marketlake.store import Store
+
+FACTORY = "marketlake.api.app:app_from_env"
+
+
+def run_server(settings: Settings, *, host: str, port: int, workers: int = 1,
+               store: Store | None = None, log_format: str = "json") -> None:
+    """Serve the API until interrupted; ``store`` (one worker only) is reused as is."""
+    import uvicorn
+
+    from marketlake.api.app import create_app
+    from marketlake.api.observability import configure_logging
+
+    if workers > 1 and settings.store.startswith("duckdb:"):
+        raise ConfigError(
+            f"--workers {workers}: the embedded DuckDB store can be opened by one process only; "
+            "use --workers 1, or a PostgreSQL store (MARKETLAKE_STORE=postgresql://…) for more")
+    configure_logging(settings.log_level, json=log_format == "json")
+    console.print(f"MarketLake serving on [bold]http://{host}:{port}/[/]  (API docs at "
+                  f"http://{host}:{port}/docs; Ctrl-C stops)", highlight=False)
+    options = {"host": host, "port": port, "log_config": None, "access_log": False,
+               "proxy_headers": True, "server_header": False}
+    if workers > 1:
+        os.environ["MARKETLAKE_STORE"] = settings.store
+        os.environ["MARKETLAKE_LOG_JSON"] = "1" if log_format == "json" else "0"
+        uvicorn.run(FACTORY, factory=True, workers=workers, **options)  # type: ignore[arg-type]
+    else:
+        uvicorn.run(create_app(settings, store), **options)  # type: ignore[arg-type]
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (MARKETLAKE_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (MARKETLAKE_API_PORT).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes (MARKETLAKE_API_WORKERS); more than 1 needs PostgreSQL.")] = None,
+    log_format: Annotated[str, typer.Option(
+        "--log-format", help="json (one JSON object per line) or console.")] = "json",
+) -> None:
+    """Serve the REST API under /api/v1, /metrics, /docs and the dashboard at /."""
+    if log_format not in ("json", "console"):
+        raise ConfigError(f"--log-format {log_format!r}: use json or console")
+    st = state(ctx)
+    settings = st.settings
+    run_server(settings, host=host or settings.api_host, port=port or settings.api_port,
+               workers=workers or settings.api_workers, log_format=log_format)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

@@ -1,0 +1,140 @@
+"""Settings: one object, read from ``MARKETLAKE_*`` environment variables (and ``.env``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_STORE_URI = "duckdb:///./data/marketlake.duckdb"
+
+
+class Settings(BaseSettings):
+    """Every MarketLake setting; each field maps to ``MARKETLAKE_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MARKETLAKE_",
+        env_file=".env",
+        env_ignore_empty=True,  # `MARKETLAKE_X=` (as in .env.example) means "not set"
+        extra="ignore",
+        frozen=True,
+    )
+
+    store: str = Field(DEFAULT_STORE_URI, description="Store URI: duckdb:///FILE or postgresql://…")
+    bus: str = Field("memory://", description="Event bus: memory:// or redis://host:port/db")
+    data_dir: Path = Field(Path("./data"), description="Where the embedded store and exports live")
+    config_dir: Path = Field(Path("./config"), description="YAML files: quality, alerts, schedule")
+    csv_dir: Path = Field(Path("./data/csv"), description="Files <SYMBOL>.csv of the csv provider")
+
+    yahoo_url: str = Field("https://query2.finance.yahoo.com", description="Yahoo chart API base")
+    alpaca_url: str = Field("https://data.alpaca.markets", description="Alpaca market data base")
+    alpaca_key_id: SecretStr | None = Field(None, description="Alpaca API key id")
+    alpaca_secret_key: SecretStr | None = Field(None, description="Alpaca API secret key")
+    alpaca_feed: str = Field("iex", description="Alpaca stock feed: iex (free) or sip")
+    binance_url: str = Field("https://api.binance.com", description="Binance REST base")
+    binance_ws_url: str = Field(
+        "wss://stream.binance.com:9443", description="Binance websocket base"
+    )
+    ingest_concurrency: int = Field(4, ge=1, description="Symbols an ingest job fetches at once")
+    ingest_batch_rows: int = Field(
+        50_000, ge=1, description="Bars buffered per symbol before a checked write + checkpoint"
+    )
+    rate_limit: bool = Field(
+        True, description="Per-provider rate limiters; turn off only for a local mirror"
+    )
+    http_timeout_s: float = Field(30.0, description="Timeout of one provider HTTP request")
+
+    api_host: str = Field("127.0.0.1", description="Bind address of `marketlake serve`")
+    api_port: int = Field(8000, description="Port of `marketlake serve`")
+    api_require_key_for_reads: bool = Field(False, description="Reads need an API key too")
+    api_cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins")
+    api_rate_limit_per_minute: int = Field(
+        6000, description="Requests per key or client per minute"
+    )
+    api_jwks_url: str | None = Field(None, description="JWKS URL for JWT bearer tokens")
+    api_jwt_audience: str | None = Field(None, description="Expected JWT audience")
+    api_jwt_issuer: str | None = Field(None, description="Expected JWT issuer (iss)")
+    api_jwt_default_scopes: list[str] = Field(
+        default_factory=lambda: ["read"],
+        description="Scopes of a valid JWT that carries no scope/scp/permissions claim",
+    )
+    api_key_cache_s: float = Field(
+        5.0, description="Seconds a verified API key is remembered (a revocation takes this long)"
+    )
+    api_rate_limit_prefix: str = Field(
+        "marketlake:ratelimit:", description="Redis key prefix of the rate limiter"
+    )
+    api_cache_max_rows: int = Field(
+        1_000_000, description="Bars the API keeps in memory for hot series (0: no cache)"
+    )
+    api_cache_ttl_s: float = Field(
+        1.0, description="Seconds cached bars may be stale when other processes write the store"
+    )
+    api_workers: int = Field(1, description="Worker processes of `marketlake serve`")
+    api_access_log: bool = Field(True, description="Log one structured line per API request")
+
+    metrics_port: int = Field(
+        9464, description="Port of the Prometheus endpoint of `marketlake worker` (0: none)"
+    )
+
+    bus_prefix: str = Field("marketlake:", description="Prefix of every Redis key of the bus")
+    bus_shards: int = Field(8, ge=1, le=256,
+                            description="Redis streams the raw topic is split into by symbol")
+    bus_maxlen: int = Field(200_000, ge=100, description="Approximate entries kept per stream")
+    bus_queue_size: int = Field(256, ge=1,
+                                description="memory:// queue bound in batches (backpressure)")
+    stream_batch_events: int = Field(500, ge=1, description="Events per bus entry, at most")
+    stream_linger_ms: float = Field(20.0, ge=0, description="Longest wait to fill a bus entry")
+    stream_stall_s: float = Field(30.0, gt=0,
+                                  description="Reconnect when the feed is silent this long")
+    stream_backoff_initial_s: float = Field(1.0, gt=0, description="First reconnect delay")
+    stream_backoff_max_s: float = Field(60.0, gt=0, description="Longest reconnect delay")
+    stream_max_connection_s: float = Field(
+        23.5 * 3600, gt=0, description="Planned reconnect after this long (Binance cuts at 24 h)"
+    )
+    worker_lease_ttl_s: float = Field(10.0, gt=0,
+                                      description="A dead worker's shards move after this long")
+    worker_fetch_entries: int = Field(64, ge=1, description="Bus entries a worker reads at once")
+    analytics_window: int = Field(60, ge=2, description="Rolling window in buckets")
+    analytics_bucket: str = Field("1m", description="Bucket of rolling analytics (a timeframe)")
+    analytics_periods_per_year: float | None = Field(
+        None, gt=0, description="Annualisation; default: buckets in 365 days (crypto, 24/7)"
+    )
+    alerts_reload_s: float = Field(2.0, gt=0, description="How often alert rules are re-read")
+
+    timescale: Literal["auto", "on", "off"] = Field(
+        "auto", description="`marketlake migrate` on PostgreSQL: make bars and trades TimescaleDB "
+        "hypertables when the extension is available (auto), always (on) or never (off)")
+    timescale_chunk_interval: str = Field("7 days", description="TimescaleDB chunk length")
+    timescale_compress_after: str = Field(
+        "30 days", description="Compress TimescaleDB chunks older than this ('never': don't)")
+    timescale_retention: str | None = Field(
+        None, description="Drop TimescaleDB chunks older than this (unset: keep everything)")
+    quality_rules: dict[str, str] = Field(
+        default_factory=dict,
+        description="Action per quality rule (reject, flag or off) as JSON, e.g. "
+        '{"outlier": "off"}; overrides config/quality.yml',
+    )
+    quality_stale_bars: int = Field(
+        10, ge=2, description="Identical closes in a row that make a stale price"
+    )
+    quality_outlier_z: float = Field(10.0, gt=0, description="Robust z-score of an outlier return")
+    quality_split_tolerance: float = Field(
+        0.03, gt=0, lt=0.5, description="Relative distance of a jump from a split ratio"
+    )
+    quality_split_window_days: int = Field(
+        3, ge=0, description="Days around a recorded split in which jumps are expected"
+    )
+    quality_max_findings: int = Field(
+        1000, ge=1, description="Findings kept per rule and series in a report (counts stay exact)"
+    )
+    rollup_after_ingest: bool = Field(True, description="Roll new bars up after every ingest")
+    rollup_timeframes: list[str] = Field(
+        default_factory=lambda: ["5m", "15m", "1h", "4h", "1d", "1w", "1mo"],
+        description="Timeframes automatic roll-ups build (those coarser than what was ingested)",
+    )
+
+    log_level: str = Field("INFO", description="Log level")
+    log_json: bool = Field(False, description="Log as JSON lines instead of console text")

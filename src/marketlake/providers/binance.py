@@ -1,0 +1,199 @@
+"""Binance spot klines: ``GET /api/v3/klines``, paged by time.
+
+Each kline is a 12-field array: open time (ms), open, high, low, close, volume
+(base asset, as decimal strings), close time (ms), quote-asset volume, number of
+trades, taker-buy base volume, taker-buy quote volume, and an unused field. Bars
+take the open time as ``ts``, the trade count as ``trades`` and quote volume /
+volume as ``vwap``. ``endTime`` is inclusive at Binance, so a half-open range
+``[start, end)`` asks for ``endTime = end - 1 ms``.
+
+Binance meters requests by weight; the ``X-MBX-USED-WEIGHT-1m`` header of every
+answer says how much of the minute's budget is used, and the provider waits for
+the next minute before the budget runs out. 429 and 418 answers are retried
+after their ``Retry-After`` (see :mod:`marketlake.providers.http`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, ClassVar
+
+import httpx
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from marketlake.config import Settings
+from marketlake.errors import InputError, MarketLakeError, ProviderError, SymbolNotFoundError
+from marketlake.providers.http import HttpProvider, Params
+from marketlake.schema import (
+    BAR_SCHEMA,
+    TS_TYPE,
+    Instrument,
+    Timeframe,
+    constant_column,
+    to_epoch_us,
+)
+
+_INTERVALS = {
+    "1m": "1m", "3m": "3m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "1h", "2h": "2h",
+    "4h": "4h", "6h": "6h", "8h": "8h", "12h": "12h", "1d": "1d", "3d": "3d", "1w": "1w",
+    "1mo": "1M",
+}
+_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL")
+_FLOAT, _INT, _TEXT = pa.float64(), pa.int64(), pa.string()
+_FIELDS = ("open time", "open", "high", "low", "close", "volume", "close time",
+           "quote volume", "trades", "taker buy base volume", "taker buy quote volume", "ignore")
+
+
+class BinanceProvider(HttpProvider):
+    """Spot klines from Binance (or a mirror at ``MARKETLAKE_BINANCE_URL``)."""
+
+    name: ClassVar[str] = "binance"
+    timeframes: ClassVar[tuple[str, ...]] = tuple(_INTERVALS)
+    requests_per_minute: ClassVar[int] = 2400  # klines weigh 2 of 6000 a minute
+    base_url_setting: ClassVar[str] = "binance_url"
+    page_limit: ClassVar[int] = 1000
+    weight_limit_1m: ClassVar[int] = 6000
+
+    def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(settings, client)
+        self.used_weight_1m = 0
+
+    async def fetch_bars(
+        self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
+    ) -> AsyncIterator[pa.Table]:
+        """Pages by time; the next page is requested before the current one is parsed."""
+        tf = self.check_timeframe(timeframe)
+        symbol = symbol.upper()
+        start_us, end_us = to_epoch_us(start), to_epoch_us(end)
+        first_ms, last_ms = -(-start_us // 1000), -(-end_us // 1000) - 1
+        if first_ms > last_ms:
+            return
+        interval = _INTERVALS[str(tf)]
+        pending: asyncio.Future[Any] | None = asyncio.ensure_future(
+            self._page(symbol, interval, first_ms, last_ms))
+        try:
+            while pending is not None:
+                payload = await pending
+                following = _following(payload, self.page_limit)
+                pending = None
+                if following is not None and following <= last_ms:
+                    pending = asyncio.ensure_future(
+                        self._page(symbol, interval, following, last_ms))
+                table = _parse_klines(payload, symbol, str(tf))
+                ts = table.column("ts").cast(pa.int64())
+                inside = pc.and_(pc.greater_equal(ts, start_us), pc.less(ts, end_us))
+                if table.num_rows:
+                    yield table.filter(inside)
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MarketLakeError):
+                    await pending
+
+    async def _page(self, symbol: str, interval: str, start_ms: int, last_ms: int) -> Any:
+        await self._respect_weight()
+        params: Params = {"symbol": symbol, "interval": interval, "startTime": start_ms,
+                          "endTime": last_ms, "limit": self.page_limit}
+        return await self.get_json("/api/v3/klines", params, symbol=symbol)
+
+    async def describe(self, symbol: str) -> Instrument | None:
+        symbol = symbol.upper()
+        quote = next((q for q in _QUOTES if symbol.endswith(q) and symbol != q), "")
+        return Instrument(symbol=symbol, name=symbol, asset_class="crypto", exchange="BINANCE",
+                          currency=quote or "USDT", timezone="UTC")
+
+    def after_response(self, response: httpx.Response) -> None:
+        used = response.headers.get("x-mbx-used-weight-1m")
+        if used is not None and used.isdigit():
+            self.used_weight_1m = int(used)
+
+    async def _respect_weight(self) -> None:
+        """Wait for the next minute when 90 % of the minute's request weight is used."""
+        if self.used_weight_1m >= 0.9 * self.weight_limit_1m:
+            await self.sleep(60.0 - time.time() % 60.0 + 0.5)
+            self.used_weight_1m = 0
+
+    def vendor_error(self, status: int, payload: Any, symbol: str) -> MarketLakeError:
+        code = payload.get("code") if isinstance(payload, dict) else None
+        msg = payload.get("msg", payload) if isinstance(payload, dict) else payload
+        if code == -1121:
+            return SymbolNotFoundError(f"no such symbol at binance: {symbol} ({msg})")
+        if code in (-1120, -1100, -1102):
+            return InputError(f"binance rejected the request for {symbol}: {msg}")
+        return ProviderError(f"binance answered HTTP {status} for {symbol}: code {code}, {msg}")
+
+
+def _following(payload: Any, limit: int) -> int | None:
+    """Where the next page starts (after the last open time), or None after a short page."""
+    if not isinstance(payload, list) or len(payload) < limit:
+        return None
+    try:
+        return int(payload[-1][0]) + 1
+    except (TypeError, ValueError, IndexError):
+        return None  # parsing the page reports what is wrong with it
+
+
+def _parse_klines(payload: Any, symbol: str, timeframe: str) -> pa.Table:
+    """Kline arrays → canonical bars; fields beyond the 12th are ignored."""
+    if not isinstance(payload, list):
+        raise ProviderError(
+            f"binance klines for {symbol} should be a JSON array, got {type(payload).__name__}"
+        )
+    if not payload:
+        return BAR_SCHEMA.empty_table()
+    try:
+        width = min(map(len, payload))
+    except TypeError:
+        width = 0
+    if width < len(_FIELDS):
+        row = next(i for i, r in enumerate(payload) if not isinstance(r, list) or len(r) == width)
+        raise ProviderError(
+            f"binance kline {row} of {symbol} has {width} fields; expected 12 "
+            f"({', '.join(_FIELDS)}) — the response format changed or was cut"
+        )
+    columns = list(zip(*payload, strict=False))
+    volume = _numbers(columns[5], "volume", symbol)
+    quote_volume = _numbers(columns[7], "quote volume", symbol)
+    vwap = pc.if_else(pc.greater(volume, 0.0), pc.divide(quote_volume, volume),
+                      pa.scalar(None, pa.float64()))
+    n = len(payload)
+    return pa.table(
+        {
+            "symbol": constant_column(symbol, n),
+            "timeframe": constant_column(timeframe, n),
+            "ts": pc.multiply(_numbers(columns[0], "open time", symbol, _INT), 1000)
+            .cast(TS_TYPE),
+            "open": _numbers(columns[1], "open", symbol),
+            "high": _numbers(columns[2], "high", symbol),
+            "low": _numbers(columns[3], "low", symbol),
+            "close": _numbers(columns[4], "close", symbol),
+            "volume": volume,
+            "trades": _numbers(columns[8], "trades", symbol, _INT),
+            "vwap": vwap,
+            "source": constant_column("binance", n),
+        },
+        schema=BAR_SCHEMA,
+    )
+
+
+def _numbers(values: tuple[Any, ...], field: str, symbol: str,
+             typ: pa.DataType = _FLOAT) -> pa.Array:
+    """One kline field as a typed column; decimal strings and JSON numbers both work."""
+    try:
+        try:  # prices and volumes come as decimal strings, times and counts as integers
+            column = pa.array(values, typ) if typ == _INT else pa.array(values, _TEXT).cast(typ)
+        except pa.ArrowTypeError:
+            column = pa.array(values).cast(typ)  # … or, were that to change, otherwise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise ProviderError(
+            f"binance kline field {field!r} of {symbol} is not a number: {exc}"
+        ) from None
+    if column.null_count:
+        raise ProviderError(f"binance kline field {field!r} of {symbol} has "
+                            f"{column.null_count} empty values")
+    return column

@@ -1,0 +1,599 @@
+"""The ``Store`` contract: a narrow abstract core and conveniences written once on top.
+
+A backend implements a handful of primitives (run SQL, fetch Arrow, write bars
+and trades fast, keep its schema); everything else here (instruments, reads
+with keyset cursors, latest bar, coverage, jobs, checkpoints, generic records
+for the auxiliary tables) is portable SQL on those primitives.
+
+SQL in this module uses ``?`` placeholders; backends translate them if their
+driver wants another style. Table and column names come only from the
+catalogue in :mod:`marketlake.store.tables`, never from user input.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import pyarrow as pa
+
+from marketlake.errors import ConflictError, InputError, NotFoundError, SchemaError
+from marketlake.schema import (
+    BAR_SCHEMA,
+    Instrument,
+    Timeframe,
+    default_instrument,
+    normalize_symbol,
+    parse_time,
+    utcnow,
+)
+from marketlake.store.tables import TABLES
+
+OnConflict = Literal["ignore", "replace"]
+MAX_LIMIT = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did: new rows, exact duplicates skipped, conflicting rows."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    replaced: int = 0
+
+    def __add__(self, other: WriteResult) -> WriteResult:
+        return WriteResult(
+            self.inserted + other.inserted,
+            self.duplicates + other.duplicates,
+            self.conflicts + other.conflicts,
+            self.replaced + other.replaced,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "replaced": self.replaced,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BarPage:
+    """One page of bars and the cursor for the next one (None at the end)."""
+
+    table: pa.Table
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """First and last stored bar time and how many bars there are."""
+
+    symbol: str
+    timeframe: str
+    first: datetime | None
+    last: datetime | None
+    count: int
+
+
+@dataclass(slots=True)
+class Job:
+    """A recorded job: ingest, import, validation, aggregation …"""
+
+    id: str
+    kind: str
+    status: str
+    params: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+def encode_cursor(symbol: str, ts: datetime) -> str:
+    """An opaque keyset cursor for the row after (symbol, ts)."""
+    raw = json.dumps([symbol, ts.isoformat()]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, datetime]:
+    """Inverse of :func:`encode_cursor`; a damaged cursor is an input error."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        symbol, ts = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        return str(symbol), parse_time(str(ts))
+    except (ValueError, TypeError, InputError):
+        raise InputError(
+            f"cursor {cursor!r} is not valid; pass the next_cursor of a previous page",
+            param="cursor",
+        ) from None
+
+
+def check_range(start: datetime | None, end: datetime | None) -> None:
+    """Half-open ranges need ``start < end``."""
+    if start is not None and end is not None and start >= end:
+        raise InputError(
+            f"start {start.isoformat()} must be before end {end.isoformat()} "
+            "(ranges are half-open: start inclusive, end exclusive)",
+            param="start",
+        )
+
+
+def check_on_conflict(on_conflict: str) -> None:
+    """Only ``ignore`` and ``replace`` are valid conflict policies."""
+    if on_conflict not in ("ignore", "replace"):
+        raise InputError(
+            f"on_conflict {on_conflict!r} must be 'ignore' (keep stored bars) or 'replace'",
+            param="on_conflict",
+        )
+
+
+def check_keys(symbols: Sequence[str], timeframes: Sequence[str]) -> None:
+    """Bars to write must carry canonical symbols (upper case) and timeframe strings."""
+    for symbol in set(symbols):
+        if normalize_symbol(symbol) != symbol:
+            raise SchemaError(f"bar symbol {symbol!r} is not canonical; write "
+                              f"{normalize_symbol(symbol)!r} (normalize_bars does it)")
+    for timeframe in set(timeframes):
+        if str(Timeframe.parse(timeframe)) != timeframe:
+            raise SchemaError(f"bar timeframe {timeframe!r} is not canonical; write "
+                              f"{str(Timeframe.parse(timeframe))!r}")
+
+
+class Store(ABC):
+    """Where bars, trades, instruments and the operational records live.
+
+    Subclasses declare ``schemes`` (URI schemes they open) and implement the
+    abstract primitives; see ``store/duckdb.py`` for the reference backend.
+    """
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    param_style: ClassVar[str] = "?"
+    #: True when no other process can write while this object has the store open (an
+    #: embedded DuckDB file): then :attr:`generation` is an exact change marker for caches.
+    exclusive: ClassVar[bool] = False
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        #: Counts writes made through this object; backends bump it on every write.
+        self.generation = 0
+
+    # -- the abstract core -------------------------------------------------------------
+
+    @classmethod
+    def supports_uri(cls, uri: str) -> bool:
+        return any(uri.startswith(f"{scheme}:") for scheme in cls.schemes)
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; return the number of rows it touched (or -1)."""
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        """Run a query and return its result as an Arrow table."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """A context in which ``execute`` calls commit together or not at all."""
+
+    @abstractmethod
+    def write_bars(self, table: pa.Table, *, on_conflict: OnConflict = "ignore") -> WriteResult:
+        """Write canonical bars idempotently on (symbol, timeframe, ts).
+
+        Rows already stored with the same values are counted as duplicates and
+        change nothing; rows with the same key but other values are counted as
+        conflicts and left as stored, unless ``on_conflict="replace"``. The
+        whole table is written in one transaction.
+        """
+
+    @abstractmethod
+    def write_trades(self, table: pa.Table) -> WriteResult:
+        """Write canonical trades idempotently on (source, symbol, trade_id)."""
+
+    @abstractmethod
+    def schema_version(self) -> int:
+        """The schema version the store holds."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections and files."""
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- instruments --------------------------------------------------------------------
+
+    def add_instrument(self, instrument: Instrument, *, auto: bool = False) -> Instrument:
+        """Register an instrument; an existing symbol is a :class:`ConflictError`."""
+        if self.get_instrument(instrument.symbol, missing_ok=True) is not None:
+            raise ConflictError(
+                f"instrument {instrument.symbol} exists already; use `instruments show` to "
+                "see it or update it instead"
+            )
+        now = utcnow()
+        self.insert_row(
+            "instruments",
+            {
+                **instrument.model_dump(),
+                "auto_registered": auto,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        return instrument
+
+    def update_instrument(self, instrument: Instrument) -> Instrument:
+        values = {**instrument.model_dump(), "auto_registered": False, "updated_at": utcnow()}
+        if not self.update_rows("instruments", {"symbol": instrument.symbol}, values):
+            raise NotFoundError(
+                f"unknown symbol {instrument.symbol}; add it with `marketlake instruments add`"
+            )
+        return instrument
+
+    def get_instrument(self, symbol: str, *, missing_ok: bool = False) -> Instrument | None:
+        rows = self.select_rows("instruments", {"symbol": normalize_symbol(symbol)})
+        if not rows:
+            if missing_ok:
+                return None
+            raise NotFoundError(
+                f"unknown symbol {normalize_symbol(symbol)}; list known ones with "
+                "`marketlake instruments list`"
+            )
+        return _instrument(rows[0])
+
+    def instrument(self, symbol: str) -> Instrument:
+        """The registered instrument; raises :class:`NotFoundError` when unknown."""
+        found = self.get_instrument(symbol)
+        assert found is not None
+        return found
+
+    def list_instruments(self) -> list[Instrument]:
+        return [_instrument(row) for row in self.select_rows("instruments", order_by="symbol")]
+
+    def is_auto_registered(self, symbol: str) -> bool:
+        rows = self.select_rows("instruments", {"symbol": normalize_symbol(symbol)})
+        return bool(rows and rows[0]["auto_registered"])
+
+    def delete_instrument(self, symbol: str, *, with_data: bool = False) -> None:
+        symbol = normalize_symbol(symbol)
+        with self.transaction():
+            if not self.delete_rows("instruments", {"symbol": symbol}):
+                raise NotFoundError(f"unknown symbol {symbol}")
+            if with_data:
+                self.delete_bars(symbol)
+                self.execute("DELETE FROM trades WHERE symbol = ?", [symbol])
+
+    def ensure_instruments(self, symbols: Sequence[str]) -> list[str]:
+        """Register unknown symbols with defaults; return the ones that were new."""
+        known = {i.symbol for i in self.list_instruments()}
+        new = [s for s in dict.fromkeys(normalize_symbol(s) for s in symbols) if s not in known]
+        for symbol in new:
+            self.add_instrument(default_instrument(symbol), auto=True)
+        return new
+
+    # -- bars ---------------------------------------------------------------------------
+
+    def read_bars(
+        self,
+        symbols: str | Sequence[str],
+        timeframe: str | Timeframe,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> BarPage:
+        """Bars of ``symbols`` in ``[start, end)``, ordered by (symbol, ts).
+
+        With ``limit``, at most that many rows come back, and ``next_cursor``
+        continues after the last one (keyset pagination: no OFFSET scans).
+        Naive ``start``/``end`` mean UTC.
+        """
+        names = [symbols] if isinstance(symbols, str) else list(symbols)
+        if not names:
+            raise InputError("give at least one symbol", param="symbols")
+        symbol_list = sorted({normalize_symbol(s) for s in names})
+        tf = str(Timeframe.parse(timeframe))
+        lo = parse_time(start, param="start") if start is not None else None
+        hi = parse_time(end, param="end") if end is not None else None
+        check_range(lo, hi)
+        if limit is not None and not 1 <= limit <= MAX_LIMIT:
+            raise InputError(f"limit {limit} must be between 1 and {MAX_LIMIT}", param="limit")
+        after = decode_cursor(cursor) if cursor is not None else None
+        fetch = None if limit is None else limit + 1
+        table = self._select_bars(symbol_list, tf, lo, hi, fetch, after)
+        if limit is None or table.num_rows <= limit:
+            return BarPage(table)
+        table = table.slice(0, limit)
+        last = table.slice(limit - 1, 1).select(["symbol", "ts"]).to_pylist()[0]
+        return BarPage(table, encode_cursor(last["symbol"], last["ts"]))
+
+    def _select_bars(
+        self,
+        symbols: list[str],
+        timeframe: str,
+        start: datetime | None,
+        end: datetime | None,
+        limit: int | None,
+        after: tuple[str, datetime] | None,
+    ) -> pa.Table:
+        """Bars ordered by (symbol, ts) after the key ``after``; portable SQL on ``bars``.
+
+        Backends override this for speed; arguments are already checked.
+        """
+        where = [f"symbol IN ({', '.join('?' * len(symbols))})", "timeframe = ?"]
+        params: list[Any] = [*symbols, timeframe]
+        for clause, value in (("ts >= ?", start), ("ts < ?", end)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if after is not None:
+            where.append("(symbol > ? OR (symbol = ? AND ts > ?))")
+            params += [after[0], after[0], after[1]]
+        sql = f"SELECT * FROM bars WHERE {' AND '.join(where)} ORDER BY symbol, ts"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query(sql, params).cast(BAR_SCHEMA)
+
+    def iter_bars(
+        self,
+        symbols: str | Sequence[str],
+        timeframe: str | Timeframe,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        batch_rows: int = 100_000,
+    ) -> Iterator[pa.Table]:
+        """Bars in batches of at most ``batch_rows``, for streaming large ranges."""
+        cursor: str | None = None
+        while True:
+            page = self.read_bars(symbols, timeframe, start, end, limit=batch_rows, cursor=cursor)
+            if page.table.num_rows:
+                yield page.table
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def delete_bars(self, symbol: str, timeframe: str | Timeframe | None = None) -> int:
+        """Delete the stored bars of a symbol (of one timeframe, or all); return how many."""
+        symbol = normalize_symbol(symbol)
+        if timeframe is None:
+            return self.execute("DELETE FROM bars WHERE symbol = ?", [symbol])
+        tf = str(Timeframe.parse(timeframe))
+        return self.execute("DELETE FROM bars WHERE symbol = ? AND timeframe = ?", [symbol, tf])
+
+    def latest_bar(self, symbol: str, timeframe: str | Timeframe) -> dict[str, Any] | None:
+        """The newest bar of a symbol and timeframe as a dict, or None."""
+        table = self.query(
+            "SELECT * FROM bars WHERE symbol = ? AND timeframe = ? ORDER BY ts DESC LIMIT 1",
+            [normalize_symbol(symbol), str(Timeframe.parse(timeframe))],
+        )
+        rows = table.to_pylist()
+        return rows[0] if rows else None
+
+    def coverage(self, symbol: str, timeframe: str | Timeframe) -> Coverage:
+        """First and last bar time and the number of bars of a symbol and timeframe."""
+        symbol = normalize_symbol(symbol)
+        tf = str(Timeframe.parse(timeframe))
+        row = self.query(
+            "SELECT min(ts) AS first, max(ts) AS last, count(*) AS n FROM bars "
+            "WHERE symbol = ? AND timeframe = ?",
+            [symbol, tf],
+        ).to_pylist()[0]
+        return Coverage(symbol, tf, row["first"], row["last"], int(row["n"]))
+
+    def bar_summary(self) -> list[dict[str, Any]]:
+        """Per (symbol, timeframe): bar count, first and last time."""
+        rows: list[dict[str, Any]] = self.query(
+            "SELECT symbol, timeframe, count(*) AS bars, min(ts) AS first, max(ts) AS last "
+            "FROM bars GROUP BY symbol, timeframe ORDER BY symbol, timeframe"
+        ).to_pylist()
+        return rows
+
+    def count_bars(self, symbol: str | None = None, timeframe: str | None = None) -> int:
+        where, params = _where({"symbol": symbol, "timeframe": timeframe})
+        return int(self.query(f"SELECT count(*) AS n FROM bars{where}", params).to_pylist()[0]["n"])
+
+    def read_trades(
+        self,
+        symbol: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+    ) -> pa.Table:
+        sql = "SELECT * FROM trades WHERE symbol = ?"
+        params: list[Any] = [normalize_symbol(symbol)]
+        if start is not None:
+            sql += " AND ts >= ?"
+            params.append(start)
+        if end is not None:
+            sql += " AND ts < ?"
+            params.append(end)
+        sql += " ORDER BY ts, trade_id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query(sql, params)
+
+    # -- jobs and checkpoints --------------------------------------------------------
+
+    def create_job(self, kind: str, params: dict[str, Any]) -> Job:
+        job = Job(
+            id=uuid.uuid4().hex[:12],
+            kind=kind,
+            status="pending",
+            params=params,
+            created_at=utcnow(),
+        )
+        self.insert_row(
+            "jobs",
+            {
+                "id": job.id,
+                "kind": kind,
+                "status": job.status,
+                "params": json.dumps(params, default=str),
+                "summary": "{}",
+                "created_at": job.created_at,
+            },
+        )
+        return job
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        status: str | None = None,
+        summary: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = {}
+        if status is not None:
+            values["status"] = status
+            if status == "running":
+                values["started_at"] = utcnow()
+            elif status in ("succeeded", "failed", "partial", "cancelled"):
+                values["finished_at"] = utcnow()
+        if summary is not None:
+            values["summary"] = json.dumps(summary, default=str)
+        if error is not None:
+            values["error"] = error
+        if not self.update_rows("jobs", {"id": job_id}, values):
+            raise NotFoundError(f"unknown job {job_id}")
+
+    def get_job(self, job_id: str) -> Job:
+        rows = self.select_rows("jobs", {"id": job_id})
+        if not rows:
+            raise NotFoundError(f"unknown job {job_id}; list jobs with `marketlake jobs list`")
+        return _job(rows[0])
+
+    def list_jobs(self, limit: int = 50, kind: str | None = None) -> list[Job]:
+        rows = self.select_rows(
+            "jobs",
+            {"kind": kind} if kind else None,
+            order_by="created_at",
+            descending=True,
+            limit=limit,
+        )
+        return [_job(row) for row in rows]
+
+    def set_checkpoint(
+        self,
+        provider: str,
+        symbol: str,
+        timeframe: str,
+        last_ts: datetime,
+        job_id: str | None = None,
+    ) -> None:
+        key = {"provider": provider, "symbol": normalize_symbol(symbol), "timeframe": timeframe}
+        values = {"last_ts": last_ts, "job_id": job_id, "updated_at": utcnow()}
+        with self.transaction():
+            if not self.update_rows("checkpoints", key, values):
+                self.insert_row("checkpoints", {**key, **values})
+
+    def get_checkpoint(self, provider: str, symbol: str, timeframe: str) -> datetime | None:
+        rows = self.select_rows(
+            "checkpoints",
+            {"provider": provider, "symbol": normalize_symbol(symbol), "timeframe": timeframe},
+        )
+        return rows[0]["last_ts"] if rows else None
+
+    # -- generic records of the auxiliary tables ------------------------------------
+
+    def insert_row(self, table: str, values: dict[str, Any]) -> None:
+        columns = _columns(table, values)
+        self.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [values[c] for c in columns],
+        )
+
+    def insert_rows(self, table: str, rows: Sequence[dict[str, Any]], *,
+                    chunk: int = 200) -> None:
+        """Insert many rows with the same keys, ``chunk`` rows per statement."""
+        if not rows:
+            return
+        columns = _columns(table, rows[0])
+        quoted = ", ".join(f'"{c}"' for c in columns)  # quality_findings has a "values" column
+        one = f"({', '.join('?' * len(columns))})"
+        for lo in range(0, len(rows), chunk):
+            part = rows[lo: lo + chunk]
+            self.execute(f"INSERT INTO {table} ({quoted}) VALUES {', '.join([one] * len(part))}",
+                         [row[c] for row in part for c in columns])
+
+    def update_rows(self, table: str, where: dict[str, Any], values: dict[str, Any]) -> int:
+        columns = _columns(table, values)
+        _columns(table, where)
+        clause, params = _where(where)
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        return self.execute(
+            f"UPDATE {table} SET {sets}{clause}", [values[c] for c in columns] + params
+        )
+
+    def delete_rows(self, table: str, where: dict[str, Any]) -> int:
+        _columns(table, where)
+        clause, params = _where(where)
+        return self.execute(f"DELETE FROM {table}{clause}", params)
+
+    def select_rows(
+        self,
+        table: str,
+        where: dict[str, Any] | None = None,
+        *,
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        _columns(table, where or {})
+        clause, params = _where(where or {})
+        sql = f"SELECT * FROM {table}{clause}"
+        if order_by is not None:
+            _columns(table, {order_by: None})
+            sql += f" ORDER BY {order_by}{' DESC' if descending else ''}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows: list[dict[str, Any]] = self.query(sql, params).to_pylist()
+        return rows
+
+
+def _columns(table: str, values: dict[str, Any]) -> list[str]:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}")
+    known = TABLES[table].columns
+    unknown = [c for c in values if c not in known]
+    if unknown:
+        raise ValueError(f"table {table!r} has no column(s) {unknown}")
+    return list(values)
+
+
+def _where(where: dict[str, Any]) -> tuple[str, list[Any]]:
+    parts = [(c, v) for c, v in where.items() if v is not None]
+    if not parts:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = ?" for c, _ in parts), [v for _, v in parts]
+
+
+def _instrument(row: dict[str, Any]) -> Instrument:
+    return Instrument(**{k: row[k] for k in Instrument.model_fields})
+
+
+def _job(row: dict[str, Any]) -> Job:
+    return Job(
+        id=row["id"],
+        kind=row["kind"],
+        status=row["status"],
+        params=json.loads(row["params"] or "{}"),
+        summary=json.loads(row["summary"] or "{}"),
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )

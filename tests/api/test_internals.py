@@ -1,0 +1,144 @@
+"""Pieces of the API on their own: jobs that fail or are cancelled, the cache, limiters, serve."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pytest
+
+from marketlake.api.cache import BarCache
+from marketlake.api.jobs import IngestPlan, JobRunner
+from marketlake.api.observability import ApiMetrics
+from marketlake.api.ratelimit import MemoryRateLimiter, RedisRateLimiter, make_rate_limiter
+from marketlake.errors import ProviderError, RateLimitError
+from marketlake.providers.base import Provider
+from marketlake.schema import Timeframe, parse_time
+from marketlake.store import Store
+from tests.api.conftest import settings
+from tests.conftest import bars_for
+
+
+class Failing(Provider):
+    """A provider that fails (or hangs) on demand."""
+
+    name: ClassVar[str] = "failing"
+    timeframes: ClassVar[tuple[str, ...]] = ()
+    mode = "vendor"
+
+    async def fetch_bars(self, symbol: str, timeframe: str | Timeframe, start: datetime,
+                         end: datetime) -> AsyncIterator[pa.Table]:
+        if self.mode == "hang":
+            await asyncio.sleep(60)
+        if self.mode == "bug":
+            raise ZeroDivisionError("oops")
+        raise ProviderError("vendor said no")
+        yield  # pragma: no cover - makes this an async generator
+
+
+def _plan(provider: Provider) -> IngestPlan:
+    return IngestPlan(provider, ["AAPL"], Timeframe.parse("1d"), parse_time("2024-03-01"),
+                      parse_time("2024-03-05"))
+
+
+@pytest.mark.parametrize(("mode", "status", "error"), [
+    ("vendor", "failed", "AAPL: vendor said no"),
+    ("bug", "failed", "internal error: ZeroDivisionError('oops')"),
+    ("hang", "cancelled", "the server stopped during the job"),
+])
+async def test_jobs_record_how_they_ended(duck: Store, mode: str, status: str,
+                                         error: str) -> None:
+    runner = JobRunner(settings(), ApiMetrics())
+    provider = Failing(settings())
+    provider.mode = mode
+    plan = _plan(provider)
+    job_id = runner.start_record(duck, plan)
+    runner.launch(duck, plan, job_id)
+    await asyncio.sleep(0.2)
+    await runner.shutdown()
+    job = duck.get_job(job_id)
+    assert job.status == status
+    assert job.error == error
+    assert runner.running == []
+
+
+def test_cache_of_a_shared_store_expires_after_its_ttl(duck: Store,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(type(duck), "exclusive", False)
+    duck.write_bars(bars_for("AAPL"))
+    cache = BarCache(max_rows=10_000, ttl_s=60)
+    first = cache.series(duck, "AAPL", "1m")
+    duck.write_bars(bars_for("AAPL", start="2024-03-06", end="2024-03-07"))
+    assert cache.series(duck, "AAPL", "1m") is first  # within the TTL: stale by design
+    cache.ttl_s = 0
+    fresh = cache.series(duck, "AAPL", "1m")
+    assert fresh is not None
+    assert fresh.rows == duck.count_bars("AAPL", "1m")
+
+
+def test_cache_evicts_the_least_recently_used_series(duck: Store) -> None:
+    duck.write_bars(bars_for(["AAPL", "BTCUSDT"]))
+    cache = BarCache(max_rows=3500, ttl_s=1)
+    cache.series(duck, "AAPL", "1m")  # 780 rows
+    cache.series(duck, "BTCUSDT", "1m")  # 2880 rows: over budget, AAPL goes
+    assert cache.peek(duck, "AAPL", "1m") is None
+    assert cache.peek(duck, "BTCUSDT", "1m") is not None
+    assert cache.series(duck, "BTCUSDT", "5m") is not None  # empty series are cheap
+    small = BarCache(max_rows=100, ttl_s=1)
+    assert small.series(duck, "AAPL", "1m") is None  # too long to cache …
+    assert small.series(duck, "AAPL", "1m") is None  # … remembered without a reload
+    assert BarCache(0, 1).series(duck, "AAPL", "1m") is None
+    assert BarCache(0, 1).memo(duck, ("x",), lambda: 7) == 7
+    cache.clear()
+    assert cache.peek(duck, "BTCUSDT", "1m") is None
+
+
+async def test_memory_limiter_refills_over_time() -> None:
+    now = [0.0]
+    limiter = MemoryRateLimiter(60, clock=lambda: now[0])
+    for _ in range(60):
+        await limiter.hit("a")
+    with pytest.raises(RateLimitError) as caught:
+        await limiter.hit("a")
+    assert caught.value.retry_after == pytest.approx(1.0)
+    now[0] += 1.0
+    await limiter.hit("a")
+    await limiter.close()
+
+
+async def test_redis_limiter_lets_requests_through_when_redis_is_down() -> None:
+    limiter = make_rate_limiter("redis://127.0.0.1:1/0", 1, "x:")
+    assert isinstance(limiter, RedisRateLimiter)
+    for _ in range(3):
+        await limiter.hit("a")
+    await limiter.close()
+
+
+def test_serve_runs_uvicorn_with_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from marketlake.cli.serve import run_server
+
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    run_server(settings(), host="127.0.0.1", port=8123, log_format="console")
+    run_server(settings(store="postgresql://db/x"), host="0.0.0.0", port=8124, workers=3)
+    (app, one), (factory, many) = calls
+    assert app.title == "MarketLake API"
+    assert one["port"] == 8123
+    assert one["access_log"] is False
+    assert factory == "marketlake.api.app:app_from_env"
+    assert many["workers"] == 3
+    assert many["factory"] is True
+
+
+def test_app_from_env_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from marketlake.api.app import app_from_env
+
+    monkeypatch.setenv("MARKETLAKE_STORE", "duckdb:///:memory:")
+    monkeypatch.setenv("MARKETLAKE_API_CORS_ORIGINS", '["http://x.example"]')
+    app = app_from_env()
+    assert app.state.ctx.settings.api_cors_origins == ["http://x.example"]

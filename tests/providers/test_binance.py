@@ -1,0 +1,228 @@
+"""Binance klines: recorded /api/v3/klines answers become exact canonical bars."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import pyarrow as pa
+import pytest
+
+from marketlake.errors import (
+    CircuitOpenError,
+    InputError,
+    ProviderError,
+    SymbolNotFoundError,
+)
+from marketlake.providers.binance import BinanceProvider
+from tests.providers.vendor import Vendor, collect, make
+
+START = datetime(2024, 3, 4, tzinfo=UTC)
+END = datetime(2024, 3, 4, 0, 7, tzinfo=UTC)
+KLINES = "/api/v3/klines"
+T0 = 1709510400000
+
+
+@pytest.fixture(autouse=True)
+def small_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded pages were fetched with limit=3 so they stay readable."""
+    monkeypatch.setattr(BinanceProvider, "page_limit", 3)
+
+
+def vendor() -> Vendor:
+    return Vendor("binance")
+
+
+def paged() -> Vendor:
+    return (vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json")
+            .on(KLINES, "klines_BTCUSDT_1m_page2.json")
+            .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+
+
+async def fetch(v: Vendor, symbol: str = "BTCUSDT", start: datetime = START,
+                end: datetime = END) -> tuple[pa.Table, BinanceProvider, list[float]]:
+    provider, sleeps = make(BinanceProvider, v)
+    tables = await collect(provider, symbol, "1m", start, end)
+    table = pa.concat_tables(tables) if tables else pa.table({})
+    return table, provider, sleeps.waits
+
+
+async def test_pages_follow_the_last_open_time_and_stop_on_a_partial_page() -> None:
+    v = paged()
+    table, _, _ = await fetch(v)
+    assert table.num_rows == 7
+    assert [p["startTime"] for p in v.params] == [str(T0), str(T0 + 120_001), str(T0 + 300_001)]
+    assert {p["endTime"] for p in v.params} == {str(T0 + 7 * 60_000 - 1)}
+    assert {(p["symbol"], p["interval"], p["limit"]) for p in v.params} == {("BTCUSDT", "1m", "3")}
+
+
+async def test_klines_become_exact_canonical_rows() -> None:
+    table, _, _ = await fetch(paged())
+    first, last = table.slice(0, 1).to_pylist()[0], table.slice(6, 1).to_pylist()[0]
+    assert first == {
+        "symbol": "BTCUSDT", "timeframe": "1m", "ts": START, "open": 62387.9,
+        "high": 62421.09, "low": 62350.0, "close": 62400.01, "volume": 41.53245,
+        "trades": 1872, "vwap": pytest.approx(2590814.6133952 / 41.53245, rel=1e-15),
+        "source": "binance",
+    }
+    assert last["ts"] == datetime(2024, 3, 4, 0, 6, tzinfo=UTC)
+    assert (last["volume"], last["trades"], last["vwap"]) == (0.0, 0, None)
+    assert table.column("close").to_pylist() == [
+        62400.01, 62431.99, 62301.37, 62350.86, 62380.02, 62311.11, 62333.33]
+
+
+async def test_an_empty_page_ends_the_fetch_with_no_bars() -> None:
+    table, _, _ = await fetch(vendor().on(KLINES, "klines_empty.json"))
+    assert table.num_rows == 0
+
+
+async def test_bars_outside_the_half_open_range_are_cut() -> None:
+    v = vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json")
+    table, _, _ = await fetch(v, start=datetime(2024, 3, 4, 0, 1, tzinfo=UTC),
+                              end=datetime(2024, 3, 4, 0, 2, tzinfo=UTC))
+    assert table.column("ts").to_pylist() == [datetime(2024, 3, 4, 0, 1, tzinfo=UTC)]
+
+
+async def test_unknown_extra_fields_are_ignored() -> None:
+    table, _, _ = await fetch(vendor().on(KLINES, "klines_extra_fields.json")
+                              .on(KLINES, "klines_empty.json"))
+    assert table.column("close").to_pylist() == [62400.01, 62431.99, 62301.37]
+
+
+async def test_a_kline_missing_fields_is_a_clear_error() -> None:
+    with pytest.raises(ProviderError, match=r"kline 1 of BTCUSDT has 8 fields; expected 12"):
+        await fetch(vendor().on(KLINES, "klines_missing_field.json"))
+
+
+async def test_unknown_symbol_says_no_such_symbol_at_binance() -> None:
+    v = vendor().on(KLINES, "error_invalid_symbol.json", status=400)
+    with pytest.raises(SymbolNotFoundError, match="no such symbol at binance: NOPEUSDT"):
+        await fetch(v, "NOPEUSDT")
+    assert len(v.requests) == 1
+
+
+async def test_an_invalid_interval_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="Invalid interval"):
+        await fetch(vendor().on(KLINES, "error_invalid_interval.json", status=400))
+
+
+async def test_429_waits_retry_after_then_succeeds() -> None:
+    v = (vendor().on(KLINES, "error_too_many_requests.json", status=429,
+                     headers={"Retry-After": "7"})
+         .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    table, provider, waits = await fetch(v)
+    assert table.num_rows == 1
+    assert waits == [7.0]
+    assert provider.breaker.failures == 0
+
+
+async def test_418_ban_beyond_the_longest_wait_fails_at_once_saying_when() -> None:
+    v = vendor().on(KLINES, "error_ip_banned.json", status=418, headers={"Retry-After": "3600"})
+    with pytest.raises(ProviderError, match="asks to wait 3600 s"):
+        await fetch(v)
+    assert len(v.requests) == 1
+
+
+async def test_used_weight_near_the_limit_waits_for_the_next_minute() -> None:
+    v = (vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json",
+                     headers={"X-MBX-USED-WEIGHT-1m": "5990"})
+         .on(KLINES, "klines_empty.json", headers={"X-MBX-USED-WEIGHT-1m": "2"}))
+    _, provider, waits = await fetch(v)
+    assert len(waits) == 1
+    assert 0.5 <= waits[0] <= 60.5
+    assert provider.used_weight_1m == 2
+
+
+async def test_a_5xx_storm_opens_the_breaker_and_later_calls_fail_fast() -> None:
+    v = vendor().on(KLINES, "error_cloudfront_502.html", status=502, times=10)
+    provider, waits = make(BinanceProvider, v)
+    with pytest.raises(CircuitOpenError, match="binance failed 5 times in a row"):
+        await collect(provider, "BTCUSDT", "1m", START, END)
+    assert len(v.requests) == 5
+    assert len(waits.waits) == 4
+    with pytest.raises(CircuitOpenError):
+        await collect(provider, "ETHUSDT", "1m", START, END)
+    assert len(v.requests) == 5
+
+
+async def test_backoff_grows_exponentially_with_jitter() -> None:
+    v = (vendor().on(KLINES, status=503, body=b"", times=3)
+         .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    _, _, waits = await fetch(v)
+    assert len(waits) == 3
+    for attempt, wait in enumerate(waits):
+        assert 0.25 * 2**attempt <= wait <= 0.5 * 2**attempt
+
+
+async def test_the_breaker_lets_a_trial_call_through_after_its_pause() -> None:
+    v = (vendor().on(KLINES, status=500, body=b"", times=5)
+         .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    provider, _ = make(BinanceProvider, v)
+    now = [0.0]
+    provider.breaker.clock = lambda: now[0]
+    with pytest.raises(CircuitOpenError):
+        await collect(provider, "BTCUSDT", "1m", START, END)
+    now[0] = 31.0
+    tables = await collect(provider, "BTCUSDT", "1m", START, END)
+    assert sum(t.num_rows for t in tables) == 1
+    assert not provider.breaker.is_open
+
+
+async def test_timeouts_and_dropped_connections_are_retried() -> None:
+    v = (vendor().on(KLINES, error=httpx.ReadTimeout)
+         .on(KLINES, error=httpx.RemoteProtocolError)
+         .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    table, _, waits = await fetch(v)
+    assert table.num_rows == 1
+    assert len(waits) == 2
+
+
+async def test_an_html_page_instead_of_json_says_so() -> None:
+    v = vendor().on(KLINES, "error_cloudfront_502.html", status=200)
+    with pytest.raises(ProviderError, match="HTML page instead of JSON"):
+        await fetch(v)
+
+
+async def test_a_truncated_body_says_it_was_cut_off() -> None:
+    with pytest.raises(ProviderError, match=r"truncated JSON body \(\d+ bytes\)"):
+        await fetch(vendor().on(KLINES, "klines_truncated.json"))
+
+
+async def test_malformed_json_quotes_the_parser() -> None:
+    with pytest.raises(ProviderError, match="malformed JSON"):
+        await fetch(vendor().on(KLINES, "klines_malformed.json"))
+
+
+async def test_describe_knows_the_quote_currency_without_a_request() -> None:
+    v = vendor()
+    provider, _ = make(BinanceProvider, v)
+    info = await provider.describe("ethbtc")
+    assert (info.symbol, info.asset_class, info.currency, info.exchange, info.timezone) == (
+        "ETHBTC", "crypto", "BTC", "BINANCE", "UTC")
+    assert v.requests == []
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"code":0,"msg":"ok"}', "should be a JSON array, got dict"),
+    (b'[[1709510400000,"abc","1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+     "field 'open' of BTCUSDT is not a number"),
+    (b'[[1709510400000,null,"1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+     "field 'open' of BTCUSDT has 1 empty values"),
+    (b'[7]', "kline 0 of BTCUSDT has 0 fields"),
+])
+async def test_answers_that_are_not_klines_say_what_is_wrong(body: bytes, message: str) -> None:
+    with pytest.raises(ProviderError, match=message):
+        await fetch(vendor().on(KLINES, body=body))
+
+
+async def test_numbers_instead_of_decimal_strings_still_parse() -> None:
+    body = (b'[[1709510400000,62387.9,62421.09,62350.0,62400.01,41.5,1709510459999,'
+            b'2590814.6,1,0,0,0]]')
+    table, _, _ = await fetch(vendor().on(KLINES, body=body))
+    assert table.column("close").to_pylist() == [62400.01]
+
+
+async def test_an_empty_range_makes_no_request() -> None:
+    v = vendor()
+    table, _, _ = await fetch(v, start=START, end=START)
+    assert (table.num_rows, v.requests) == (0, [])
