@@ -97,6 +97,15 @@ def _drop_orphans(conn: Any) -> None:
 PG = PostgresSchema(PG_SERVER)
 
 
+@pytest.fixture(autouse=True)
+def _private_default_store(tmp_path_factory: pytest.TempPathFactory,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches ./data: a CLI call or app without --store gets a store of its own."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("MARKETLAKE_STORE", f"duckdb:///{home}/marketlake.duckdb")
+    monkeypatch.setenv("MARKETLAKE_DATA_DIR", str(home))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _drop_postgres_schemas() -> Iterator[None]:
     yield

@@ -241,6 +241,7 @@ async def test_replay_streams_bars_metrics_alerts_and_an_end(seeded: Store,
         events = await asyncio.wait_for(read_events(client, url, 1000), 10)
         missing = await client.get("/api/v1/replay/ZZZ?timeframe=1m")
         monthly = await client.get("/api/v1/replay/AAPL?timeframe=1mo")
+        crawl = await client.get("/api/v1/replay/AAPL?timeframe=1m&speed=1e-300")
     kinds = [e[1] for e in events]
     bars = seeded.read_bars("AAPL", "1m", *_range("2024-03-04T14:30", "2024-03-04T15:00")).table
     assert kinds.count("bar") == bars.num_rows > 0
@@ -251,6 +252,8 @@ async def test_replay_streams_bars_metrics_alerts_and_an_end(seeded: Store,
     assert [e[0] for e in events] == [str(i) for i in range(len(events))]
     assert missing.status_code == 404
     assert monthly.status_code == 422
+    assert crawl.status_code == 422
+    assert "between 0.01 and" in crawl.json()["detail"]
 
 
 def _range(start: str, end: str) -> tuple[Any, Any]:

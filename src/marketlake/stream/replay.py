@@ -36,6 +36,10 @@ def replay_pipeline(settings: Settings, timeframe: Timeframe, rules: RuleSet) ->
     return Pipeline(config, rules)
 
 
+MIN_SPEED = 0.01  # a 1m bar every 100 minutes; slower paces are a mistake, not a replay
+MAX_SPEED = 1_000_000.0
+
+
 async def replay(store: Store, settings: Settings, symbol: str, timeframe: str,
                  start: datetime | None = None, end: datetime | None = None, *,
                  speed: float = 0.0, rules: RuleSet | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -43,9 +47,9 @@ async def replay(store: Store, settings: Settings, symbol: str, timeframe: str,
     symbol = normalize_symbol(symbol)
     tf = Timeframe.parse(timeframe)
     check_range(start, end)
-    if speed < 0:
-        raise InputError(f"speed {speed} must be 0 (as fast as possible) or positive",
-                         param="speed")
+    if speed != 0 and not MIN_SPEED <= speed <= MAX_SPEED:
+        raise InputError(f"speed {speed} must be 0 (as fast as possible) or between "
+                         f"{MIN_SPEED} and {MAX_SPEED:,.0f} times real time", param="speed")
     if rules is None:
         rules = await asyncio.to_thread(
             RuleSource(settings.config_dir / "alert_rules.yml", store).load)
