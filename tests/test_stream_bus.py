@@ -165,7 +165,8 @@ async def test_redis_dead_consumer_entries_are_reclaimed_by_the_survivor(rbus: R
     while len(taken) < 3:
         taken += await dead.fetch(100, 100)
     assert dead._heartbeat is not None
-    dead._heartbeat.cancel()  # the process dies: no renewals, no acks, no goodbye
+    dead._closing.set()  # the process dies: no renewals, no acks, no goodbye
+    await asyncio.wait_for(dead._heartbeat, 2)
     survivor = await rbus.consumer("workers", "survivor")
     assert isinstance(survivor, ShardConsumer)
     assert not survivor.owns("BTCUSDT")

@@ -54,11 +54,14 @@ async def frames(events: AsyncIterator[Event], keepalive_s: float = 15.0,
             pending = asyncio.ensure_future(anext(iterator))
     finally:
         pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-            await pending
-        closer = getattr(iterator, "aclose", None)
-        if closer is not None:
-            await closer()
+        # Bounded: a cancel landing inside a redis-py read can be absorbed by the client.
+        await asyncio.wait({pending}, timeout=2.0)
+        if pending.done():
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                pending.result()
+            closer = getattr(iterator, "aclose", None)
+            if closer is not None:
+                await closer()
 
 
 def sse_response(events: AsyncIterator[Event], *, keepalive_s: float = 15.0) -> StreamingResponse:

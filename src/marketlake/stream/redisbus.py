@@ -157,6 +157,7 @@ class ShardConsumer(Consumer):
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
         self._heartbeat: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     def _lease(self, shard: int) -> str:
         return self.bus.key("lease", shard)
@@ -181,9 +182,15 @@ class ShardConsumer(Consumer):
                                                          + self._ttl_ms})
 
     async def _beat(self) -> None:
-        """Renew membership and leases every third of the lease time."""
-        while True:
-            await asyncio.sleep(self._ttl_ms / 3000)
+        """Renew membership and leases every third of the lease time, until closed.
+
+        The loop ends on the closing event rather than relying on cancellation alone:
+        a cancel that lands inside a redis-py command can be absorbed by the client.
+        """
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self._ttl_ms / 3000)
+                return
             with contextlib.suppress(RedisError, OSError):
                 await self._join()
                 for shard in list(self.owned):
@@ -261,10 +268,11 @@ class ShardConsumer(Consumer):
 
     async def close(self) -> None:
         """Give every lease back and leave (a clean exit needs no lease expiry)."""
+        self._closing.set()
         if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+            _, pending = await asyncio.wait({self._heartbeat}, timeout=self._ttl_ms / 1000)
+            for task in pending:
+                task.cancel()
         for shard in list(self.owned):
             await self._release(keys=[self._lease(shard)], args=[self.name])
         self.owned.clear()
