@@ -328,8 +328,8 @@ function connectLive() {
   setConn("connecting…");
   src.onopen = () => setConn("live", "ok");
   src.onerror = () => setConn("reconnecting…", "bad");  // EventSource retries by itself
-  src.addEventListener("trades", (e) => applyLive("trades", JSON.parse(e.data)));
-  src.addEventListener("bar", (e) => applyLive("bar", JSON.parse(e.data)));
+  src.addEventListener("trades", (e) => applyLive("trades", JSON.parse(e.data), performance.now()));
+  src.addEventListener("bar", (e) => applyLive("bar", JSON.parse(e.data), performance.now()));
 }
 
 // Live and replay events as a list of updates {ts, price|open/high/low/close, size|volume, final}.
@@ -340,7 +340,7 @@ function liveUpdates(kind, payload) {
   return [];
 }
 
-function applyLive(kind, payload) {
+function applyLive(kind, payload, receivedAt = performance.now()) {
   if (payload.symbol && payload.symbol !== state.symbol) return;
   if (!state.candles) return;
   const tfSec = tfSeconds(state.timeframe);
@@ -372,8 +372,14 @@ function applyLive(kind, payload) {
   state.volume.update(volumeBar(bar));
   $("chart").dataset.candles = String(state.bars.length);
   updateKpis();
-  window.__ml.timings.lastLivePrice = bar.close;
-  window.__ml.timings.lastLiveAt = performance.now();
+  const timings = window.__ml.timings;
+  timings.lastLivePrice = bar.close;
+  timings.lastLiveAt = performance.now();
+  // On screen: the chart paints in the next animation frame, so this callback runs after it.
+  requestAnimationFrame(() => {
+    timings.lastLivePaintedAt = performance.now();
+    timings.liveUpdateMs = timings.lastLivePaintedAt - receivedAt;
+  });
 }
 
 // ---------------------------------------------------------------- alerts
