@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from marketlake.adjust import read_actions
 from marketlake.cli.app import state
 from marketlake.cli.output import console, show_table
 from marketlake.cli.timeopts import resolve_range
@@ -26,6 +25,8 @@ def actions(
     store = state(ctx).store
     store.instrument(symbol)
     begin, stop = resolve_range(start, end, None, required=False)
+    from marketlake.adjust import read_actions
+
     rows = read_actions(store, symbol, begin, stop).to_pylist()
     for row in rows:
         row["ex_date"] = row["ts"].date().isoformat()

@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from marketlake.aggregate import aggregate_store
 from marketlake.cli.app import state
 from marketlake.cli.output import console, show_table
 from marketlake.cli.timeopts import resolve_range
@@ -35,6 +34,8 @@ def aggregate(
     st = state(ctx)
     begin, stop = resolve_range(start, end, None, required=False)
     targets = [t.strip() for t in to.split(",") if t.strip()]
+    from marketlake.aggregate import aggregate_store
+
     results = aggregate_store(st.store, symbols or None, source, targets, begin, stop)
     rows = [r.as_dict() for r in results]
     show_table(rows, COLUMNS, title=f"Roll-ups from {source}", as_json=as_json,

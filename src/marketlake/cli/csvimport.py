@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
-from marketlake.csv_import import ImportResult, import_csv
+
+if TYPE_CHECKING:
+    from marketlake.csv_import import ImportResult
 
 
 class OnErrorChoice(StrEnum):
@@ -44,6 +46,8 @@ def import_csv_command(
 
     Example: `marketlake import-csv aapl.csv --symbol AAPL --timeframe 1d`
     """
+    from marketlake.csv_import import import_csv
+
     st = state(ctx)
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),

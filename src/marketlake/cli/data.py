@@ -8,18 +8,20 @@ from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from marketlake.adjust import read_adjusted
 from marketlake.cli.app import State, state
 from marketlake.cli.output import console, emit_json, err_console, error, show_table
 from marketlake.cli.timeopts import resolve_range
 from marketlake.errors import InputError
-from marketlake.ingest import IngestResult, ProgressCallback, run_ingest
-from marketlake.providers import PROVIDERS, Provider, get_provider
+from marketlake.providers import PROVIDERS, get_provider
+
+if TYPE_CHECKING:
+    from marketlake.ingest import IngestResult, ProgressCallback
+    from marketlake.providers import Provider
 
 
 class BarFormat(StrEnum):
@@ -99,6 +101,8 @@ async def _ingest(
     stop: datetime, resume: bool, refresh: bool, concurrency: int | None,
     progress: ProgressCallback,
 ) -> IngestResult:
+    from marketlake.ingest import run_ingest
+
     try:
         return await run_ingest(
             st.store, source, symbols, timeframe, begin, stop, resume=resume, refresh=refresh,
@@ -163,6 +167,8 @@ def bars(
     begin, stop = resolve_range(start, end, None, required=False)
     st.store.instrument(symbol)
     if adjusted:
+        from marketlake.adjust import read_adjusted
+
         table = read_adjusted(st.store, symbol, timeframe, begin, stop, limit=limit)
     else:
         table = st.store.read_bars(symbol, timeframe, begin, stop, limit=limit).table

@@ -9,13 +9,8 @@ from typing import Annotated
 
 import typer
 
-from marketlake.aggregate import aggregate_store
-from marketlake.checks import validate_store
 from marketlake.cli.app import State, state
 from marketlake.cli.output import console, emit_json, err_console, show_table
-from marketlake.ingest import run_ingest
-from marketlake.providers.synthetic import SyntheticProvider
-from marketlake.quality import QualityPolicy
 from marketlake.schema import Instrument
 
 DEMO_INSTRUMENTS = (
@@ -74,6 +69,9 @@ def demo(
         f"[bold]1/5[/] loading {days} days of synthetic 1-minute bars for "
         f"{len(DEMO_INSTRUMENTS)} symbols into {st.settings.store}"
     )
+    from marketlake.ingest import run_ingest
+    from marketlake.providers.synthetic import SyntheticProvider
+
     provider = SyntheticProvider(st.settings)
     result = asyncio.run(run_ingest(store, provider, symbols, "1m", start, end, rollup=False))
     say.print(f"      job {result.job_id}: {result.status} in {result.seconds:.1f}s")
@@ -139,6 +137,10 @@ def _dashboard_key(st: State) -> str:
 
 def _quality_and_rollups(st: State, symbols: list[str], *, as_json: bool = False) -> None:
     """Steps 2 and 3 of the demo: validate the minutes, then roll them up."""
+    from marketlake.aggregate import aggregate_store
+    from marketlake.checks import validate_store
+    from marketlake.quality import QualityPolicy
+
     say = err_console if as_json else console  # --json keeps stdout for the JSON
     began = time.perf_counter()
     report = validate_store(st.store, symbols, ["1m"],

@@ -9,7 +9,6 @@ import typer
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
 from marketlake.errors import InputError
-from marketlake.quality import latest_scores
 from marketlake.schema import Instrument
 
 group = typer.Typer(help="Register and inspect instruments.", no_args_is_help=True)
@@ -72,6 +71,8 @@ def show(
     data = instrument.model_dump()
     data["auto_registered"] = store.is_auto_registered(symbol)
     coverage = [row for row in store.bar_summary() if row["symbol"] == instrument.symbol]
+    from marketlake.quality import latest_scores
+
     quality = latest_scores(store, instrument.symbol)
     if as_json:
         emit_json({**data, "bars": coverage, "quality": quality})

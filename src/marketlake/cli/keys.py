@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from marketlake.api.keys import create_key, list_keys, revoke_key
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
 
@@ -27,6 +26,8 @@ def keys_create(
 
     Example: `marketlake keys create ci --scope read,write`
     """
+    from marketlake.api.keys import create_key
+
     key, plaintext = create_key(state(ctx).store, name, scope)
     if as_json:
         emit_json(key.as_dict() | {"key": plaintext})
@@ -46,6 +47,8 @@ def keys_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List keys (never their secrets)."""
+    from marketlake.api.keys import list_keys
+
     rows = [k.as_dict() | {"scopes": ",".join(k.scopes)}
             for k in list_keys(state(ctx).store, include_revoked=not active)]
     show_table(rows, ("id", "name", "scopes", "created_at", "revoked_at"), title="API keys",
@@ -58,6 +61,8 @@ def keys_revoke(
     key: Annotated[str, typer.Argument(help="The key's id or name.")],
 ) -> None:
     """Revoke a key; requests with it are refused from then on."""
+    from marketlake.api.keys import revoke_key
+
     revoked = revoke_key(state(ctx).store, key)
     console.print(f"revoked key {revoked.name} (id {revoked.id})", highlight=False)
 

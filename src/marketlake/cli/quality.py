@@ -11,12 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
-from marketlake.checks import validate_store
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
 from marketlake.cli.timeopts import parse_period
 from marketlake.errors import InputError
-from marketlake.quality import QualityPolicy, list_reports, load_report
 from marketlake.schema import parse_time, utcnow
 
 SERIES_COLUMNS = ("symbol", "timeframe", "bars", "expected", "missing", "errors", "warnings",
@@ -67,6 +65,9 @@ def validate(
     Examples: `marketlake validate AAPL -t 1m --since 30d`, `marketlake validate --list`,
     `marketlake validate --show 3f2a9c01b7de --format csv > findings.csv`
     """
+    from marketlake.checks import validate_store
+    from marketlake.quality import QualityPolicy, load_report
+
     st = state(ctx)
     fmt = Format.json if as_json else fmt
     if list_:
@@ -147,6 +148,8 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _print_list(store: Any, fmt: Format) -> None:
+    from marketlake.quality import list_reports
+
     rows = []
     for report in list_reports(store, limit=100):
         summary, scope = report["summary"], report["scope"]
@@ -183,6 +186,7 @@ def repair(
     Example: `marketlake repair AAPL -t 1m --provider synthetic`
     """
     from marketlake.providers import get_provider
+    from marketlake.quality import QualityPolicy
     from marketlake.repair import repair_gaps, source_provider
 
     st = state(ctx)

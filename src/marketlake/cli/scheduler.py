@@ -4,27 +4,22 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, error, show_table
-from marketlake.scheduler import (
-    SCHEDULE_FILE,
-    Runner,
-    ScheduledJob,
-    build_scheduler,
-    load_schedule,
-    next_runs,
-)
 from marketlake.schema import utcnow
+
+if TYPE_CHECKING:
+    from marketlake.scheduler import Runner, ScheduledJob
 
 
 def scheduler(
     ctx: typer.Context,
     config: Annotated[
-        Path | None, typer.Option(help=f"Schedule file (default config/{SCHEDULE_FILE}).")
+        Path | None, typer.Option(help="Schedule file (default config/ingestion_schedule.yml).")
     ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Run every job once now, then exit.")
@@ -38,6 +33,14 @@ def scheduler(
 
     Example: `marketlake scheduler --list`, then `marketlake scheduler` (Ctrl-C stops it).
     """
+    from marketlake.scheduler import (
+        SCHEDULE_FILE,
+        Runner,
+        build_scheduler,
+        load_schedule,
+        next_runs,
+    )
+
     st = state(ctx)
     jobs = load_schedule(config or st.settings.config_dir / SCHEDULE_FILE)
     if list_jobs:
