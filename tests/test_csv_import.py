@@ -437,6 +437,7 @@ def test_a_flagged_bar_is_stored_and_its_finding_names_the_line(duck: Store,
     result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL")
     assert (result.inserted, result.rejected, result.flagged) == (6, 0, 1)
     assert utc(2024, 3, 9) in [ts for ts, _ in closes(duck)]
+    assert result.score == 1.0  # every session bar is there and clean; the Saturday is extra
     report, findings = load_report(duck, str(result.quality_report))
     assert report["job_id"] == result.job_id
     assert report["scope"]["kind"] == "import"

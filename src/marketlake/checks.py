@@ -114,6 +114,8 @@ class IngestQuality:
     kind: str = "ingest"
     report: QualityReport = field(default_factory=QualityReport)
     _series: dict[str, SeriesQuality] = field(default_factory=dict)
+    _flagged_present: dict[str, int] = field(default_factory=dict)
+    """Per symbol: flagged bars that fill an expected slot (not those outside sessions)."""
 
     def __post_init__(self) -> None:
         self.report.kind = self.kind
@@ -136,6 +138,8 @@ class IngestQuality:
                                                                     stats.timeframe))
         for name in ("bars", "errors", "warnings", "rejected", "flagged"):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
+        self._flagged_present[stats.symbol] = (self._flagged_present.get(stats.symbol, 0)
+                                               + stats.present - stats.clean)
         total.first = min(filter(None, (total.first, stats.first)), default=None)
         total.last = max(filter(None, (total.last, stats.last)), default=None)
 
@@ -143,6 +147,7 @@ class IngestQuality:
         """Check the job's range of ``symbol`` in the store for gaps; score it."""
         symbol = normalize_symbol(symbol)
         stats = self._series.pop(symbol, SeriesQuality(symbol, str(self.timeframe)))
+        flagged = self._flagged_present.pop(symbol, 0)
         start = self.start or stats.first
         end = self.end or (self.timeframe.next_start(stats.last) if stats.last else None)
         if start is not None and end is not None:
@@ -151,7 +156,7 @@ class IngestQuality:
             scan = stored_gaps(self.store, instrument_of(self.store, symbol), self.timeframe,
                                start, end)
             stats.expected, stats.present = scan.expected, scan.present
-            stats.clean = max(0, scan.present - stats.flagged)
+            stats.clean = max(0, scan.present - flagged)
             if self.policy.enabled("gap") and scan.gaps:
                 self.report.counts["gap"] = self.report.counts.get("gap", 0) + len(scan.gaps)
                 self.report.truncated |= len(scan.gaps) > self.policy.max_findings
