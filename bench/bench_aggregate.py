@@ -250,8 +250,8 @@ def pandas_row_rules(frame: pd.DataFrame) -> pd.Series:
     volume = frame["volume"]
     bad_volume = ~((volume >= 0) & np.isfinite(volume))
     misaligned = frame["ts"].dt.floor("1min") != frame["ts"]
-    same_key = frame.duplicated(["symbol", "timeframe", "ts"], keep=False)
-    conflict = same_key & ~frame.duplicated(keep=False)
+    repeats = frame[frame.duplicated(["symbol", "timeframe", "ts"], keep=False)]
+    conflict = frame.index.isin(repeats.index[~repeats.duplicated(keep=False)])
     return bad_price | bad_ohlc | bad_volume | misaligned | conflict
 
 
