@@ -19,7 +19,7 @@ from marketlake.aggregate import (
     rollup_bars,
     rollup_targets,
 )
-from marketlake.columns import Groups, SortedBars, string_runs
+from marketlake.columns import Groups, SortedBars, string_runs, take_rows
 from marketlake.errors import ConfigError, InputError
 from marketlake.schema import BAR_SCHEMA, Instrument, Timeframe, to_epoch_us
 from marketlake.sessions import Sessions, calendar_name, sessions_for
@@ -250,3 +250,11 @@ def test_a_calendar_that_cannot_cover_the_dates_says_so() -> None:
     hong_kong = Instrument(symbol="0700.HK", exchange="XHKG", timezone="Asia/Hong_Kong")
     with pytest.raises(ConfigError, match="exchange calendar XHKG cannot cover 1950-"):
         sessions_for(hong_kong, us("1955-01-01"), us("1955-01-02"))
+
+
+@pytest.mark.parametrize("rows", [[], [0], [1, 2, 3, 7, 8, 2999], list(range(0, 3000, 2))],
+                         ids=["none", "one", "few-runs", "many-runs"])
+def test_take_rows_equals_an_arrow_take_whether_sliced_or_copied(rows: list[int]) -> None:
+    table = bars_for("BTCUSDT", "1m", "2024-03-04", "2024-03-07").slice(0, 3000)
+    wanted = np.asarray(rows, dtype=np.int64)
+    assert take_rows(table, wanted).equals(table.take(pa.array(wanted, pa.int64())))

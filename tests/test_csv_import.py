@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from marketlake.cli.app import cli
 from marketlake.csv_import import import_csv
 from marketlake.errors import DataError, InputError
+from marketlake.quality import RULES, QualityPolicy, load_report
 from marketlake.store import Store, open_store
 
 GOOD = """Date,Open,High,Low,Close,Volume
@@ -413,6 +415,77 @@ def test_the_cli_lists_skipped_lines(store_uri: str, tmp_path: Path,
     out = capsys.readouterr().out
     assert "skipped 1 lines:" in out
     assert "line 5, column High '2': high 2 is below low 3" in out
+
+
+# -- the quality policy ----------------------------------------------------------------
+
+SATURDAY = GOOD + ("2024-03-07,13,15,12,14,1300\n2024-03-08,14,16,13,15,1400\n"
+                   "2024-03-09,15,16,14,15.5,1500\n")  # no NYSE session on a Saturday
+REJECT_OUTSIDE = QualityPolicy().with_actions(outside_session="reject")
+EVERY_RULE_OFF = QualityPolicy().with_actions(**dict.fromkeys(RULES, "off"))
+
+
+def test_a_bar_a_reject_rule_catches_is_not_stored(duck: Store, tmp_path: Path) -> None:
+    result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL", policy=REJECT_OUTSIDE)
+    assert (result.rows, result.inserted, result.rejected, result.flagged) == (6, 5, 1, 0)
+    assert [ts for ts, _ in closes(duck)] == [utc(2024, 3, d) for d in (4, 5, 6, 7, 8)]
+    assert result.status == "succeeded"  # the policy did its job; no line was bad
+
+
+def test_a_flagged_bar_is_stored_and_its_finding_names_the_line(duck: Store,
+                                                                tmp_path: Path) -> None:
+    result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL")
+    assert (result.inserted, result.rejected, result.flagged) == (6, 0, 1)
+    assert utc(2024, 3, 9) in [ts for ts, _ in closes(duck)]
+    assert result.score == 1.0  # every session bar is there and clean; the Saturday is extra
+    report, findings = load_report(duck, str(result.quality_report))
+    assert report["job_id"] == result.job_id
+    assert report["scope"]["kind"] == "import"
+    assert report["summary"]["counts"] == {"outside_session": 1}
+    assert [(f["rule"], f["ts"], f["values"]["line"]) for f in findings] == [
+        ("outside_session", utc(2024, 3, 9), 7)]
+
+
+def test_with_every_rule_off_every_bar_is_stored_and_nothing_found(duck: Store,
+                                                                    tmp_path: Path) -> None:
+    result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL", policy=EVERY_RULE_OFF)
+    assert (result.inserted, result.rejected, result.flagged) == (6, 0, 0)
+    report, findings = load_report(duck, str(result.quality_report))
+    assert report["summary"]["counts"] == {}
+    assert findings == []
+
+
+def test_the_policy_applies_to_every_block_of_a_big_file(duck: Store, tmp_path: Path) -> None:
+    """Blocks after the first are checked too (the Saturday is in the last block)."""
+    result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL", timeframe="1d",
+                        policy=REJECT_OUTSIDE, block_bytes=40, one_transaction_bytes=0)
+    assert (result.inserted, result.rejected) == (5, 1)
+
+
+def test_gaps_are_checked_over_the_imported_range(duck: Store, tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("2024-03-05,11,13,10,12,1100\n", ""))
+    result = import_csv(duck, path, "AAPL")
+    report, findings = load_report(duck, str(result.quality_report))
+    assert report["summary"]["counts"] == {"gap": 1}
+    assert [(f["ts"], f["end_ts"]) for f in findings] == [(utc(2024, 3, 5), utc(2024, 3, 6))]
+    assert result.score == pytest.approx(2 / 3, abs=1e-6)
+
+
+def test_the_cli_applies_the_configured_policy_and_names_the_report(
+        store_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MARKETLAKE_QUALITY_RULES", '{"outside_session": "reject"}')
+    assert cli(["--store", store_uri, "import-csv", str(write(tmp_path, SATURDAY)), "-s",
+                "AAPL", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["inserted"], summary["rejected"], summary["flagged"]) == (5, 1, 0)
+    report = summary["quality_report"]
+    assert cli(["--store", store_uri, "import-csv", str(write(tmp_path, SATURDAY)), "-s",
+                "AAPL"]) == 0
+    out = capsys.readouterr().out
+    assert "rejected (quality)" in out
+    assert "quality: 1 bars rejected (not stored), 0 flagged; see `marketlake validate" in out
+    assert report not in out  # a second import, a second report
 
 
 # -- the csv provider -------------------------------------------------------------------

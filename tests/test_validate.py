@@ -244,6 +244,18 @@ def test_shuffled_input_reports_and_rejects_the_input_rows() -> None:
         t for i, t in enumerate(table.column("ts").to_pylist()) if i != 4]
 
 
+@pytest.mark.parametrize("bad", [[0], [0, 5, 2999], list(range(1, 3000, 2)), list(range(3000))],
+                         ids=["first", "few", "many", "all"])
+def test_rejected_rows_are_dropped_and_the_rest_kept_in_order(bad: list[int]) -> None:
+    table = bars(minutes("2024-03-04T10:00", 3000))
+    volume = np.full(3000, 5.0)
+    volume[bad] = -1.0
+    table = table.set_column(7, "volume", pa.array(volume)).cast(BAR_SCHEMA)
+    kept, report = check(table)
+    assert report.rejected == len(bad)
+    assert kept.equals(table.filter(pa.array(volume >= 0)))
+
+
 def test_findings_are_capped_per_rule_but_counted_exactly() -> None:
     table = bars(minutes("2024-03-04T10:00", 30))
     table = table.set_column(7, "volume", pa.array([-1.0] * 30))

@@ -2,9 +2,9 @@
 
 - :func:`validate_store` runs every rule over stored series and saves the report
   (``marketlake validate``);
-- :class:`IngestQuality` is what an ingest job uses: it applies the policy to each
-  fetched batch before it is written, then checks the written range for gaps and
-  saves one report for the job;
+- :class:`IngestQuality` is what an ingest job (and a CSV import) uses: it applies
+  the policy to each batch before it is written, then checks the written range for
+  gaps and saves one report for the job;
 - :func:`stored_gaps` compares the stored bars of a series with those expected.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -98,20 +99,31 @@ def stored_gaps(store: Store, instrument: Instrument, tf: Timeframe, start: date
 
 @dataclass
 class IngestQuality:
-    """The quality side of one ingest job: policy per batch, gaps per symbol, one report."""
+    """The quality side of one job that writes bars (an ingest job, a CSV import): policy
+    per batch, gaps per symbol, one report.
+
+    ``start``/``end`` bound the range the job covers; when None (a CSV import, whose
+    range is the file's), each symbol's range runs from its first to its last checked bar.
+    """
 
     store: Store
     policy: QualityPolicy
     timeframe: Timeframe
-    start: datetime
-    end: datetime
-    report: QualityReport = field(default_factory=lambda: QualityReport(kind="ingest"))
+    start: datetime | None
+    end: datetime | None
+    kind: str = "ingest"
+    report: QualityReport = field(default_factory=QualityReport)
     _series: dict[str, SeriesQuality] = field(default_factory=dict)
+    _flagged_present: dict[str, int] = field(default_factory=dict)
+    """Per symbol: flagged bars that fill an expected slot (not those outside sessions)."""
+
+    def __post_init__(self) -> None:
+        self.report.kind = self.kind
 
     def check(self, batch: pa.Table) -> tuple[pa.Table, QualityReport]:
         """The rows of ``batch`` to write, and what the rules found in it."""
         kept, found = apply_policy(batch, self.policy, store=self.store, gaps=False,
-                                   kind="ingest")
+                                   kind=self.kind)
         self.report.rows += found.rows
         self.report.findings.extend(found.findings)
         for rule, n in found.counts.items():
@@ -126,6 +138,8 @@ class IngestQuality:
                                                                     stats.timeframe))
         for name in ("bars", "errors", "warnings", "rejected", "flagged"):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
+        self._flagged_present[stats.symbol] = (self._flagged_present.get(stats.symbol, 0)
+                                               + stats.present - stats.clean)
         total.first = min(filter(None, (total.first, stats.first)), default=None)
         total.last = max(filter(None, (total.last, stats.last)), default=None)
 
@@ -133,12 +147,16 @@ class IngestQuality:
         """Check the job's range of ``symbol`` in the store for gaps; score it."""
         symbol = normalize_symbol(symbol)
         stats = self._series.pop(symbol, SeriesQuality(symbol, str(self.timeframe)))
-        end = min(self.end, utcnow())
-        if self.start < end:
+        flagged = self._flagged_present.pop(symbol, 0)
+        start = self.start or stats.first
+        end = self.end or (self.timeframe.next_start(stats.last) if stats.last else None)
+        if start is not None and end is not None:
+            end = min(end, utcnow())
+        if start is not None and end is not None and start < end:
             scan = stored_gaps(self.store, instrument_of(self.store, symbol), self.timeframe,
-                               self.start, end)
+                               start, end)
             stats.expected, stats.present = scan.expected, scan.present
-            stats.clean = max(0, scan.present - stats.flagged)
+            stats.clean = max(0, scan.present - flagged)
             if self.policy.enabled("gap") and scan.gaps:
                 self.report.counts["gap"] = self.report.counts.get("gap", 0) + len(scan.gaps)
                 self.report.truncated |= len(scan.gaps) > self.policy.max_findings
@@ -148,12 +166,15 @@ class IngestQuality:
         self.report.series.append(stats)
         return stats
 
-    def save(self, job_id: str, symbols: Sequence[str], provider: str) -> str:
-        """Store the job's report; return its id."""
+    def save(self, job_id: str, symbols: Sequence[str], **scope: Any) -> str:
+        """Store the job's report (``scope``: e.g. the provider or the file); return its id."""
         self.report.job_id = job_id
+        firsts = [s.first for s in self.report.series if s.first is not None]
+        lasts = [s.last for s in self.report.series if s.last is not None]
+        start = self.start or min(firsts, default=None)
+        end = self.end or (self.timeframe.next_start(max(lasts)) if lasts else None)
         return save_report(self.store, self.report, scope_of(
-            symbols, [str(self.timeframe)], self.start, self.end, kind="ingest",
-            provider=provider))
+            symbols, [str(self.timeframe)], start, end, kind=self.kind, **scope))
 
 
 def first_last(table: pa.Table) -> tuple[datetime, datetime] | None:

@@ -9,6 +9,12 @@ good blocks are committed as they come. Besides the per-row rules of
 :mod:`marketlake.providers.csv_rows`, a time that appears twice in the file
 with other values is a bad line (the later one); with the same values it is a
 harmless duplicate. Parsing runs one block ahead of writing, on a second thread.
+
+The parsed bars then pass the quality policy, as in an ingest job
+(:class:`marketlake.checks.IngestQuality`): bars a ``reject`` rule catches are not
+stored, whatever ``on_error`` says; ``flag`` findings are stored. The import's
+quality report (kind ``import``, tied to its job, gaps checked over the file's
+range) is saved when the import succeeds; its findings name the file line.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from marketlake.checks import IngestQuality
 from marketlake.errors import InputError, MarketLakeError
 from marketlake.providers.csv import BLOCK_BYTES, BadRow, CsvBarReader, first_problem
+from marketlake.quality import QualityPolicy, QualityReport
 from marketlake.schema import BAR_VALUES, Timeframe, from_epoch_us
 from marketlake.store.base import OnConflict, Store, WriteResult, check_on_conflict
 from marketlake.store.merge import find_repeats, ts_micros
@@ -55,6 +63,10 @@ class ImportResult:
     duplicates: int = 0
     conflicts: int = 0
     replaced: int = 0
+    rejected: int = 0  # bars a reject rule of the quality policy kept out
+    flagged: int = 0  # bars stored with a finding of a flag rule
+    quality_report: str | None = None
+    score: float | None = None
     skipped: list[BadRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -89,10 +101,15 @@ def import_csv(
     delimiter: str = ",",
     source: str = "csv",
     progress: ImportProgress | None = None,
+    policy: QualityPolicy | None = None,
     block_bytes: int = BLOCK_BYTES,
     one_transaction_bytes: int = ONE_TRANSACTION_BYTES,
 ) -> ImportResult:
-    """Import one CSV file of bars for ``symbol``; see the module docstring."""
+    """Import one CSV file of bars for ``symbol``; see the module docstring.
+
+    ``policy`` is the quality policy (default: the built-in one; the CLI reads the
+    settings and ``config/quality.yml``).
+    """
     if on_error not in ("fail", "skip"):
         raise InputError(f"--on-error {on_error!r} must be fail or skip", param="on_error")
     check_on_conflict(on_conflict)
@@ -103,7 +120,7 @@ def import_csv(
                                       "on_error": on_error})
     store.update_job(job.id, status="running")
     result = ImportResult(job.id, str(path), reader.symbol)
-    run = _Run(store, reader, result, on_error, on_conflict, progress)
+    run = _Run(store, reader, result, on_error, on_conflict, progress, policy or QualityPolicy())
     began = time.perf_counter()
     try:
         if on_error == "skip":
@@ -118,6 +135,7 @@ def import_csv(
         result.seconds = time.perf_counter() - began
         store.update_job(job.id, status="failed", summary=result.summary(), error=exc.message)
         raise
+    run.save_quality(job.id)
     result.seconds = time.perf_counter() - began
     result.timeframe = str(reader.timeframe or "")
     result.notes = reader.notes
@@ -138,7 +156,9 @@ class _Run:
     on_error: OnError
     on_conflict: OnConflict
     progress: ImportProgress | None
+    policy: QualityPolicy
     passes: int = 1
+    quality: IngestQuality | None = None
 
     def check(self) -> None:
         """Read the whole file and raise on the first bad line, writing nothing."""
@@ -160,7 +180,7 @@ class _Run:
         registered = False
         for batch in prefetch(self.reader.batches()):
             result.rows += batch.rows
-            bars, _, repeated, duplicates = seen.check(batch.bars, batch.lines)
+            bars, lines, repeated, duplicates = seen.check(batch.bars, batch.lines)
             bad = self._fail_on([*batch.bad, *repeated])
             result.skipped += bad
             result.duplicates += duplicates
@@ -168,11 +188,36 @@ class _Run:
                 if not registered:
                     self.store.ensure_instruments([result.symbol])
                     registered = True
+                bars = self._apply_policy(bars, lines)
+            if bars.num_rows:
                 result.add(self.store.write_bars(bars, on_conflict=self.on_conflict))
             offset = self.reader.size if self.passes == 2 else 0
             self._report(offset + batch.bytes_read, result.rows)
         if result.rows == 0:
             raise InputError(f"{self.reader.path} has a header but no data rows")
+
+    def _apply_policy(self, bars: pa.Table, lines: np.ndarray[Any, Any]) -> pa.Table:
+        """The bars the quality policy keeps; its findings name their file line."""
+        if self.quality is None:
+            assert self.reader.timeframe is not None  # known once the first block is read
+            self.quality = IngestQuality(self.store, self.policy, self.reader.timeframe,
+                                         None, None, kind="import")
+        kept, found = self.quality.check(bars)
+        for finding in found.findings:
+            if finding.row is not None:
+                finding.values["line"] = int(lines[finding.row])
+        self.result.rejected += found.rejected
+        self.result.flagged += sum(s.flagged for s in found.series)
+        return kept
+
+    def save_quality(self, job_id: str) -> QualityReport | None:
+        """Check the imported range for gaps, score it and store the import's report."""
+        if self.quality is None:
+            return None
+        self.result.score = self.quality.finish(self.result.symbol).score
+        self.result.quality_report = self.quality.save(job_id, [self.result.symbol],
+                                                       path=str(self.reader.path))
+        return self.quality.report
 
     def _fail_on(self, bad: list[BadRow]) -> list[BadRow]:
         bad.sort(key=lambda b: b.line)

@@ -306,7 +306,7 @@ async def run_ingest(
         store.update_job(job_id, status="failed", error="the job stopped unexpectedly")
         raise
     result.symbols = [done[s] for s in names]
-    result.quality_report = quality.save(job_id, names, provider.name)
+    result.quality_report = quality.save(job_id, names, provider=provider.name)
     result.seconds = time.perf_counter() - began
     errors = "; ".join(f"{s.symbol}: {s.error}" for s in result.symbols if s.error)
     store.update_job(job_id, status=result.status, summary=result.summary(),

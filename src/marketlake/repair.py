@@ -140,7 +140,7 @@ async def repair_gaps(
     if filled and (settings.rollup_after_ingest if rollup is None else rollup):
         rollup_after_ingest(store, symbol, tf, filled[0].start, filled[-1].end,
                             settings.rollup_timeframes)
-    result.quality_report = quality.save(job.id, [symbol], provider.name)
+    result.quality_report = quality.save(job.id, [symbol], provider=provider.name)
     result.seconds = time.perf_counter() - began
     errors = "; ".join(f"{r.start.isoformat()}: {r.error}" for r in result.ranges if r.error)
     status = "failed" if errors and not filled else "partial" if errors else "succeeded"

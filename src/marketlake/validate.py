@@ -70,6 +70,7 @@ SPLIT_FACTORS = np.array([2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 15.0, 20.0, 25.0, 50.0,
 _JUMP = 1.4  # a close-to-open move smaller than this is never split-like
 _BLOCK = 512  # returns per block of the local outlier scale
 _PER_BLOCK = 64  # returns sampled per block
+_MAX_SLICES = 1024  # rejected rows up to which kept rows are sliced, not copied
 
 
 def apply_policy(
@@ -96,11 +97,23 @@ def apply_policy(
         instruments = instruments or _store_instruments(store, table)
         if corporate_actions is None:
             corporate_actions = split_actions(store, _symbols(table))
-    report, reject = validate_bars(table, policy, instruments=instruments,
-                                   corporate_actions=corporate_actions, gaps=gaps)
+    report, _ = validate_bars(table, policy, instruments=instruments,
+                              corporate_actions=corporate_actions, gaps=gaps)
     report.kind = kind
-    kept = table.filter(pa.array(~reject)) if report.rejected else table
+    kept = _without_rows(table, report.rejected_rows) if report.rejected else table
     return kept, report
+
+
+def _without_rows(table: pa.Table, rows: Array) -> pa.Table:
+    """``table`` without ``rows`` (ascending): zero-copy slices around a few rows (filtering
+    every column, strings included, costs more than the checks), else a filter."""
+    if len(rows) > _MAX_SLICES:
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[rows] = False
+        return table.filter(pa.array(keep))
+    bounds = zip([0, *(rows + 1).tolist()], [*rows.tolist(), table.num_rows], strict=True)
+    parts = [table.slice(lo, hi - lo) for lo, hi in bounds if hi > lo]
+    return pa.concat_tables(parts) if parts else table.slice(0, 0)
 
 
 def validate_bars(

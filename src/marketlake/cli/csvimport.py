@@ -44,9 +44,14 @@ def import_csv_command(
 ) -> None:
     """Import bars from a CSV file (idempotent: importing it again adds nothing).
 
+    The bars then pass the quality policy (MARKETLAKE_QUALITY_RULES, config/quality.yml):
+    bars a reject rule catches are not stored, flagged ones are stored and reported
+    (`marketlake validate --show ID`).
+
     Example: `marketlake import-csv aapl.csv --symbol AAPL --timeframe 1d`
     """
     from marketlake.csv_import import import_csv
+    from marketlake.quality import QualityPolicy
 
     st = state(ctx)
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
@@ -60,7 +65,8 @@ def import_csv_command(
 
         result = import_csv(st.store, file, symbol, timeframe=timeframe, tz=tz,
                             on_error=on_error.value, delimiter=delimiter,
-                            on_conflict="replace" if replace else "ignore", progress=progress)
+                            on_conflict="replace" if replace else "ignore", progress=progress,
+                            policy=QualityPolicy.from_settings(st.settings))
     print_import(result, as_json=as_json)
 
 
@@ -73,8 +79,11 @@ def print_import(result: ImportResult, *, as_json: bool) -> None:
     counts = {"symbol": result.symbol, "timeframe": result.timeframe, "rows read": result.rows,
               "inserted": result.inserted, "duplicates": result.duplicates,
               "conflicts": result.conflicts, "replaced": result.replaced,
-              "skipped": len(result.skipped), "seconds": round(result.seconds, 2),
-              "rows per second": round(rate)}
+              "skipped": len(result.skipped), "rejected (quality)": result.rejected,
+              "flagged (quality)": result.flagged,
+              "quality score": "" if result.score is None else f"{result.score:.2%}",
+              "quality report": result.quality_report or "",
+              "seconds": round(result.seconds, 2), "rows per second": round(rate)}
     show_table([{"": key, "value": value} for key, value in counts.items()], ("", "value"),
                numeric=("value",), title=f"Import job {result.job_id}: {result.status}")
     for note in result.notes:
@@ -82,6 +91,10 @@ def print_import(result: ImportResult, *, as_json: bool) -> None:
     if result.conflicts:
         console.print(f"{result.conflicts:,} rows differ from stored bars and were left as "
                       "stored; pass --replace to overwrite them", highlight=False)
+    if result.rejected or result.flagged:
+        console.print(f"quality: {result.rejected:,} bars rejected (not stored), "
+                      f"{result.flagged:,} flagged; see `marketlake validate --show "
+                      f"{result.quality_report}`", highlight=False, soft_wrap=True)
     if result.skipped:
         console.print(f"skipped {len(result.skipped):,} lines:", highlight=False)
         for bad in result.skipped:
