@@ -108,6 +108,8 @@ def test_open_bus_picks_by_uri() -> None:
 def test_shards_are_stable_and_spread() -> None:
     assert shard_of("BTCUSDT", 8) == shard_of("BTCUSDT", 8)
     assert len({shard_of(f"S{i}", 8) for i in range(64)}) == 8
+    # symbols one character apart spread too (CRC-32 put all of these on one shard)
+    assert len({shard_of(f"S{i}USDT", 4) for i in range(8)}) == 4
 
 
 # -- Redis Streams -----------------------------------------------------------------
@@ -147,8 +149,9 @@ async def test_redis_entries_are_consumed_once_and_acked(rbus: RedisBus) -> None
     assert sorted(m.id for m in got) == sorted(ids)
     by_symbol = [m.payload.table for m in got if m.payload.symbol == "BTCUSDT"]
     assert by_symbol == [b.table for b in batches[:4]]
-    pending = await rbus.redis.xpending(rbus.key(RAW_TOPIC, shard_of("BTCUSDT", 4)), "workers")
-    assert pending["pending"] == 4
+    shard = shard_of("BTCUSDT", 4)
+    pending = await rbus.redis.xpending(rbus.key(RAW_TOPIC, shard), "workers")
+    assert pending["pending"] == sum(shard_of(b.symbol, 4) == shard for b in batches)
     await consumer.ack(got)
     pending = await rbus.redis.xpending(rbus.key(RAW_TOPIC, shard_of("BTCUSDT", 4)), "workers")
     assert pending["pending"] == 0

@@ -24,6 +24,7 @@ import pytest
 from marketlake.store import Store, open_store
 from marketlake.stream.alerts import RuleSet, parse_rule
 from marketlake.stream.analytics import AnalyticsConfig
+from marketlake.stream.bus import shard_of
 from marketlake.stream.events import RAW_TOPIC
 from marketlake.stream.pipeline import Pipeline
 from marketlake.stream.redisbus import RedisBus
@@ -101,6 +102,14 @@ class Bus:
         return result
 
 
+def _reap(process: subprocess.Popen[bytes]) -> None:
+    try:
+        process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate(timeout=10)
+
+
 def _wait(condition: Any, timeout: float, what: str,
           process: subprocess.Popen[bytes] | None) -> None:
     deadline = time.monotonic() + timeout
@@ -144,6 +153,7 @@ def _check_store(store: Store, trades: dict[str, pa.Table]) -> None:
 
 
 def _run_with_a_kill(store_uri: str, prefix: str, config_dir: Path, *, concurrent: bool) -> None:
+    assert {shard_of(s, 4) for s in SYMBOLS} == {0, 1, 2, 3}  # every worker's shards see events
     (config_dir / "alert_rules.yml").write_text(RULE)
     env = _env(store_uri, prefix, config_dir)
     bus = Bus(prefix)
@@ -169,6 +179,10 @@ def _run_with_a_kill(store_uri: str, prefix: str, config_dir: Path, *, concurren
         for process in (victim, survivor):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        if sys.exc_info()[0] is not None:  # failing: reap both, the error is what matters
+            for process in (victim, survivor):
+                if process is not None:
+                    _reap(process)
     assert survivor is not None
     out, err = survivor.communicate(timeout=30)
     assert survivor.returncode == 0, err.decode()

@@ -17,7 +17,8 @@ of recent entries and skip what fell out of it.
 from __future__ import annotations
 
 import asyncio
-import zlib
+import functools
+import hashlib
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -39,9 +40,15 @@ class Message:
     key: str = ""
 
 
+@functools.lru_cache(maxsize=65_536)
 def shard_of(symbol: str, shards: int) -> int:
-    """The raw-topic shard of a symbol (stable across processes)."""
-    return zlib.crc32(symbol.encode()) % shards
+    """The raw-topic shard of a symbol (stable across processes).
+
+    BLAKE2b, not CRC-32: CRC is linear, so symbols differing in one character
+    (``S0USDT`` … ``S7USDT``) share their low bits and would all land on one shard.
+    """
+    digest = hashlib.blake2b(symbol.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
 
 
 class Consumer(ABC):
