@@ -9,8 +9,8 @@ orders), whole units, 10 bps commission, on synthetic 1-minute BTCUSDT bars.
    bars and its time is scaled by 10 (its loop is linear in bars; the script
    also times MarketLake on the same 100,000 bars for a like-for-like ratio).
    Plain NumPy (signals and an equity curve, no trades, no statistics) is the
-   floor. vectorbt is timed when it is installed; otherwise the reference
-   figures of the issue are printed.
+   floor. vectorbt (installed by ``make`` from the ``bench`` extra) is timed
+   warm, after one untimed call; without it the issue's reference figures are printed.
 2. A cold ``marketlake backtest run`` on 1,000,000 stored bars: the whole
    process, after one untimed run that leaves the bytecode caches an installed
    package has (this environment sets PYTHONDONTWRITEBYTECODE).
