@@ -44,7 +44,8 @@ def main(quick: bool = False) -> None:
     store.write_bars(generate_bars("BTCUSDT", "4h", end - timedelta(hours=5000), end))
     store.close()
     drawn, switch = [], []
-    with ServerThread(Settings(store=uri, api_rate_limit_per_minute=0)) as server, \
+    with ServerThread(Settings(store=uri, api_rate_limit_per_minute=0,
+                                       api_access_log=False)) as server, \
             sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--no-sandbox", "--disable-gpu",
