@@ -214,9 +214,12 @@ class DuckDBStore(Store):
                     return layout.merge_many(self._con, self._ids, table, on_conflict)
                 check_keys([g[0] for g in groups], [g[1] for g in groups])
                 result = WriteResult()
+                inserts: list[pa.Table] = []
                 for symbol, timeframe, rows in groups:
                     result += layout.merge_group(self._con, self._ids, symbol, timeframe, rows,
-                                                 on_conflict)
+                                                 on_conflict, inserts)
+                if inserts:
+                    layout.insert_rows(self._con, pa.concat_tables(inserts))
                 return result
             except duckdb.Error as exc:
                 raise StoreError(f"DuckDB: writing bars failed: {exc}") from exc

@@ -188,8 +188,13 @@ def _fetch(con: duckdb.DuckDBPyConnection, columns: str, sid: int, ts: Any) -> p
 
 
 def merge_group(con: duckdb.DuckDBPyConnection, ids: SeriesIds, symbol: str, timeframe: str,
-                batch: pa.Table, on_conflict: OnConflict) -> WriteResult:
-    """Write one (symbol, timeframe) group idempotently; see the module docstring."""
+                batch: pa.Table, on_conflict: OnConflict,
+                inserts: list[pa.Table] | None = None) -> WriteResult:
+    """Write one (symbol, timeframe) group idempotently; see the module docstring.
+
+    With ``inserts``, the new rows are appended to it for the caller to insert with
+    other groups' in one statement (an insert has a fixed cost; series never overlap).
+    """
     sid = ids.series(symbol, timeframe, create=True)
     assert sid is not None
     ts = ts_micros(batch)
@@ -209,7 +214,11 @@ def merge_group(con: duckdb.DuckDBPyConnection, ids: SeriesIds, symbol: str, tim
     new = ~match.found
     if new.any():
         rows = batch if new.all() else batch.take(indices(new))
-        insert_rows(con, physical(rows, sid, ids.source_ids(rows.column("source"))))
+        rows = physical(rows, sid, ids.source_ids(rows.column("source")))
+        if inserts is None:
+            insert_rows(con, rows)
+        else:
+            inserts.append(rows)
     conflict = match.found & ~same
     replaced = 0
     if on_conflict == "replace" and conflict.any():
