@@ -5,6 +5,7 @@ The persistence tests run on every store backend (the SQL of metrics and alerts 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -154,3 +155,44 @@ def test_forgetting_a_symbol_rebuilds_it_from_the_store(duck: Store) -> None:
     _run(pipeline, duck, batches[3:])
     _assert_bars_equal(duck, trades)
     assert pipeline.counters.seeded == 2
+
+
+def test_coalesced_rounds_give_what_batch_by_batch_processing_gives() -> None:
+    """A worker merges each symbol's consecutive trade batches; nothing it computes changes."""
+    from marketlake.stream.worker import coalesce
+
+    btc = batches_of(make_trades("BTCUSDT", 1200, seed=1), 7)
+    eth = batches_of(make_trades("ETHUSDT", 800, seed=2), 5)
+    late = batches_of(make_trades("BTCUSDT", 30, seed=3, start_us=T0_US + 2_000 * 1_000_000,
+                                  first_id=5000), 10, role="backfill")
+    kline = Batch("bar", "ETHUSDT", bars_table("ETHUSDT", "1m", "binance", {
+        "ts": [T0_US + 600 * 1_000_000], "open": [100.0], "high": [101.0], "low": [99.0],
+        "close": [100.5], "volume": [3.0], "trades": [4], "vwap": [100.2]}), "live", final=False)
+    interleaved = [b for pair in itertools.zip_longest(btc, eth) for b in pair if b is not None]
+    interleaved[100:100] = [kline]
+    interleaved += late
+
+    merged = coalesce(interleaved)
+    assert len(merged) < 10
+    assert [b.kind for b in merged].count("bar") == 1
+    for symbol in ("BTCUSDT", "ETHUSDT"):  # each symbol's rows in their original order
+        def ids(batches: list[Batch], symbol: str = symbol) -> list[str]:
+            return [i for b in batches if b.symbol == symbol and b.kind == "trade"
+                    for i in b.table.column("trade_id").to_pylist()]
+        assert ids(merged) == ids(interleaved)
+    eth_kinds = [b.kind for b in merged if b.symbol == "ETHUSDT"]
+    assert eth_kinds == ["trade", "bar", "trade"]  # the kline splits ETH's run
+    assert [b.role for b in merged if b.symbol == "BTCUSDT"] == ["live", "backfill"]
+
+    def outputs(batches: list[Batch]) -> tuple[list[str], dict[str, Any], int]:
+        pipeline = _pipeline(None)
+        alerts: list[str] = []
+        metrics: dict[str, Any] = {}
+        for batch in batches:
+            pipeline.process(batch)
+            out = pipeline.take()
+            alerts += [a.id for a in out.alerts]
+            metrics.update(out.metrics)
+        return sorted(alerts), metrics, pipeline.counters.events
+
+    assert outputs(merged) == outputs(interleaved)

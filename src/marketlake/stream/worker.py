@@ -1,11 +1,17 @@
 """``marketlake worker``: consume the raw topic, build bars, run analytics and alerts, persist.
 
 One round: fetch up to ``worker_fetch_entries`` bus entries → run every batch
-through the :class:`~marketlake.stream.pipeline.Pipeline` → store the new
-alerts and publish them → write trades, bars and metrics in one transaction
-(idempotent) → publish the latest metrics → acknowledge the entries. The
-writes of one round overlap the fetching and processing of the next. A crash anywhere before the ack
-means the entries are delivered again and the writes change nothing.
+through the :class:`~marketlake.stream.pipeline.Pipeline` → publish its alerts at
+once → store the alerts, trades, bars and metrics (idempotent) → publish the
+latest metrics → acknowledge the entries. The writes of one round overlap the
+fetching and processing of the next. A crash anywhere before the ack means the
+entries are delivered again and the writes change nothing; an alert published
+before the crash is published again with the same id (at least once: the
+dashboard and API clients keep one alert per id).
+
+Alerts are published before the previous round's writes have finished: a
+database write can take tens of milliseconds, and an alert is what someone is
+waiting for.
 
 SIGTERM (or SIGINT) lets the round in flight finish, acknowledges it, gives
 the shard leases back and exits.
@@ -19,13 +25,15 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import pyarrow as pa
+
 from marketlake.config import Settings
 from marketlake.store.base import Store
-from marketlake.stream.alerts import RuleSource
+from marketlake.stream.alerts import Alert, RuleSource
 from marketlake.stream.analytics import AnalyticsConfig
 from marketlake.stream.bus import Bus, Consumer, Message
 from marketlake.stream.events import ALERTS_TOPIC, METRICS_TOPIC, Batch, now_us
@@ -107,6 +115,8 @@ class Worker:
                     writing = None
                 started = time.perf_counter()
                 out, newest = self._process(messages)
+                if out.alerts:
+                    await self._publish_alerts(out.alerts)
                 if writing is not None:
                     await writing
                 writing = asyncio.create_task(
@@ -134,23 +144,19 @@ class Worker:
     def _process(self, messages: list[Message]) -> tuple[Outputs, int | None]:
         """CPU work of a round; the newest trade time (for the lag gauge)."""
         newest: int | None = None
-        for message in messages:
-            batch = message.payload
-            if isinstance(batch, Batch):
-                self.pipeline.process(batch)
-                self.stats.events += len(batch)
-                if batch.kind == "trade" and len(batch):
-                    last = batch.table.column("ts")[-1].value
-                    newest = last if newest is None else max(newest, last)
+        for batch in coalesce(m.payload for m in messages if isinstance(m.payload, Batch)):
+            self.pipeline.process(batch)
+            self.stats.events += len(batch)
+            if batch.kind == "trade" and len(batch):
+                last = batch.table.column("ts")[-1].value
+                newest = last if newest is None else max(newest, last)
         return self.pipeline.take(), newest
 
     async def _write(self, consumer: Consumer, messages: list[Message], out: Outputs,
                      newest: int | None, started: float) -> None:
         """Store and publish a round's results, then acknowledge its entries."""
-        if out.alerts:  # stored and published before the bulk writes: alerts are urgent
+        if out.alerts:  # already published; stored before the bulk writes
             alerts = await asyncio.to_thread(insert_alerts, self.store, out.alerts)
-            for alert in alerts:
-                await self.bus.publish_event(ALERTS_TOPIC, alert.as_json())
             self.stats.alerts += len(alerts)
         trades, bars = await asyncio.to_thread(persist_data, self.store, out)
         for symbol, values in out.metrics.items():
@@ -165,6 +171,10 @@ class Worker:
         self.stats.last_round_ms = (time.perf_counter() - started) * 1000
         if self.on_round is not None:
             self.on_round(self.stats)
+
+    async def _publish_alerts(self, alerts: list[Alert]) -> None:
+        for alert in {a.id: a for a in alerts}.values():
+            await self.bus.publish_event(ALERTS_TOPIC, alert.as_json())
 
     def _reload_rules(self) -> None:
         if time.monotonic() < self._next_reload:
@@ -183,6 +193,38 @@ class Worker:
                                 "state": "stopped" if final else "running",
                                 "updated_us": time.time_ns() // 1000}
         await self.bus.set_status(f"worker:{self.stats.name}", data)
+
+
+def coalesce(batches: Iterable[Batch]) -> list[Batch]:
+    """Each symbol's consecutive trade batches of one role as one batch, in order.
+
+    The pipeline's cost is mostly per batch, and a feed publishes many small ones
+    (a few trades every few milliseconds); one round can hold hundreds. A bar
+    batch, or trades of another role, ends the symbol's run so its order is kept.
+    """
+    out: list[Batch] = []
+    runs: dict[str, list[Batch]] = {}
+
+    def flush(symbol: str) -> None:
+        run = runs.pop(symbol, None)
+        if not run:
+            return
+        first = run[0]
+        out.append(first if len(run) == 1 else Batch(
+            "trade", symbol, pa.concat_tables([b.table for b in run]), first.role, first.final,
+            run[-1].published_us))
+
+    for batch in batches:
+        run = runs.get(batch.symbol)
+        if run and (batch.kind != "trade" or batch.role != run[0].role):
+            flush(batch.symbol)
+        if batch.kind == "trade":
+            runs.setdefault(batch.symbol, []).append(batch)
+        else:
+            out.append(batch)
+    for symbol in list(runs):
+        flush(symbol)
+    return out
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
