@@ -155,7 +155,8 @@ def replay(
     start: Annotated[str | None, typer.Option(help="From (inclusive), ISO date or time.")] = None,
     end: Annotated[str | None, typer.Option(help="To (exclusive).")] = None,
     speed: Annotated[float, typer.Option(
-        help="Times real time (60: a 1m bar per second); 0: as fast as possible.")] = 0.0,
+        help="Times real time, 0.01 to 1,000,000 (60: a 1m bar per second); "
+        "0: as fast as possible.")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Send stored bars through the live analytics and alerts; print metrics and alerts.

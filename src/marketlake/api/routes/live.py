@@ -65,7 +65,8 @@ async def replay_bars(
     start: Annotated[str | None, Query(description="From (inclusive), ISO time")] = None,
     end: Annotated[str | None, Query(description="To (exclusive), ISO time")] = None,
     speed: Annotated[float, Query(ge=0, le=1_000_000, description=(
-        "Times real time (60: a 1m bar per second); 0: as fast as possible"))] = 0.0,
+        "Times real time, 0.01 to 1,000,000 (60: a 1m bar per second); "
+        "0: as fast as possible"))] = 0.0,
 ) -> Response:
     """Stored bars through the live analytics and alert rules: ``event: bar`` (the bar and
     its metrics) and ``event: alert``. Nothing is stored or published."""
