@@ -9,11 +9,12 @@ each client records every page, so the measured runs replay recorded bytes.
 * **Alternative**: what a yfinance user writes: one symbol after another,
   synchronous HTTP, each page into a pandas DataFrame, ``DataFrame.to_sql``
   into SQLite.
-* **Server time**: the same pages fetched with MarketLake's concurrency and
-  nothing else done with them; MarketLake's overhead is the share of its wall
-  time beyond that.
+* **Server time**: the same pages fetched with MarketLake's concurrency, job after
+  job, and nothing else done with them; MarketLake's overhead is the share of its
+  wall time beyond that.
 
-Figures are medians of ``ROUNDS`` runs, each into a fresh store.
+Figures are medians of ``ROUNDS`` runs (``BENCH_ROUNDS``, default 3; 1 with ``--quick``),
+each into a fresh store.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ STOCKS = [f"S{i:02d}" for i in range(20)]
 CRYPTO = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
 DAILY = (datetime(2023, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC))
 MINUTES = (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 3, 2, tzinfo=UTC))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+QUICK = os.environ.get("MARKETLAKE_BENCH_QUICK") == "1"
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
 
 
 def _free_port() -> int:
@@ -98,20 +100,23 @@ def _recorder(urls: list[str] | None) -> Any:
 
 
 async def server_only(urls: list[str], concurrency: int = 4) -> None:
-    """The same pages, fetched per symbol in order, ``concurrency`` symbols at a time."""
-    by_symbol: dict[str, list[str]] = defaultdict(list)
+    """The same pages, fetched per symbol in order, ``concurrency`` symbols at a time, job
+    after job (the Yahoo job's pages, then the Binance job's) as MarketLake runs them."""
+    jobs: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
     for url in urls:
-        params = httpx.URL(url).params
-        by_symbol[params.get("symbol") or httpx.URL(url).path].append(url)
-    slots = asyncio.Semaphore(concurrency)
+        parsed = httpx.URL(url)
+        job = "yahoo" if parsed.path.startswith("/v8/") else "binance"
+        jobs[job][parsed.params.get("symbol") or parsed.path].append(url)
     async with httpx.AsyncClient(timeout=30) as client:
 
-        async def fetch(pages: list[str]) -> None:
+        async def fetch(pages: list[str], slots: asyncio.Semaphore) -> None:
             async with slots:
                 for page in pages:
                     (await client.get(page)).raise_for_status()
 
-        await asyncio.gather(*(fetch(pages) for pages in by_symbol.values()))
+        for by_symbol in jobs.values():
+            slots = asyncio.Semaphore(concurrency)
+            await asyncio.gather(*(fetch(pages, slots) for pages in by_symbol.values()))
 
 
 def yfinance_style(url: str, db_path: Path) -> int:

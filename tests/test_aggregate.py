@@ -4,6 +4,7 @@ compiled kernels, symbol runs and trading calendars."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,13 +17,16 @@ from marketlake.aggregate import (
     check_rollup,
     partial_bucket,
     rollup,
+    rollup_after_ingest,
     rollup_bars,
+    rollup_spans,
     rollup_targets,
 )
 from marketlake.columns import Groups, SortedBars, string_runs, take_rows
 from marketlake.errors import ConfigError, InputError
 from marketlake.schema import BAR_SCHEMA, Instrument, Timeframe, to_epoch_us
 from marketlake.sessions import Sessions, calendar_name, sessions_for
+from marketlake.store import open_store
 from marketlake.store.base import Store
 from tests.conftest import bars_for
 
@@ -119,6 +123,27 @@ def test_store_rollups_build_weeks_from_days_and_report_the_partial_bar(duck: St
     again = aggregate_store(duck, ["btcusdt"], "1m", ["1d"], utc("2024-03-05"),
                             utc("2024-03-06"))
     assert (again[0].bars, again[0].written.duplicates) == (1, 1)
+
+
+def test_rolling_up_several_spans_at_once_equals_one_symbol_at_a_time(duck: Store,
+                                                                      tmp_path: Path) -> None:
+    """rollup_spans (what ingest runs) stores exactly what rollup_after_ingest does per symbol,
+    each symbol touching only the buckets of its own span."""
+    spans = {"AAPL": (utc("2024-03-05T14:30"), utc("2024-03-07T15:59")),
+             "BTCUSDT": (utc("2024-03-04"), utc("2024-03-12T23:59"))}
+    targets = ["5m", "1h", "1d", "1w", "1mo"]
+    with open_store(f"duckdb:///{tmp_path}/one.duckdb") as one:
+        for store in (duck, one):
+            store.ensure_instruments(list(spans))
+            for symbol in spans:
+                store.write_bars(bars_for(symbol, "1m", "2024-03-01", "2024-03-14"))
+        counts = rollup_spans(duck, spans, "1m", targets)
+        for symbol, (first, last) in spans.items():
+            rolled = rollup_after_ingest(one, symbol, "1m", first, last, targets)
+            assert counts[symbol] == sum(r.bars for r in rolled)
+        for tf in targets:
+            assert duck.read_bars(list(spans), tf).table.equals(
+                one.read_bars(list(spans), tf).table), tf
 
 
 # -- kernels: the compiled loops equal their Python source ------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from marketlake.columns import (
     Groups,
@@ -398,6 +399,54 @@ def rollup_after_ingest(store: Store, symbol: str, source: str | Timeframe,
         return []
     return aggregate_store(store, [symbol], source, usable, first,
                            last + timedelta(microseconds=1), now=now)
+
+
+def rollup_spans(store: Store, spans: Mapping[str, tuple[datetime, datetime]],
+                 source: str | Timeframe, targets: Sequence[str], *,
+                 instruments: Instruments | None = None,
+                 now: datetime | None = None) -> dict[str, int]:
+    """:func:`rollup_after_ingest` for several symbols at once, each with its own span of new
+    ``source`` bars (first and last, inclusive): the source bars are read once for every
+    target built from them and each target is written once for all the symbols. Returns
+    the bars rolled up per symbol. ``instruments`` may hold the symbols' instruments."""
+    counts = dict.fromkeys(spans, 0)
+    usable = rollup_targets(source, targets)
+    if not usable or not spans:
+        return counts
+    src = Timeframe.parse(source)
+    symbols = sorted(spans)
+    known = instruments or {}
+    lookup = {s: known.get(s) or store.get_instrument(s, missing_ok=True)
+              or default_instrument(s) for s in symbols}
+    firsts = np.array([to_epoch_us(spans[s][0]) for s in symbols], dtype=np.int64)
+    ends = np.array([to_epoch_us(spans[s][1]) + 1 for s in symbols], dtype=np.int64)
+    daily = str(src) == "1d" or any(str(t) == "1d" for t in usable)
+    bases = {tf: Timeframe.parse("1d") if daily and tf.unit in ("w", "mo") else src
+             for tf in usable}
+    windows: dict[str, tuple[datetime, datetime]] = {}  # per base: what its targets need
+    for tf, base in bases.items():
+        lo, hi = _widened(tf, from_epoch_us(int(firsts.min())), from_epoch_us(int(ends.max())))
+        assert lo is not None
+        assert hi is not None
+        known_lo, known_hi = windows.get(str(base), (lo, hi))
+        windows[str(base)] = (min(lo, known_lo), max(hi, known_hi))
+    read: dict[str, pa.Table] = {}
+    for tf in usable:  # finest first: 1d is written before 1w and 1mo read it
+        name = str(bases[tf])
+        if name not in read:
+            read[name] = store.read_bars(symbols, name, *windows[name]).table
+        rolled = rollup_bars(read[name], tf, instruments=lookup, now=now)
+        if not rolled.table.num_rows:
+            continue
+        # only the buckets holding source bars inside their own symbol's span
+        which = pc.index_in(rolled.table.column("symbol"), pa.array(symbols)).to_numpy()
+        touched = (rolled.last_ts >= firsts[which]) & (rolled.first_ts < ends[which])
+        out = rolled.table.filter(pa.array(touched))
+        if out.num_rows:
+            store.write_bars(out, on_conflict="replace")
+        for k, n in enumerate(np.bincount(which[touched], minlength=len(symbols)).tolist()):
+            counts[symbols[k]] += n
+    return counts
 
 
 def partial_bucket(store: Store, symbol: str, timeframe: str | Timeframe,

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -121,9 +121,21 @@ class IngestQuality:
         self.report.kind = self.kind
 
     def check(self, batch: pa.Table) -> tuple[pa.Table, QualityReport]:
-        """The rows of ``batch`` to write, and what the rules found in it."""
-        kept, found = apply_policy(batch, self.policy, store=self.store, gaps=False,
-                                   kind=self.kind)
+        """The rows of ``batch`` to write, and what the rules found in it (recorded)."""
+        kept, found = self.inspect(batch)
+        self.record(found)
+        return kept, found
+
+    def inspect(self, batch: pa.Table, instruments: Mapping[str, Instrument] | None = None
+                ) -> tuple[pa.Table, QualityReport]:
+        """Like :meth:`check`, without recording the findings in the job's report yet: a
+        caller whose write may roll back records them with :meth:`record` once it commits.
+        ``instruments`` may hold the batch's instruments (else they are read from the store)."""
+        return apply_policy(batch, self.policy, store=self.store, instruments=instruments,
+                            gaps=False, kind=self.kind)
+
+    def record(self, found: QualityReport) -> None:
+        """Add what :meth:`inspect` found in a batch to the job's report."""
         self.report.rows += found.rows
         self.report.findings.extend(found.findings)
         for rule, n in found.counts.items():
@@ -131,7 +143,6 @@ class IngestQuality:
         self.report.truncated |= found.truncated
         for stats in found.series:
             self._add(stats)
-        return kept, found
 
     def _add(self, stats: SeriesQuality) -> None:
         total = self._series.setdefault(stats.symbol, SeriesQuality(stats.symbol,
@@ -143,8 +154,9 @@ class IngestQuality:
         total.first = min(filter(None, (total.first, stats.first)), default=None)
         total.last = max(filter(None, (total.last, stats.last)), default=None)
 
-    def finish(self, symbol: str) -> SeriesQuality:
-        """Check the job's range of ``symbol`` in the store for gaps; score it."""
+    def finish(self, symbol: str, instrument: Instrument | None = None) -> SeriesQuality:
+        """Check the job's range of ``symbol`` in the store for gaps; score it.
+        ``instrument``: the symbol's, when the caller has it at hand."""
         symbol = normalize_symbol(symbol)
         stats = self._series.pop(symbol, SeriesQuality(symbol, str(self.timeframe)))
         flagged = self._flagged_present.pop(symbol, 0)
@@ -153,7 +165,8 @@ class IngestQuality:
         if start is not None and end is not None:
             end = min(end, utcnow())
         if start is not None and end is not None and start < end:
-            scan = stored_gaps(self.store, instrument_of(self.store, symbol), self.timeframe,
+            scan = stored_gaps(self.store, instrument or instrument_of(self.store, symbol),
+                               self.timeframe,
                                start, end)
             stats.expected, stats.present = scan.expected, scan.present
             stats.clean = max(0, scan.present - flagged)

@@ -1,17 +1,21 @@
 """Ingest jobs: fetch from a provider → validate → idempotent write → roll up, as a job.
 
-A job fetches its symbols concurrently (``concurrency`` at a time, default 4).
-Each symbol's pages are buffered into batches of about ``batch_rows`` bars; a
-batch passes the quality rules (:class:`marketlake.checks.IngestQuality`:
-rejected rows are not stored, flagged ones are stored and reported) and is
-written together with the symbol's checkpoint in one transaction, so after a
-crash the checkpoint never runs ahead of the stored bars. With ``resume`` a
-symbol whose checkpoint lies inside the range continues right after it; the
-writes are idempotent, so a resumed job ends with exactly the rows of an
-uninterrupted one. ``refresh`` replaces stored bars whose values differ. After
-a symbol, its quality score is computed and, with ``rollup_after_ingest``, the
-buckets of the coarser timeframes that hold new bars are recomputed; the job's
-quality report is stored in ``quality_reports``.
+A job fetches its symbols concurrently (``concurrency`` at a time, default 4) and
+hands every page to one writer, which runs the store work in a thread while the
+fetches go on. The writer writes once ``batch_rows`` bars are waiting (of all
+symbols together) or a symbol's fetch has ended, taking everything handed over
+meanwhile: the batch passes the quality rules (:class:`marketlake.checks.IngestQuality`:
+rejected rows are not stored, flagged ones are stored and reported) and each
+symbol's bars are written together with its checkpoint, all in one transaction,
+so after a crash a checkpoint never runs ahead of the stored bars (should that
+transaction fail, each symbol is written in its own, so that one symbol's failure
+spares the others). With ``resume`` a symbol whose checkpoint lies inside the
+range continues right after it; the writes are idempotent, so a resumed job ends
+with exactly the rows of an uninterrupted one. ``refresh`` replaces stored bars
+whose values differ. When a symbol's fetch has ended, its quality score is computed
+and, with ``rollup_after_ingest``, the buckets of the coarser timeframes that hold
+new bars are recomputed (for every symbol ending at the same time at once); the
+job's quality report is stored in ``quality_reports``.
 
 One failing symbol does not stop the others: its error is recorded, what it
 fetched before the failure is kept, and the job ends ``partial``. The ``jobs``
@@ -23,23 +27,23 @@ finish (at most every ``SUMMARY_EVERY_S`` seconds) and at the end.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketlake.adjust import write_actions
-from marketlake.aggregate import rollup_after_ingest
-from marketlake.checks import IngestQuality, first_last
+from marketlake.aggregate import rollup_spans
+from marketlake.checks import IngestQuality, first_last, instrument_of
 from marketlake.errors import InputError, MarketLakeError
 from marketlake.providers.base import Provider
-from marketlake.quality import QualityPolicy
-from marketlake.schema import Instrument, Timeframe, normalize_symbol
+from marketlake.quality import QualityPolicy, QualityReport
+from marketlake.schema import BAR_SCHEMA, Instrument, Timeframe, normalize_symbol
 from marketlake.store.base import OnConflict, Store, WriteResult, check_range
 
 ProgressCallback = Callable[[str, int, float], None]
@@ -109,8 +113,33 @@ class IngestResult:
 
 
 @dataclass(slots=True)
+class _Handover:
+    """Bars of one symbol that a fetch hands to the writer; ``last`` ends the symbol's fetch
+    and carries what the provider learnt besides bars (after a successful fetch)."""
+
+    result: SymbolResult
+    tables: list[pa.Table]
+    rows: int
+    last: bool = False
+    learnt: tuple[pa.Table, Instrument | None] | None = None
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What writing one symbol's handed-over bars did, applied to its result after commit."""
+
+    item: _Handover
+    written: WriteResult
+    rows: int
+    rejected: int
+    flagged: int
+    bounds: tuple[datetime, datetime] | None
+    actions: int
+
+
+@dataclass(slots=True)
 class _Job:
-    """Everything the symbols of one job share."""
+    """Everything the symbols of one job share. Its store work runs in the writer's thread."""
 
     store: Store
     provider: Provider
@@ -126,53 +155,154 @@ class _Job:
     rollups: Sequence[str]
     written: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
     """Per symbol: the first and last bar time this job inserted or replaced."""
-    _checking: threading.Lock = field(default_factory=threading.Lock)
+    instruments: dict[str, Instrument] = field(default_factory=dict)
+    """The instruments of the job's symbols, read once (again after the job refines one)."""
+    failed_writes: set[str] = field(default_factory=set)
+    """Symbols whose bars could not be written: later batches of theirs are not written,
+    so their checkpoint never passes the bars that are missing."""
 
-    def write(self, symbol: str, tables: list[pa.Table], result: SymbolResult) -> WriteResult:
-        """Apply the quality rules to a batch, then write what they keep and the symbol's
-        checkpoint in one transaction."""
-        batch = pa.concat_tables(tables)
-        with self._checking:  # symbols run in threads; the report is shared
-            kept, found = self.quality.check(batch)
-        result.rejected += found.rejected
-        result.flagged += sum(s.flagged for s in found.series)
-        last = pc.max(batch.column("ts")).as_py()
-        with self.store.transaction():
-            written = self.store.write_bars(kept, on_conflict=self.on_conflict)
-            self.store.set_checkpoint(self.provider.name, symbol, str(self.tf), last, self.id)
-        bounds = first_last(kept) if written.inserted or written.replaced else None
-        if bounds is not None:
-            lo, hi = self.written.get(symbol, bounds)
-            self.written[symbol] = (min(lo, bounds[0]), max(hi, bounds[1]))
-        return written
+    def store_batches(self, items: list[_Handover]) -> list[SymbolResult]:
+        """Write the bars handed over by several symbols in one transaction (each symbol in
+        its own when that fails, so that one symbol's failure spares the others), then
+        finish the symbols whose fetch ended. Returns the results of the ended symbols."""
+        todo = [i for i in items if (i.tables or i.learnt) and
+                i.result.symbol not in self.failed_writes]
+        outcomes: list[_Outcome] = []
+        try:
+            with self.store.transaction():
+                outcomes, found = self._write(todo)
+            self.quality.record(found)
+        except MarketLakeError:
+            outcomes = []
+            for item in todo:
+                if item.result.symbol in self.failed_writes:
+                    continue
+                try:
+                    with self.store.transaction():
+                        done, found = self._write([item])
+                except MarketLakeError as exc:
+                    self._write_failed(item.result, exc)
+                    continue
+                self.quality.record(found)
+                outcomes += done
+        for outcome in outcomes:
+            self._apply(outcome)
+        ended = [i.result for i in items if i.last]
+        self._finish([r for r in ended if r.ok])
+        return ended
 
-    def finish(self, symbol: str, result: SymbolResult) -> None:
-        """The symbol's quality score, then the roll-ups of what it wrote."""
-        with self._checking:
-            result.score = self.quality.finish(symbol).score
-        span = self.written.get(symbol)
-        if self.resume and self.store.get_checkpoint(self.provider.name, symbol, str(self.tf)):
-            # an interrupted run may have written bars without rolling them up
-            span = (self.start, self.end - timedelta(microseconds=1))
-        if self.rollups and span is not None:
-            rolled = rollup_after_ingest(self.store, symbol, self.tf, span[0], span[1],
-                                         self.rollups)
-            result.rolled_up = sum(r.bars for r in rolled)
+    def _write(self, items: list[_Handover]) -> tuple[list[_Outcome], QualityReport]:
+        """Apply the quality rules to the bars of ``items`` (all symbols at once), then
+        write each symbol's kept bars, checkpoint and learnt details (in the caller's
+        transaction)."""
+        by_symbol: dict[str, list[_Handover]] = {}
+        for item in items:
+            by_symbol.setdefault(item.result.symbol, []).append(item)
+        tables = [t for group in by_symbol.values() for i in group for t in i.tables]
+        found = QualityReport()
+        kept = BAR_SCHEMA.empty_table()
+        if tables:
+            kept, found = self.quality.inspect(pa.concat_tables(tables),
+                                               self._instruments(list(by_symbol)))
+        series = {s.symbol: s for s in found.series}
+        rejected = np.asarray(found.rejected_rows, dtype=np.int64)
+        outcomes = []
+        offset = 0
+        for symbol, group in by_symbol.items():
+            rows = sum(i.rows for i in group)
+            written, bounds = WriteResult(), None
+            if rows:  # this symbol's rows of the batch, less those rejected before them
+                lo, hi = np.searchsorted(rejected, [offset, offset + rows]).tolist()
+                mine = kept.slice(offset - lo, rows - (hi - lo))
+                offset += rows
+                written = self.store.write_bars(mine, on_conflict=self.on_conflict)
+                last = max(pc.max(t.column("ts")).as_py() for i in group for t in i.tables
+                           if t.num_rows)
+                self.store.set_checkpoint(self.provider.name, symbol, str(self.tf), last,
+                                          self.id)
+                bounds = first_last(mine) if written.inserted or written.replaced else None
+            learnt = [i.learnt for i in group if i.learnt is not None]
+            actions = self._learnt(symbol, *learnt[-1]) if learnt else 0
+            stats = series.get(symbol)
+            outcomes.append(_Outcome(group[-1], written, rows,
+                                     stats.rejected if stats else 0,
+                                     stats.flagged if stats else 0, bounds, actions))
+        return outcomes, found
 
-    def learnt(self, symbol: str, actions: pa.Table, info: Instrument | None) -> int:
-        """Store actions and refine an auto-registered instrument, in one transaction."""
+    def _apply(self, outcome: _Outcome) -> None:
+        result = outcome.item.result
+        result.add(outcome.written, outcome.rows)
+        result.rejected += outcome.rejected
+        result.flagged += outcome.flagged
+        result.actions += outcome.actions
+        if outcome.bounds is not None:
+            lo, hi = self.written.get(result.symbol, outcome.bounds)
+            self.written[result.symbol] = (min(lo, outcome.bounds[0]),
+                                           max(hi, outcome.bounds[1]))
+
+    def _write_failed(self, result: SymbolResult, exc: MarketLakeError) -> None:
+        self.failed_writes.add(result.symbol)
+        result.error = (exc.message if result.error is None
+                        else f"{result.error}; and the bars before it: {exc.message}")
+
+    def _learnt(self, symbol: str, actions: pa.Table, info: Instrument | None) -> int:
+        """Store actions and refine an auto-registered instrument."""
         if not actions.num_rows and info is None:
             return 0
-        with self.store.transaction():
-            new = write_actions(self.store, actions, replace=self.on_conflict == "replace")
-            if info is not None and self.store.is_auto_registered(symbol):
-                self.store.update_instrument(info)
+        new = write_actions(self.store, actions, replace=self.on_conflict == "replace")
+        if info is not None and self.store.is_auto_registered(symbol):
+            self.store.update_instrument(info)
+            self.instruments.pop(symbol, None)
         return new
+
+    def _instruments(self, symbols: Sequence[str]) -> dict[str, Instrument]:
+        for symbol in symbols:
+            if symbol not in self.instruments:
+                self.instruments[symbol] = instrument_of(self.store, symbol)
+        return {symbol: self.instruments[symbol] for symbol in symbols}
+
+    def _finish(self, results: list[SymbolResult]) -> None:
+        """The roll-ups of what the symbols wrote (all at once), then their quality scores."""
+        spans = {}
+        for result in results:
+            span = self.written.get(result.symbol)
+            if self.resume and self.store.get_checkpoint(self.provider.name, result.symbol,
+                                                         str(self.tf)):
+                # an interrupted run may have written bars without rolling them up
+                span = (self.start, self.end - timedelta(microseconds=1))
+            if span is not None:
+                spans[result.symbol] = span
+        if self.rollups and spans:
+            self._rollup(results, spans)
+        for result in results:
+            if result.ok:
+                try:
+                    instrument = self._instruments([result.symbol])[result.symbol]
+                    result.score = self.quality.finish(result.symbol, instrument).score
+                except MarketLakeError as exc:
+                    result.error = exc.message
+
+    def _rollup(self, results: list[SymbolResult],
+                spans: dict[str, tuple[datetime, datetime]]) -> None:
+        by_symbol = {r.symbol: r for r in results}
+        try:
+            with self.store.transaction():
+                rolled = rollup_spans(self.store, spans, self.tf, self.rollups,
+                                      instruments=self._instruments(list(spans)))
+        except MarketLakeError:  # one symbol at a time, to tell which one fails
+            rolled = {}
+            for symbol, span in spans.items():
+                try:
+                    with self.store.transaction():
+                        rolled |= rollup_spans(self.store, {symbol: span}, self.tf,
+                                               self.rollups)
+                except MarketLakeError as exc:
+                    by_symbol[symbol].error = exc.message
+        for symbol, bars in rolled.items():
+            by_symbol[symbol].rolled_up = bars
 
     def resume_point(self, symbol: str) -> datetime | None:
         """The checkpoint to continue after, when resuming and it lies inside the range."""
-        if not self.resume:
-            return None
         last = self.store.get_checkpoint(self.provider.name, symbol, str(self.tf))
         if last is not None and self.start <= last < self.end:
             return last
@@ -185,51 +315,61 @@ class _Job:
             self.progress(symbol, rows, min(1.0, max(0.0, done)))
 
 
-async def _fetch_symbol(job: _Job, symbol: str) -> SymbolResult:
-    result = SymbolResult(symbol)
-    began = time.perf_counter()
-    start = job.start
-    resumed = await asyncio.to_thread(job.resume_point, symbol)
+class _Writer:
+    """The one task that writes. Fetches hand it every page and go on fetching; it writes
+    once ``batch_rows`` bars (of all symbols) are waiting or a symbol's fetch has ended,
+    taking everything handed over meanwhile, so that several symbols share one
+    transaction, and runs the store work in a thread, off the event loop. While it
+    writes, fetches go on until another ``batch_rows`` bars wait."""
+
+    def __init__(self, job: _Job, batch_rows: int,
+                 ended: Callable[[SymbolResult], None]) -> None:
+        self.job = job
+        self.batch_rows = batch_rows
+        self.ended = ended
+        self.waiting: list[_Handover] = []
+        self.rows = 0
+        self.ends = 0
+        self.changed = asyncio.Condition()
+
+    async def put(self, item: _Handover) -> None:
+        async with self.changed:
+            self.waiting.append(item)
+            self.rows += item.rows
+            self.ends += item.last
+            self.changed.notify_all()
+            await self.changed.wait_for(lambda: self.rows < self.batch_rows)
+
+    async def run(self, symbols: int) -> None:
+        """Write until ``symbols`` fetches have ended."""
+        while symbols:
+            async with self.changed:
+                await self.changed.wait_for(lambda: self.rows >= self.batch_rows or self.ends > 0)
+                items, self.waiting, self.rows, self.ends = self.waiting, [], 0, 0
+                self.changed.notify_all()
+            for result in await asyncio.to_thread(self.job.store_batches, items):
+                symbols -= 1
+                self.ended(result)
+
+
+async def _fetch_symbol(job: _Job, writer: _Writer, result: SymbolResult) -> None:
+    """Fetch one symbol's bars, handing every page to the writer."""
+    symbol, start = result.symbol, job.start
+    resumed = await asyncio.to_thread(job.resume_point, symbol) if job.resume else None
     if resumed is not None:
         result.resumed_from = resumed.isoformat()
         start = resumed + timedelta(microseconds=1)
-    buffer: list[pa.Table] = []
+    learnt = None
     try:
         async for table in job.provider.fetch_bars(symbol, job.tf, start, job.end):
-            buffer.append(table)
             job.report(symbol, table.num_rows, table.column("ts")[-1].as_py())
-            if sum(t.num_rows for t in buffer) >= job.batch_rows:
-                await _flush(job, symbol, buffer, result)
-        await _flush(job, symbol, buffer, result)
-        await _after_fetch(job, symbol, result)
-        await asyncio.to_thread(job.finish, symbol, result)
-    except MarketLakeError as exc:
-        result.error = exc.message
-        try:  # keep what arrived before the failure, so --resume starts after it
-            await _flush(job, symbol, buffer, result)
-        except MarketLakeError as also:
-            result.error = f"{exc.message}; and the bars before it: {also.message}"
-    result.dropped = job.provider.dropped.get(symbol, 0)
-    result.seconds = time.perf_counter() - began
-    job.report(symbol, 0, None)
-    return result
-
-
-async def _flush(job: _Job, symbol: str, buffer: list[pa.Table], result: SymbolResult) -> None:
-    if not buffer:
-        return
-    rows = sum(t.num_rows for t in buffer)
-    tables = list(buffer)
-    buffer.clear()
-    written = await asyncio.to_thread(job.write, symbol, tables, result)
-    result.add(written, rows)
-
-
-async def _after_fetch(job: _Job, symbol: str, result: SymbolResult) -> None:
-    """Store what the provider learnt besides bars: corporate actions, instrument details."""
-    actions = job.provider.corporate_actions(symbol)
-    info = await job.provider.describe(symbol)
-    result.actions = await asyncio.to_thread(job.learnt, symbol, actions, info)
+            await writer.put(_Handover(result, [table], table.num_rows))
+            if symbol in job.failed_writes:
+                break
+        learnt = (job.provider.corporate_actions(symbol), await job.provider.describe(symbol))
+    except MarketLakeError as exc:  # what arrived before the failure is kept: --resume
+        result.error = exc.message  # starts after it
+    await writer.put(_Handover(result, [], 0, last=True, learnt=learnt))
 
 
 async def run_ingest(
@@ -278,20 +418,31 @@ async def run_ingest(
     began = time.perf_counter()
     result = IngestResult(job_id)
     slots = asyncio.Semaphore(concurrency)
-    done: dict[str, SymbolResult] = {}
-
+    results = {name: SymbolResult(name) for name in names}
+    starts: dict[str, float] = {}
+    done: list[str] = []
     saved = [time.perf_counter()]
+
+    def ended(symbol: SymbolResult) -> None:
+        symbol.dropped = provider.dropped.get(symbol.symbol, 0)
+        symbol.seconds = time.perf_counter() - starts[symbol.symbol]
+        job.report(symbol.symbol, 0, None)
+        done.append(symbol.symbol)
+        if time.perf_counter() - saved[0] >= SUMMARY_EVERY_S and len(done) < len(names):
+            saved[0] = time.perf_counter()
+            result.symbols = [results[s] for s in names if s in done]
+            store.update_job(job_id, summary=result.summary())
+
+    writer = _Writer(job, batch_rows, ended)
 
     async def one(symbol: str) -> None:
         async with slots:
-            done[symbol] = await _fetch_symbol(job, symbol)
-        if time.perf_counter() - saved[0] >= SUMMARY_EVERY_S and len(done) < len(names):
-            saved[0] = time.perf_counter()
-            result.symbols = [done[s] for s in names if s in done]
-            await asyncio.to_thread(store.update_job, job_id, summary=result.summary())
+            starts[symbol] = time.perf_counter()
+            await _fetch_symbol(job, writer, results[symbol])
 
     try:
         async with asyncio.TaskGroup() as group:
+            group.create_task(writer.run(len(names)))
             for symbol in names:
                 group.create_task(one(symbol))
     except asyncio.CancelledError:
@@ -305,7 +456,7 @@ async def run_ingest(
     except BaseException:
         store.update_job(job_id, status="failed", error="the job stopped unexpectedly")
         raise
-    result.symbols = [done[s] for s in names]
+    result.symbols = [results[s] for s in names]
     result.quality_report = quality.save(job_id, names, provider=provider.name)
     result.seconds = time.perf_counter() - began
     errors = "; ".join(f"{s.symbol}: {s.error}" for s in result.symbols if s.error)

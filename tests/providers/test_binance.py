@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -14,13 +16,15 @@ from marketlake.errors import (
     ProviderError,
     SymbolNotFoundError,
 )
-from marketlake.providers.binance import BinanceProvider
+from marketlake.mirror import Mirror
+from marketlake.providers.binance import BinanceProvider, _parse_klines, _read_klines
 from tests.providers.vendor import Vendor, collect, make
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
 END = datetime(2024, 3, 4, 0, 7, tzinfo=UTC)
 KLINES = "/api/v3/klines"
 T0 = 1709510400000
+DATA = Path(__file__).parent.parent / "data" / "binance"
 
 
 @pytest.fixture(autouse=True)
@@ -226,3 +230,33 @@ async def test_an_empty_range_makes_no_request() -> None:
     v = vendor()
     table, _, _ = await fetch(v, start=START, end=START)
     assert (table.num_rows, v.requests) == (0, [])
+
+
+def mirrored_page() -> bytes:
+    """A full page of 1000 klines as the mirror renders them in Binance's format."""
+    query = {"symbol": "BTCUSDT", "interval": "1m", "startTime": str(T0),
+             "endTime": str(T0 + 86_400_000), "limit": "1000"}
+    return Mirror().answer(KLINES, query).body
+
+
+@pytest.mark.parametrize("body", [
+    *((DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes().strip() for n in (1, 2, 3)),
+    mirrored_page(),
+])
+def test_plain_pages_read_as_csv_equal_the_json_parse(body: bytes) -> None:
+    """The fast reader of Binance's plain layout gives exactly the JSON parser's rows."""
+    fast = _read_klines(body, "BTCUSDT", "1m")
+    assert fast is not None
+    assert fast.equals(_parse_klines(orjson.loads(body), "BTCUSDT", "1m"))
+
+
+@pytest.mark.parametrize("body", [
+    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0",{"x":1}]]',
+    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"],]',
+    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1"]]',
+    b'[[1709510400000,null,"1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+    b'[[1709510400000, "1","1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"]',
+])
+def test_anything_but_the_plain_layout_is_left_to_the_json_parser(body: bytes) -> None:
+    assert _read_klines(body, "BTCUSDT", "1m") is None

@@ -25,10 +25,11 @@ from typing import Any, ClassVar
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from marketlake.config import Settings
 from marketlake.errors import InputError, MarketLakeError, ProviderError, SymbolNotFoundError
-from marketlake.providers.http import HttpProvider, Params
+from marketlake.providers.http import HttpProvider, Params, decode_json
 from marketlake.schema import (
     BAR_SCHEMA,
     TS_TYPE,
@@ -74,17 +75,17 @@ class BinanceProvider(HttpProvider):
         if first_ms > last_ms:
             return
         interval = _INTERVALS[str(tf)]
-        pending: asyncio.Future[Any] | None = asyncio.ensure_future(
-            self._page(symbol, interval, first_ms, last_ms))
+        pending: asyncio.Future[pa.Table] | None = asyncio.ensure_future(
+            self._page(symbol, interval, str(tf), first_ms, last_ms))
         try:
             while pending is not None:
-                payload = await pending
-                following = _following(payload, self.page_limit)
+                table = await pending
                 pending = None
-                if following is not None and following <= last_ms:
-                    pending = asyncio.ensure_future(
-                        self._page(symbol, interval, following, last_ms))
-                table = _parse_klines(payload, symbol, str(tf))
+                if table.num_rows >= self.page_limit:  # a full page: there may be more
+                    following = _epoch_ms(table.column("ts")[-1]) + 1
+                    if following <= last_ms:
+                        pending = asyncio.ensure_future(
+                            self._page(symbol, interval, str(tf), following, last_ms))
                 ts = table.column("ts").cast(pa.int64())
                 inside = pc.and_(pc.greater_equal(ts, start_us), pc.less(ts, end_us))
                 if table.num_rows:
@@ -95,11 +96,17 @@ class BinanceProvider(HttpProvider):
                 with contextlib.suppress(asyncio.CancelledError, MarketLakeError):
                     await pending
 
-    async def _page(self, symbol: str, interval: str, start_ms: int, last_ms: int) -> Any:
+    async def _page(self, symbol: str, interval: str, timeframe: str, start_ms: int,
+                    last_ms: int) -> pa.Table:
+        """One page of klines as canonical bars (all of them, also those past the range)."""
         await self._respect_weight()
         params: Params = {"symbol": symbol, "interval": interval, "startTime": start_ms,
                           "endTime": last_ms, "limit": self.page_limit}
-        return await self.get_json("/api/v3/klines", params, symbol=symbol)
+        response = await self.get("/api/v3/klines", params, symbol=symbol)
+        table = _read_klines(response.content, symbol, timeframe)
+        if table is None:  # not the plain layout: the JSON parser reads it, or says what is wrong
+            table = _parse_klines(decode_json(self.name, response), symbol, timeframe)
+        return table
 
     async def describe(self, symbol: str) -> Instrument | None:
         symbol = symbol.upper()
@@ -128,14 +135,41 @@ class BinanceProvider(HttpProvider):
         return ProviderError(f"binance answered HTTP {status} for {symbol}: code {code}, {msg}")
 
 
-def _following(payload: Any, limit: int) -> int | None:
-    """Where the next page starts (after the last open time), or None after a short page."""
-    if not isinstance(payload, list) or len(payload) < limit:
+def _epoch_ms(value: pa.Scalar) -> int:
+    return int(value.cast(pa.int64()).as_py()) // 1000
+
+
+_CSV_NAMES = [f"f{i}" for i in range(len(_FIELDS))]
+_CSV_TYPES = {"f0": _INT, "f6": _INT, "f8": _INT,
+              **{f"f{i}": _FLOAT for i in (1, 2, 3, 4, 5, 7, 9, 10)}}
+_CSV_READ = pa_csv.ReadOptions(column_names=_CSV_NAMES, use_threads=False)
+_CSV_CONVERT = pa_csv.ConvertOptions(column_types=_CSV_TYPES, include_columns=list(_CSV_TYPES),
+                                     null_values=[], strings_can_be_null=False)
+
+
+def _read_klines(body: bytes, symbol: str, timeframe: str) -> pa.Table | None:
+    """Klines straight from the body when it has Binance's plain layout, ``[[...],[...]]``
+    with exactly 12 numbers or decimal strings per kline and nothing else; None otherwise.
+
+    The rows are read as CSV by Arrow, which is about twice as fast as building Python
+    lists with a JSON parser and converting them; anything unusual (spaces, nulls, extra
+    fields, cut or malformed bodies) is left to :func:`_parse_klines`.
+    """
+    if not (body.startswith(b"[[") and body.endswith(b"]]")):
+        return None
+    rows = body[2:-2].replace(b"],[", b"\n")
+    if any(c in rows for c in (b"[", b"]", b"{", b"}", b" ")):
         return None
     try:
-        return int(payload[-1][0]) + 1
-    except (TypeError, ValueError, IndexError):
-        return None  # parsing the page reports what is wrong with it
+        read = pa_csv.read_csv(pa.BufferReader(rows), read_options=_CSV_READ,
+                               convert_options=_CSV_CONVERT)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    columns = [read.column(name).combine_chunks() for name in ("f0", "f1", "f2", "f3", "f4",
+                                                                "f5", "f7", "f8")]
+    if read.num_rows == 0 or any(c.null_count for c in columns):
+        return None
+    return _klines_table(symbol, timeframe, *columns)
 
 
 def _parse_klines(payload: Any, symbol: str, timeframe: str) -> pa.Table:
@@ -157,23 +191,30 @@ def _parse_klines(payload: Any, symbol: str, timeframe: str) -> pa.Table:
             f"({', '.join(_FIELDS)}) — the response format changed or was cut"
         )
     columns = list(zip(*payload, strict=False))
-    volume = _numbers(columns[5], "volume", symbol)
-    quote_volume = _numbers(columns[7], "quote volume", symbol)
+    prices = [_numbers(columns[i], _FIELDS[i], symbol) for i in (1, 2, 3, 4, 5, 7)]
+    return _klines_table(symbol, timeframe, _numbers(columns[0], "open time", symbol, _INT),
+                         prices[0], prices[1], prices[2], prices[3], prices[4], prices[5],
+                         _numbers(columns[8], "trades", symbol, _INT))
+
+
+def _klines_table(symbol: str, timeframe: str, open_ms: pa.Array, open_: pa.Array,
+                  high: pa.Array, low: pa.Array, close: pa.Array, volume: pa.Array,
+                  quote_volume: pa.Array, trades: pa.Array) -> pa.Table:
+    """Canonical bars from the kline fields they take."""
     vwap = pc.if_else(pc.greater(volume, 0.0), pc.divide(quote_volume, volume),
                       pa.scalar(None, pa.float64()))
-    n = len(payload)
+    n = len(open_ms)
     return pa.table(
         {
             "symbol": constant_column(symbol, n),
             "timeframe": constant_column(timeframe, n),
-            "ts": pc.multiply(_numbers(columns[0], "open time", symbol, _INT), 1000)
-            .cast(TS_TYPE),
-            "open": _numbers(columns[1], "open", symbol),
-            "high": _numbers(columns[2], "high", symbol),
-            "low": _numbers(columns[3], "low", symbol),
-            "close": _numbers(columns[4], "close", symbol),
+            "ts": pc.multiply(open_ms, 1000).cast(TS_TYPE),
+            "open": open_,
+            "high": high,
+            "low": low,
+            "close": close,
             "volume": volume,
-            "trades": _numbers(columns[8], "trades", symbol, _INT),
+            "trades": trades,
             "vwap": vwap,
             "source": constant_column("binance", n),
         },

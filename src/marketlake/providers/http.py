@@ -1,7 +1,7 @@
 """HTTP plumbing shared by the vendor providers: retries, a circuit breaker, a rate limiter.
 
-Every vendor request goes through :meth:`HttpProvider.get_json`, the one place
-where transport failures and HTTP statuses become MarketLake errors:
+Every vendor request goes through :meth:`HttpProvider.get` (or ``get_json``), the one
+place where transport failures and HTTP statuses become MarketLake errors:
 
 * timeouts, connection errors, 429, 418 and 5xx are retried with exponential
   backoff and jitter; a ``Retry-After`` header, when present, sets the wait;
@@ -231,6 +231,11 @@ class HttpProvider(Provider):
 
     async def get_json(self, path: str, params: Params, *, symbol: str) -> Any:
         """GET ``base_url + path`` and return its JSON, retrying what is worth retrying."""
+        return decode_json(self.name, await self.get(path, params, symbol=symbol))
+
+    async def get(self, path: str, params: Params, *, symbol: str) -> httpx.Response:
+        """GET ``base_url + path`` and return the successful answer, retrying what is worth
+        retrying (for a provider that reads the body itself; see :func:`decode_json`)."""
         if self._auth_error is not None:
             raise self._auth_error
         url = f"{self.base_url}{path}"
@@ -259,7 +264,8 @@ class HttpProvider(Provider):
             f"{self.name} failed {self.retry.attempts} times for {symbol}: {problem.reason}"
         )
 
-    async def _attempt(self, url: str, params: Params, symbol: str) -> Any:
+    async def _attempt(self, url: str, params: Params,
+                       symbol: str) -> httpx.Response | _Retryable:
         self.requests += 1
         try:
             response = await self.client.get(url, params=dict(params), headers=self.headers())
@@ -285,7 +291,7 @@ class HttpProvider(Provider):
             if isinstance(error, ProviderAuthError):
                 self._auth_error = error
             raise error
-        return decode_json(self.name, response)
+        return response
 
     async def aclose(self) -> None:
         if self._client is not None and self._owns_client:
