@@ -28,6 +28,7 @@ from marketlake.api.auth import Authenticator
 from marketlake.api.cache import BarCache
 from marketlake.api.deps import ApiContext
 from marketlake.api.errors import Problem, install_error_handlers, log, problem_responses
+from marketlake.api.fastpath import HotRoutes, hot_routes
 from marketlake.api.jobs import JobRunner
 from marketlake.api.observability import ApiMetrics, FindingsCollector, ObservabilityMiddleware
 from marketlake.api.ratelimit import make_rate_limiter
@@ -66,6 +67,8 @@ TAGS = [
     {"name": "health", "description": "Liveness and readiness"},
 ]
 _DOCS_ASSETS = "/static/docs"
+# GET routes answered by :class:`HotRoutes` when the request is well-formed (paths below /api/v1)
+HOT_ROUTES = ("/bars/{symbol}", "/prices/{symbol}", "/prices/{symbol}/latest")
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     "HTTPBearer": {"type": "http", "scheme": "bearer",
                    "description": "An API key or a JWT: `Authorization: Bearer <token>`"},
@@ -106,6 +109,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
         app.include_router(router, prefix=API_PREFIX)
     _mount_site(app, ctx)
     install_error_handlers(app)
+    app.add_middleware(HotRoutes, fastapi_app=app,
+                       routes=hot_routes(API_PREFIX, API_ROUTERS, HOT_ROUTES))
     if settings.api_cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.api_cors_origins,
                            allow_methods=["*"], allow_headers=["*"],
