@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -77,6 +80,26 @@ def test_cache_of_a_shared_store_expires_after_its_ttl(duck: Store,
     fresh = cache.series(duck, "AAPL", "1m")
     assert fresh is not None
     assert fresh.rows == duck.count_bars("AAPL", "1m")
+
+
+def test_callers_missing_the_same_entry_at_once_load_it_once(duck: Store) -> None:
+    """A stampede on an expired entry (many requests in flight) costs one store query."""
+    cache = BarCache(max_rows=10_000, ttl_s=60)
+    calls: list[int] = []
+    started = threading.Event()
+
+    def slow() -> int:
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)
+        return 42
+
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(cache.memo, duck, ("k",), slow)
+        started.wait(5)
+        rest = [pool.submit(cache.memo, duck, ("k",), slow) for _ in range(7)]
+        assert [f.result() for f in [first, *rest]] == [42] * 8
+    assert calls == [1]
 
 
 def test_cache_evicts_the_least_recently_used_series(duck: Store) -> None:

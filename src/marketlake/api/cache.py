@@ -18,7 +18,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -109,6 +110,7 @@ class BarCache:
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self._rows = 0
         self._lock = threading.Lock()
+        self._loading: dict[tuple[Any, ...], threading.Lock] = {}
 
     @property
     def enabled(self) -> bool:
@@ -144,6 +146,21 @@ class BarCache:
         entry = self._entries.pop(key)
         self._rows -= entry.rows
 
+    @contextmanager
+    def _single_flight(self, key: tuple[Any, ...]) -> Iterator[None]:
+        """Hold the load of ``key``: callers missing the same entry at once wait for the
+        first one's load instead of all querying the store (a TTL expiry under load
+        would otherwise send every in-flight request to the store)."""
+        with self._lock:
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            try:
+                yield
+            finally:
+                with self._lock:
+                    if self._loading.get(key) is gate:
+                        del self._loading[key]
+
     def peek(self, store: Store, symbol: str, timeframe: str) -> Series | None:
         """The cached series if it is fresh; never touches the store."""
         if not self.enabled:
@@ -157,8 +174,15 @@ class BarCache:
             return None
         key = ("series", symbol, timeframe)
         entry = self._get(store, key)
-        if entry is not None:
-            return None if entry.value is _TOO_BIG else entry.value
+        if entry is None:
+            with self._single_flight(key):
+                entry = self._get(store, key)  # loaded while this caller waited?
+                if entry is None:
+                    return self._load_series(store, key, symbol, timeframe)
+        return None if entry.value is _TOO_BIG else entry.value
+
+    def _load_series(self, store: Store, key: tuple[Any, ...], symbol: str,
+                     timeframe: str) -> Series | None:
         generation = store.generation
         limit = min(self.max_rows, MAX_LIMIT)
         if store.count_bars(symbol, timeframe) > limit:
@@ -176,13 +200,17 @@ class BarCache:
         """``compute()``, remembered under ``key`` with the same freshness rule as series."""
         if not self.enabled:
             return compute()
-        entry = self._get(store, ("memo", *key))
-        if entry is not None:
-            return entry.value  # type: ignore[no-any-return]
-        generation = store.generation
-        value = compute()
-        self._put(("memo", *key), value, 0, generation)
-        return value
+        full = ("memo", *key)
+        entry = self._get(store, full)
+        if entry is None:
+            with self._single_flight(full):
+                entry = self._get(store, full)
+                if entry is None:
+                    generation = store.generation
+                    value = compute()
+                    self._put(full, value, 0, generation)
+                    return value
+        return entry.value  # type: ignore[no-any-return]
 
     def remember(self, store: Store, key: tuple[Any, ...], value: Any, *, generation: int,
                  weight: int = 0) -> None:
