@@ -82,6 +82,25 @@ def test_cache_of_a_shared_store_expires_after_its_ttl(duck: Store,
     assert fresh.rows == duck.count_bars("AAPL", "1m")
 
 
+def test_a_shared_store_series_used_past_half_its_ttl_reloads_in_the_background(
+        duck: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(type(duck), "exclusive", False)
+    duck.write_bars(bars_for("AAPL"))
+    cache = BarCache(max_rows=10_000, ttl_s=2.0)
+    first = cache.series(duck, "AAPL", "1m")
+    duck.write_bars(bars_for("AAPL", start="2024-03-06", end="2024-03-07"))
+    assert cache.peek(duck, "AAPL", "1m") is first  # young: no reload
+    time.sleep(1.05)
+    assert cache.peek(duck, "AAPL", "1m") is first  # past half the TTL: served, reload queued
+    deadline = time.monotonic() + 5
+    while cache.peek(duck, "AAPL", "1m") is first and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fresh = cache.peek(duck, "AAPL", "1m")
+    assert fresh is not None
+    assert fresh.rows == duck.count_bars("AAPL", "1m")
+    cache.close()
+
+
 def test_callers_missing_the_same_entry_at_once_load_it_once(duck: Store) -> None:
     """A stampede on an expired entry (many requests in flight) costs one store query."""
     cache = BarCache(max_rows=10_000, ttl_s=60)

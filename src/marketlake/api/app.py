@@ -97,6 +97,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
         await _warm_up(ctx)
         yield
         await ctx.jobs.shutdown()
+        ctx.cache.close()
         if ctx.limiter is not None:
             await ctx.limiter.close()
         ctx.close_store()
