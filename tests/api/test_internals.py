@@ -177,6 +177,20 @@ def test_serve_runs_uvicorn_with_the_app(monkeypatch: pytest.MonkeyPatch) -> Non
     assert many["factory"] is True
 
 
+async def test_a_server_app_freezes_the_start_up_objects_out_of_the_collector(
+        duck: Store) -> None:
+    import gc
+
+    from marketlake.api import create_app
+
+    app = create_app(settings(), duck, freeze_gc=True)
+    try:
+        async with app.router.lifespan_context(app):
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 def test_app_from_env_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     from marketlake.api.app import app_from_env
 
