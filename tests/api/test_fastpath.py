@@ -108,6 +108,19 @@ async def test_well_formed_requests_skip_fastapi_and_others_reach_it(
         assert calls == ["/api/v1/bars/AAPL"] * 2 + ["/api/v1/bars/AAPL/latest"]
 
 
+async def test_every_request_counts_once_against_the_rate_limit_whichever_path_answers(
+        make_client: Any) -> None:
+    async with make_client(api_rate_limit_per_minute=3) as client:
+        codes = [(await client.get(url)).status_code for url in (
+            "/api/v1/bars/AAPL?limit=2", "/api/v1/bars/AAPL?limit=0",
+            "/api/v1/prices/AAPL/latest", "/api/v1/bars/AAPL?limit=2")]
+        limited = await client.get("/api/v1/prices/AAPL/latest")
+    assert codes == [200, 422, 200, 429]
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "20"
+    assert limited.headers["content-type"] == "application/problem+json"
+
+
 async def test_fast_path_counts_requests_in_the_route_metrics(client: httpx.AsyncClient) -> None:
     for _ in range(3):
         assert (await client.get("/api/v1/bars/AAPL?limit=2")).status_code == 200
