@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 CHART_JS := src/marketlake/web/static/vendor/lightweight-charts.standalone.production.js
 CHROMIUM := /usr/bin/chromium
+WRK := /usr/bin/wrk
 
 .PHONY: install run test lint bench lock docs clean browser
 
@@ -30,6 +31,11 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
+# wrk, the load generator of bench/bench_api.py (without it the bench uses a slower asyncio client).
+$(WRK):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+		|| echo "wrk not installed: bench_api falls back to its asyncio client"
+
 install: $(STAMP) $(CHART_JS)
 
 run: install
@@ -42,7 +48,7 @@ lint: install
 test: lint browser
 	$(BIN)/pytest
 
-bench: install
+bench: install $(WRK)
 	$(BIN)/python -m bench
 
 docs: install

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -79,6 +82,45 @@ def test_cache_of_a_shared_store_expires_after_its_ttl(duck: Store,
     assert fresh.rows == duck.count_bars("AAPL", "1m")
 
 
+def test_a_shared_store_series_used_past_half_its_ttl_reloads_in_the_background(
+        duck: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(type(duck), "exclusive", False)
+    duck.write_bars(bars_for("AAPL"))
+    cache = BarCache(max_rows=10_000, ttl_s=2.0)
+    first = cache.series(duck, "AAPL", "1m")
+    duck.write_bars(bars_for("AAPL", start="2024-03-06", end="2024-03-07"))
+    assert cache.peek(duck, "AAPL", "1m") is first  # young: no reload
+    time.sleep(1.05)
+    assert cache.peek(duck, "AAPL", "1m") is first  # past half the TTL: served, reload queued
+    deadline = time.monotonic() + 5
+    while cache.peek(duck, "AAPL", "1m") is first and time.monotonic() < deadline:
+        time.sleep(0.01)
+    fresh = cache.peek(duck, "AAPL", "1m")
+    assert fresh is not None
+    assert fresh.rows == duck.count_bars("AAPL", "1m")
+    cache.close()
+
+
+def test_callers_missing_the_same_entry_at_once_load_it_once(duck: Store) -> None:
+    """A stampede on an expired entry (many requests in flight) costs one store query."""
+    cache = BarCache(max_rows=10_000, ttl_s=60)
+    calls: list[int] = []
+    started = threading.Event()
+
+    def slow() -> int:
+        calls.append(1)
+        started.set()
+        time.sleep(0.2)
+        return 42
+
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(cache.memo, duck, ("k",), slow)
+        started.wait(5)
+        rest = [pool.submit(cache.memo, duck, ("k",), slow) for _ in range(7)]
+        assert [f.result() for f in [first, *rest]] == [42] * 8
+    assert calls == [1]
+
+
 def test_cache_evicts_the_least_recently_used_series(duck: Store) -> None:
     duck.write_bars(bars_for(["AAPL", "BTCUSDT"]))
     cache = BarCache(max_rows=3500, ttl_s=1)
@@ -133,6 +175,20 @@ def test_serve_runs_uvicorn_with_the_app(monkeypatch: pytest.MonkeyPatch) -> Non
     assert factory == "marketlake.api.app:app_from_env"
     assert many["workers"] == 3
     assert many["factory"] is True
+
+
+async def test_a_server_app_freezes_the_start_up_objects_out_of_the_collector(
+        duck: Store) -> None:
+    import gc
+
+    from marketlake.api import create_app
+
+    app = create_app(settings(), duck, freeze_gc=True)
+    try:
+        async with app.router.lifespan_context(app):
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_app_from_env_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

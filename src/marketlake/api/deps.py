@@ -79,22 +79,33 @@ class ApiContext:
             self._bus = None
 
 
-def get_context(request: Request) -> ApiContext:
+# Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in the thread
+# pool, two thread hops per request for what is an attribute lookup.
+
+def context_of(request: Request) -> ApiContext:
+    """The :class:`ApiContext` of the app serving ``request``."""
     ctx = request.app.state.ctx
     assert isinstance(ctx, ApiContext)
     return ctx
 
 
-def get_store(request: Request) -> Store:
-    return get_context(request).store
+async def get_context(request: Request) -> ApiContext:
+    return context_of(request)
 
 
-def get_settings(request: Request) -> Settings:
-    return get_context(request).settings
+async def get_store(request: Request) -> Store:
+    ctx = context_of(request)
+    if ctx._store is None:  # opening the store blocks: do it off the event loop
+        await run_in_threadpool(lambda: ctx.store)
+    return ctx.store
 
 
-def get_bus(request: Request) -> Bus:
-    return get_context(request).bus
+async def get_settings(request: Request) -> Settings:
+    return context_of(request).settings
+
+
+async def get_bus(request: Request) -> Bus:
+    return context_of(request).bus
 
 
 ContextDep = Annotated[ApiContext, Depends(get_context)]
@@ -122,7 +133,7 @@ def access(scope: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits callers holding ``scope`` and counts their request."""
 
     async def check(request: Request) -> Principal:
-        ctx = get_context(request)
+        ctx = context_of(request)
         token = credential(request)
         if token:
             principal = ctx.auth.authenticate_cached(token)
@@ -147,7 +158,7 @@ WriteAccess = Annotated[Principal, Depends(access("write"))]
 AdminAccess = Annotated[Principal, Depends(access("admin"))]
 
 
-def symbol_param(
+async def symbol_param(
     symbol: Annotated[str, Path(description="Instrument symbol (case-insensitive)",
                                 examples=["AAPL"], pattern=SYMBOL_PATTERN)],
 ) -> str:

@@ -10,9 +10,9 @@ the request and records it by route template and status.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -93,12 +93,14 @@ class ObservabilityMiddleware:
         self.app = app
         self.metrics = metrics
         self.access_log = access_log
+        # the labelled series per (method, route, status): ``labels()`` hashes and locks
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or uuid.uuid4().hex[:16]
+        request_id = _incoming_id(scope) or os.urandom(8).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
         began = time.perf_counter()
@@ -121,9 +123,15 @@ class ObservabilityMiddleware:
     def _record(self, scope: Scope, status: int, seconds: float) -> None:
         template = route_template(scope, status)
         method = scope["method"]
-        code = str(status)
-        self.metrics.requests.labels(method, template, code).inc()
-        self.metrics.latency.labels(method, template, code).observe(seconds)
+        series = self._series.get((method, template, status))
+        if series is None:
+            code = str(status)
+            series = (self.metrics.requests.labels(method, template, code),
+                      self.metrics.latency.labels(method, template, code))
+            if len(self._series) < 10_000:  # templates are few; unmatched paths are one label
+                self._series[(method, template, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
         if self.access_log:
             log.info("request", method=method, path=scope["path"], route=template,
                      status=status, ms=round(seconds * 1000, 2), client=_client(scope))
@@ -175,5 +183,6 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
+        # configured once per server process, before it logs: each logger is built once
+        cache_logger_on_first_use=True,
     )

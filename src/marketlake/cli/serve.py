@@ -38,7 +38,7 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 1,
         os.environ["MARKETLAKE_LOG_JSON"] = "1" if log_format == "json" else "0"
         uvicorn.run(FACTORY, factory=True, workers=workers, **options)  # type: ignore[arg-type]
     else:
-        uvicorn.run(create_app(settings, store), **options)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings, store, freeze_gc=True), **options)  # type: ignore[arg-type]
 
 
 def serve(
