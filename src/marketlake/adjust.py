@@ -123,7 +123,13 @@ def read_adjusted(
 ) -> pa.Table:
     """Split- and dividend-adjusted bars of one symbol (one page of ``limit`` rows at most)."""
     tf = Timeframe.parse(timeframe)
-    bars: pa.Table = store.read_bars(symbol, tf, start, end, limit=limit).table
+    return adjust_table(store, symbol, tf, store.read_bars(symbol, tf, start, end,
+                                                           limit=limit).table)
+
+
+def adjust_table(store: Any, symbol: str, tf: Timeframe, bars: pa.Table) -> pa.Table:
+    """``bars`` of one symbol (time-ordered, any page of them) adjusted for the splits and
+    dividends recorded after each bar."""
     if bars.num_rows == 0:
         return bars
     first = bars.column("ts")[0].as_py()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import pyarrow as pa
@@ -214,3 +217,35 @@ async def test_a_rendered_page_is_not_served_after_a_write(client: httpx.AsyncCl
     assert before["count"] == 0
     assert after["count"] == 5
     assert after["bars"][0]["ts"] == "2024-03-06T14:30:00+00:00"
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv-page", "arrow-stream"])
+async def test_adjusted_bars_are_the_stored_ones_adjusted(make_client: Callable[..., Any],
+                                                          seeded: Store, fmt: str) -> None:
+    """adjusted=true gives what read_adjusted gives; without it, the bars as traded."""
+    from marketlake.adjust import ACTION_SCHEMA, read_adjusted, write_actions
+
+    split = datetime(2024, 3, 5, tzinfo=UTC)
+    write_actions(seeded, pa.table({"symbol": ["AAPL"], "ts": [split], "kind": ["split"],
+                                    "value": [4.0], "source": ["test"]}, schema=ACTION_SCHEMA))
+    expected = read_adjusted(seeded, "AAPL", "1m")
+    traded = seeded.read_bars("AAPL", "1m").table
+    assert not expected.column("close").equals(traded.column("close"))
+    async with make_client() as client:
+        if fmt == "json":
+            r = await client.get("/api/v1/bars/AAPL", params={"adjusted": "true", "limit": 5})
+            closes = [b["close"] for b in r.json()["bars"]]
+            assert closes == expected.column("close").to_pylist()[:5]
+            assert r.json()["next_cursor"] is not None
+        elif fmt == "csv-page":
+            r = await client.get("/api/v1/bars/AAPL", params={"adjusted": "true",
+                                                              "format": "csv", "limit": 3})
+            volumes = [float(line.split(",")[7]) for line in r.text.splitlines()[1:]]
+            assert volumes == expected.column("volume").to_pylist()[:3]
+            assert "x-next-cursor" in r.headers
+        else:
+            r = await client.get("/api/v1/bars/AAPL", params={"adjusted": "true",
+                                                              "format": "arrow"})
+            assert pa.ipc.open_stream(r.content).read_all().equals(expected)
+            plain = await client.get("/api/v1/bars/AAPL", params={"format": "arrow"})
+            assert pa.ipc.open_stream(plain.content).read_all().equals(traded)

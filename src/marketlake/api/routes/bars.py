@@ -117,6 +117,9 @@ async def get_bars(
                                         max_length=200)] = None,
     format: Annotated[Format | None, Query(description="json, csv, arrow (IPC stream) or "
                                            "parquet; default from Accept, else json")] = None,
+    adjusted: Annotated[bool, Query(description=(
+        "Adjust prices (and volumes, for splits) for the splits and dividends recorded "
+        "after each bar; default: as traded"))] = False,
     *, request: Request,
 ) -> Response:
     """Bars in ``[start, end)`` ordered by time, paged with a keyset cursor (no OFFSET)."""
@@ -129,6 +132,8 @@ async def get_bars(
         raise InputError(f"limit {limit} is above {JSON_MAX_LIMIT} for JSON; page with the "
                          "cursor or ask for format=arrow, parquet or csv", param="limit")
     await known_symbol(ctx, symbol)
+    if adjusted:
+        return await _adjusted(ctx, symbol, tf, begin, stop, limit, cursor, fmt)
     if fmt == "json":
         return Response(await _json_page(ctx, symbol, tf, begin, stop,
                                          limit or JSON_DEFAULT_LIMIT, cursor),
@@ -141,6 +146,31 @@ async def get_bars(
     series = await cached_series(ctx, symbol, tf)
     batches = (formats.split(series.page(begin, stop, None, cursor).table, BATCH_ROWS)
                if series is not None else _store_batches(ctx, symbol, tf, begin, stop, cursor))
+    return StreamingResponse(formats.stream(fmt, batches), media_type=formats.MEDIA_TYPES[fmt],
+                             headers=_attachment(symbol, tf, fmt))
+
+
+async def _adjusted(ctx: ApiContext, symbol: str, tf: str, start: datetime | None,
+                    end: datetime | None, limit: int | None, cursor: str | None,
+                    fmt: Format) -> Response:
+    """Adjusted bars: the same pages and streams as the traded ones, each adjusted."""
+    from marketlake.adjust import adjust_table
+
+    timeframe = Timeframe.parse(tf)
+
+    def adjust(table: Any) -> Any:
+        return adjust_table(ctx.store, symbol, timeframe, table)
+
+    if fmt == "json" or limit is not None:
+        page = await read_page(ctx, symbol, tf, start, end, limit or JSON_DEFAULT_LIMIT, cursor)
+        table = await in_thread(adjust, page.table)
+        if fmt == "json":
+            return Response(formats.json_page(symbol, tf, table, page.next_cursor),
+                            media_type="application/json")
+        headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
+        return Response(formats.document(fmt, table), media_type=formats.MEDIA_TYPES[fmt],
+                        headers=headers | _attachment(symbol, tf, fmt))
+    batches = (adjust(t) for t in _store_batches(ctx, symbol, tf, start, end, cursor))
     return StreamingResponse(formats.stream(fmt, batches), media_type=formats.MEDIA_TYPES[fmt],
                              headers=_attachment(symbol, tf, fmt))
 
