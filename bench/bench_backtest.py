@@ -43,6 +43,8 @@ from marketlake.backtest import BacktestConfig, get_strategy, run
 from marketlake.backtest.data import Bars, split_symbols
 from marketlake.backtest.sweep import run_sweep
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # backtesting.py's progress bars, before its import
+
 RESULTS = Path(__file__).parent / "results"
 N_BARS = 1_000_000
 N_REFERENCE = 100_000
@@ -154,7 +156,9 @@ def vectorbt_warm(bars: Bars) -> float | None:
         portfolio = vbt.Portfolio.from_signals(close, fast > slow, fast < slow, fees=COMMISSION,
                                                init_cash=CASH)
         _ = portfolio.trades.records_readable
-        portfolio.stats()
+        with warnings.catch_warnings():  # ratios that need a frequency: not compared here
+            warnings.simplefilter("ignore", UserWarning)
+            portfolio.stats()
 
     once()
     return timed(once, 3).wall
