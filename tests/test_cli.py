@@ -306,9 +306,10 @@ def test_demo_loads_stocks_and_crypto(capsys: Capsys, uri: str) -> None:
     for symbol, bars in counts.items():
         assert bars == generate_bars(symbol, "1m", start, end).num_rows
     assert counts["BTCUSDT"] == 2 * 1440
-    code, out, _ = run(capsys, uri, "demo", "--days", "2", "--no-serve")
+    code, out, err = run(capsys, uri, "demo", "--days", "2", "--no-serve")
     assert code == 0
     assert "Stored bars" in out
+    assert "5/5 sample backtest: SMA 10/30 on BTCUSDT 1h" in out, err  # not skipped
 
 
 def test_run_simple_is_the_engine_on_synthetic_hourly_bars(capsys: Capsys) -> None:

@@ -100,13 +100,15 @@ def demo(
 
 def _sample_backtest(st: State) -> None:
     """An SMA crossover on the demo's hourly BTCUSDT bars (24/7), stored like any backtest."""
+    from marketlake.backtest.engine import BacktestConfig
     from marketlake.backtest.runs import run_backtest
     from marketlake.cli.output import warn
     from marketlake.errors import MarketLakeError
 
-    try:
+    try:  # fractional units: 10,000 of cash buys a fraction of a bitcoin
         result = run_backtest(st.store, "sma_cross", {"fast": 10, "slow": 30},
-                              symbols=["BTCUSDT"], timeframe="1h")
+                              symbols=["BTCUSDT"], timeframe="1h",
+                              config=BacktestConfig(fractional=True))
     except MarketLakeError as exc:
         warn(f"5/5 sample backtest skipped: {exc.message}")
         return
@@ -120,7 +122,7 @@ def _sample_backtest(st: State) -> None:
         f"[bold]5/5[/] sample backtest: SMA 10/30 on BTCUSDT 1h (id {result.id}): return "
         f"{num('total_return_pct')} % vs buy & hold {num('buy_hold_return_pct')} %, "
         f"{stats.get('trades')} trades, Sharpe {num('sharpe')}; see it with "
-        f"`marketlake backtest run --strategy sma_cross --symbol BTCUSDT -t 1h`",
+        f"`marketlake backtest run --strategy sma_cross --symbol BTCUSDT -t 1h --fractional`",
         highlight=False,
     )
 
