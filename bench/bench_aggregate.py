@@ -37,10 +37,8 @@ tenth of every size.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -50,6 +48,7 @@ import pandas as pd
 import polars as pl
 import pyarrow as pa
 
+from bench.common import median_time, report
 from marketlake.aggregate import rollup
 from marketlake.schema import BAR_SCHEMA, constant_column
 from marketlake.validate import apply_policy
@@ -270,31 +269,9 @@ def bench_validation(name: str, data: pa.Table) -> None:
 # -- reporting ------------------------------------------------------------------------
 
 
-def median_time(run: Callable[[], Any], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
-
-
-def rate(rows: int, seconds: float) -> str:
-    return f"{seconds:8.3f} s {rows / seconds / 1e6:7.2f} M rows/s"
-
-
 def _goal(per_second: float, target: float) -> str:
     met = "met" if per_second >= target else "NOT met"
     return f"(target >= {target / 1e6:.0f} M rows/s: {met})"
-
-
-def report(title: str, rows: int, ours: float, others: dict[str, float],
-           target: str = "") -> None:
-    print(title)
-    print(f"  {'MarketLake':<26}{rate(rows, ours)}  {target}".rstrip())
-    for name, seconds in others.items():
-        print(f"  {name:<26}{rate(rows, seconds)}  ratio {seconds / ours:5.1f}x")
-    sys.stdout.flush()
 
 
 def main() -> None:

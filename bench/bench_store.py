@@ -21,11 +21,9 @@ import os
 import resource
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from bench.common import median_time, report
 from marketlake.csv_import import import_csv
 from marketlake.providers.synthetic import generate_minutes
 from marketlake.store import open_store
@@ -58,31 +57,6 @@ def minutes(symbol: str, n: int, start: datetime = START) -> pa.Table:
 def after(table: pa.Table) -> datetime:
     last: datetime = table.column("ts")[-1].as_py()
     return last + timedelta(minutes=1)
-
-
-def median_time(run: Callable[[], Any], repeat: int,
-                prepare: Callable[[], Any] | None = None) -> float:
-    """Median wall time of ``run``; ``prepare`` (untimed) runs before each repetition."""
-    times = []
-    for _ in range(repeat):
-        if prepare is not None:
-            prepare()
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
-
-
-def rate(rows: int, seconds: float) -> str:
-    return f"{seconds:8.3f} s {rows / seconds / 1e6:6.2f} M rows/s"
-
-
-def report(title: str, rows: int, ours: float, others: dict[str, float],
-           target: str = "") -> None:
-    print(f"{title}")
-    print(f"  {'MarketLake':<24}{rate(rows, ours)}  {target}")
-    for name, seconds in others.items():
-        print(f"  {name:<24}{rate(rows, seconds)}  ratio {seconds / ours:5.1f}x")
 
 
 class Setup:
