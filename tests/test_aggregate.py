@@ -3,7 +3,7 @@ compiled kernels, symbol runs and trading calendars."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,6 @@ from marketlake.aggregate import (
     check_rollup,
     partial_bucket,
     rollup,
-    rollup_after_ingest,
     rollup_bars,
     rollup_spans,
     rollup_targets,
@@ -127,8 +126,8 @@ def test_store_rollups_build_weeks_from_days_and_report_the_partial_bar(duck: St
 
 def test_rolling_up_several_spans_at_once_equals_one_symbol_at_a_time(duck: Store,
                                                                       tmp_path: Path) -> None:
-    """rollup_spans (what ingest runs) stores exactly what rollup_after_ingest does per symbol,
-    each symbol touching only the buckets of its own span."""
+    """rollup_spans (what ingest runs) stores exactly what aggregate_store does per symbol
+    over its span, each symbol touching only the buckets of its own span."""
     spans = {"AAPL": (utc("2024-03-05T14:30"), utc("2024-03-07T15:59")),
              "BTCUSDT": (utc("2024-03-04"), utc("2024-03-12T23:59"))}
     targets = ["5m", "1h", "1d", "1w", "1mo"]
@@ -139,7 +138,8 @@ def test_rolling_up_several_spans_at_once_equals_one_symbol_at_a_time(duck: Stor
                 store.write_bars(bars_for(symbol, "1m", "2024-03-01", "2024-03-14"))
         counts = rollup_spans(duck, spans, "1m", targets)
         for symbol, (first, last) in spans.items():
-            rolled = rollup_after_ingest(one, symbol, "1m", first, last, targets)
+            rolled = aggregate_store(one, [symbol], "1m", targets, first,
+                                     last + timedelta(microseconds=1))
             assert counts[symbol] == sum(r.bars for r in rolled)
         for tf in targets:
             assert duck.read_bars(list(spans), tf).table.equals(

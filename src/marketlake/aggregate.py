@@ -389,26 +389,15 @@ def _widened(tf: Timeframe, start: datetime | None,
     return (start - margin if start else None, end + margin if end else None)
 
 
-def rollup_after_ingest(store: Store, symbol: str, source: str | Timeframe,
-                        first: datetime, last: datetime, targets: Sequence[str],
-                        *, now: datetime | None = None) -> list[AggregateResult]:
-    """Recompute the roll-ups of ``symbol`` touched by new ``source`` bars from ``first``
-    to ``last`` (inclusive): what ingest runs after it writes."""
-    usable = rollup_targets(source, targets)
-    if not usable:
-        return []
-    return aggregate_store(store, [symbol], source, usable, first,
-                           last + timedelta(microseconds=1), now=now)
-
-
 def rollup_spans(store: Store, spans: Mapping[str, tuple[datetime, datetime]],
                  source: str | Timeframe, targets: Sequence[str], *,
                  instruments: Instruments | None = None,
                  now: datetime | None = None) -> dict[str, int]:
-    """:func:`rollup_after_ingest` for several symbols at once, each with its own span of new
-    ``source`` bars (first and last, inclusive): the source bars are read once for every
-    target built from them and each target is written once for all the symbols. Returns
-    the bars rolled up per symbol. ``instruments`` may hold the symbols' instruments."""
+    """Recompute the roll-ups touched by new ``source`` bars, each symbol with its own span
+    of them (first and last, inclusive): what ingest and repair run after they write. The
+    source bars are read once for every target built from them and each target is written
+    once for all the symbols. Returns the bars rolled up per symbol. ``instruments`` may
+    hold the symbols' instruments."""
     counts = dict.fromkeys(spans, 0)
     usable = rollup_targets(source, targets)
     if not usable or not spans:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 Array = np.ndarray[Any, Any]
 _MAX_BISECT_RUNS = 2000
-_MAX_SLICES = 1024  # runs of rows up to which a subset is sliced, not copied
+MAX_SLICES = 1024  # runs of rows up to which a subset is sliced, not copied
 
 
 def as_chunked(column: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
@@ -236,12 +236,17 @@ def take_rows(table: pa.Table, rows: Array) -> pa.Table:
     """The ascending ``rows`` of ``table``: zero-copy slices when they form few runs (taking
     every column, strings included, costs more than the work done on them), else a take."""
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    if len(rows) == 0 or len(breaks) >= _MAX_SLICES:
+    if len(rows) == 0 or len(breaks) >= MAX_SLICES:
         return table.take(pa.array(rows))
     firsts = rows[np.concatenate([[0], breaks])].tolist()
-    lasts = rows[np.append(breaks, len(rows)) - 1].tolist()
-    return pa.concat_tables([table.slice(a, b - a + 1)
-                             for a, b in zip(firsts, lasts, strict=True)])
+    ends = (rows[np.append(breaks, len(rows)) - 1] + 1).tolist()
+    return slices(table, firsts, ends)
+
+
+def slices(table: pa.Table, starts: list[int], ends: list[int]) -> pa.Table:
+    """The rows ``[start, end)`` of every pair, in order, as zero-copy slices of ``table``."""
+    parts = [table.slice(a, b - a) for a, b in zip(starts, ends, strict=True) if b > a]
+    return pa.concat_tables(parts) if parts else table.slice(0, 0)
 
 
 # -- group reductions ------------------------------------------------------------------

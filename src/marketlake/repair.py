@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from marketlake.aggregate import rollup_after_ingest
+from marketlake.aggregate import rollup_spans
 from marketlake.checks import IngestQuality, instrument_of, stored_gaps
 from marketlake.errors import InputError, MarketLakeError, NotFoundError
 from marketlake.gaps import Gap
@@ -138,8 +138,8 @@ async def repair_gaps(
     result.missing_after = sum(g.missing for g in stored_gaps(store, instrument, tf, lo, hi).gaps)
     filled = [r for r in result.ranges if r.inserted]
     if filled and (settings.rollup_after_ingest if rollup is None else rollup):
-        rollup_after_ingest(store, symbol, tf, filled[0].start, filled[-1].end,
-                            settings.rollup_timeframes)
+        rollup_spans(store, {symbol: (filled[0].start, filled[-1].end)}, tf,
+                     settings.rollup_timeframes)
     result.quality_report = quality.save(job.id, [symbol], provider=provider.name)
     result.seconds = time.perf_counter() - began
     errors = "; ".join(f"{r.start.isoformat()}: {r.error}" for r in result.ranges if r.error)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from marketlake.columns import SortedBars, float_values, int64_values
+from marketlake.columns import MAX_SLICES, SortedBars, float_values, int64_values, slices
 from marketlake.gaps import Gap, find_gaps, is_aligned, outside_rows
 from marketlake.kernels import (
     MISALIGNED,
@@ -70,7 +70,6 @@ SPLIT_FACTORS = np.array([2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 15.0, 20.0, 25.0, 50.0,
 _JUMP = 1.4  # a close-to-open move smaller than this is never split-like
 _BLOCK = 512  # returns per block of the local outlier scale
 _PER_BLOCK = 64  # returns sampled per block
-_MAX_SLICES = 1024  # rejected rows up to which kept rows are sliced, not copied
 
 
 def apply_policy(
@@ -107,13 +106,11 @@ def apply_policy(
 def _without_rows(table: pa.Table, rows: Array) -> pa.Table:
     """``table`` without ``rows`` (ascending): zero-copy slices around a few rows (filtering
     every column, strings included, costs more than the checks), else a filter."""
-    if len(rows) > _MAX_SLICES:
+    if len(rows) > MAX_SLICES:
         keep = np.ones(table.num_rows, dtype=bool)
         keep[rows] = False
         return table.filter(pa.array(keep))
-    bounds = zip([0, *(rows + 1).tolist()], [*rows.tolist(), table.num_rows], strict=True)
-    parts = [table.slice(lo, hi - lo) for lo, hi in bounds if hi > lo]
-    return pa.concat_tables(parts) if parts else table.slice(0, 0)
+    return slices(table, [0, *(rows + 1).tolist()], [*rows.tolist(), table.num_rows])
 
 
 def validate_bars(
