@@ -175,6 +175,10 @@ def test_seed_restores_cooldown_and_sequence() -> None:
     ({"id": "r7", "kind": "drawdown_below", "threshold": 0.05},
      "alert rule 'r7': field 'threshold': Input should be less than 0"),
     ({"id": "bad id!", "kind": "price_above", "threshold": 1}, "field 'id'"),
+    ({"id": "r8", "kind": "price_above", "threshold": 1, "symbol": None},
+     "alert rule 'r8': field 'symbol': Value error, must be a symbol or * for every symbol"),
+    ({"id": "r9", "kind": "price_above", "threshold": 1, "symbol": 7203},
+     "quote a numeric ticker"),
 ])
 def test_bad_rule_names_rule_and_field(rule: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=None) as info:

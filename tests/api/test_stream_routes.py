@@ -95,6 +95,9 @@ async def test_rules_are_listed_added_and_deleted(duck: Store, tmp_path: Path,
                                   headers=bearer(keys["write"]))
         bad = await client.post("/api/v1/alerts/rules", headers=bearer(keys["write"]),
                                 json={"id": "x", "kind": "pct_change", "threshold": "a lot"})
+        nameless = await client.post("/api/v1/alerts/rules", headers=bearer(keys["write"]),
+                                     json={"id": "y", "kind": "price_above", "threshold": 1,
+                                           "symbol": None})
         listed = (await client.get("/api/v1/alerts/rules")).json()
         deleted = await client.delete("/api/v1/alerts/rules/api-rule",
                                       headers=bearer(keys["write"]))
@@ -106,6 +109,7 @@ async def test_rules_are_listed_added_and_deleted(duck: Store, tmp_path: Path,
     assert added.json()["window"] == 300
     assert added.json()["symbol"] == "BTCUSDT"
     assert again.status_code == 409
+    assert nameless.status_code == 422  # not stored as a rule for a symbol called NONE
     assert bad.status_code == 422
     assert {e["param"] for e in bad.json()["errors"]} >= {"pct_change.threshold",
                                                           "pct_change.window"}

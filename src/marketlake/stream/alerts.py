@@ -72,7 +72,10 @@ class _Rule(BaseModel):
     @field_validator("symbol", mode="before")
     @classmethod
     def _symbol(cls, value: object) -> str:
-        return "*" if value == "*" else normalize_symbol(str(value))
+        if not isinstance(value, str):  # str() would turn null into a symbol named NONE
+            raise ValueError("must be a symbol or * for every symbol, as text (in YAML, "
+                             "quote a numeric ticker: '7203')")
+        return "*" if value == "*" else normalize_symbol(value)
 
     @field_validator("cooldown", mode="before")
     @classmethod
