@@ -356,6 +356,64 @@ def test_writes_match_a_reference_model(store: Store, writes: list[tuple[str, li
         assert stored(store, symbol) == want
 
 
+_mixed_writes = st.lists(
+    st.tuples(
+        st.lists(st.tuples(st.sampled_from(["AAPL", "MSFT", "SPY"]), st.integers(0, 12),
+                           st.sampled_from([0.0, 1.0])), min_size=1, max_size=20),
+        st.sampled_from(["ignore", "replace"]),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=_mixed_writes)
+def test_per_series_results_match_a_reference_model(
+        store: Store, writes: list[tuple[list[tuple[str, int, float]], str]]) -> None:
+    """Batches mixing symbols give each series the counts a dictionary model predicts."""
+    for symbol in ("AAPL", "MSFT", "SPY"):
+        store.delete_bars(symbol)
+    model: dict[tuple[str, int], float] = {}
+    for rows, policy in writes:
+        expected: dict[tuple[str, str], WriteResult] = {}
+        seen: dict[tuple[str, int], float] = {}
+        for symbol, minute, shift in rows:
+            key = (symbol, "1m")
+            if (symbol, minute) in seen:
+                same = seen[(symbol, minute)] == shift
+                counted = WriteResult(duplicates=int(same), conflicts=int(not same))
+            else:
+                seen[(symbol, minute)] = shift
+                old = model.get((symbol, minute))
+                counted = (WriteResult(inserted=1) if old is None
+                           else WriteResult(duplicates=1) if old == shift
+                           else WriteResult(replaced=1) if policy == "replace"
+                           else WriteResult(conflicts=1))
+                if old is None or policy == "replace":
+                    model[(symbol, minute)] = shift
+            expected[key] = expected.get(key, WriteResult()) + counted
+        batch = pa.concat_tables([make_bars(sym, [m], shift=s) for sym, m, s in rows])
+        got = store.write_bars_per_series(batch, on_conflict=policy)  # type: ignore[arg-type]
+        assert got == expected
+    for symbol in ("AAPL", "MSFT", "SPY"):
+        want = [make_bars(symbol, [m], shift=s).to_pylist()[0]
+                for (sym, m), s in sorted(model.items()) if sym == symbol]
+        assert stored(store, symbol) == want
+
+
+def test_per_series_results_keep_timeframes_apart(store: Store) -> None:
+    store.write_bars(make_bars("AAPL", range(2)))
+    batch = pa.concat_tables([make_bars("AAPL", range(3)), make_bars("AAPL", range(2),
+                                                                     timeframe="1h")])
+    assert store.write_bars_per_series(batch) == {
+        ("AAPL", "1m"): WriteResult(inserted=1, duplicates=2),
+        ("AAPL", "1h"): WriteResult(inserted=2),
+    }
+    assert store.write_bars_per_series(make_bars("AAPL", [])) == {}
+
+
 # -- trades -------------------------------------------------------------------------------
 
 
@@ -473,6 +531,19 @@ def test_checkpoints_are_kept_per_provider_symbol_and_timeframe(store: Store) ->
     assert store.get_checkpoint("yahoo", "AAPL", "1d") == at(5)
     assert store.get_checkpoint("alpaca", "AAPL", "1d") == at(1)
     assert store.get_checkpoint("yahoo", "AAPL", "1m") is None
+
+
+def test_checkpoints_of_several_symbols_are_set_at_once(store: Store) -> None:
+    store.set_checkpoint("binance", "BTCUSDT", "1m", at(0), job_id="old")
+    store.set_checkpoint("binance", "BTCUSDT", "1h", at(0))
+    store.set_checkpoints("binance", "1m", {"btcusdt": at(7), "ETHUSDT": at(3)}, "j2")
+    store.set_checkpoints("binance", "1m", {})
+    assert store.get_checkpoint("binance", "BTCUSDT", "1m") == at(7)
+    assert store.get_checkpoint("binance", "ETHUSDT", "1m") == at(3)
+    assert store.get_checkpoint("binance", "BTCUSDT", "1h") == at(0)
+    rows = store.select_rows("checkpoints", {"provider": "binance", "timeframe": "1m"},
+                             order_by="symbol")
+    assert [(r["symbol"], r["job_id"]) for r in rows] == [("BTCUSDT", "j2"), ("ETHUSDT", "j2")]
 
 
 def test_the_schema_version_is_recorded(store: Store) -> None:

@@ -42,6 +42,12 @@ def test_the_sql_merge_path_agrees_with_the_reference_model(sql_store: Store) ->
     test(sql_store)
 
 
+def test_per_series_writes_in_chunks_of_groups_agree_with_the_reference_model() -> None:
+    """Batches of more series than ``max_fast_groups`` are merged a few series at a time."""
+    with DuckDBStore("duckdb:///:memory:", max_fast_groups=2) as store:
+        contract.test_per_series_results_match_a_reference_model(store)
+
+
 @pytest.mark.parametrize(
     ("uri", "path"),
     [("duckdb:///:memory:", ":memory:"), ("duckdb:///./data/x.duckdb", "./data/x.duckdb"),

@@ -395,9 +395,9 @@ def rollup_spans(store: Store, spans: Mapping[str, tuple[datetime, datetime]],
                  now: datetime | None = None) -> dict[str, int]:
     """Recompute the roll-ups touched by new ``source`` bars, each symbol with its own span
     of them (first and last, inclusive): what ingest and repair run after they write. The
-    source bars are read once for every target built from them and each target is written
-    once for all the symbols. Returns the bars rolled up per symbol. ``instruments`` may
-    hold the symbols' instruments."""
+    source bars are read once for every target built from them, and the targets built from
+    the same bars are written together, for all the symbols at once. Returns the bars
+    rolled up per symbol. ``instruments`` may hold the symbols' instruments."""
     counts = dict.fromkeys(spans, 0)
     usable = rollup_targets(source, targets)
     if not usable or not spans:
@@ -419,22 +419,23 @@ def rollup_spans(store: Store, spans: Mapping[str, tuple[datetime, datetime]],
         assert hi is not None
         known_lo, known_hi = windows.get(str(base), (lo, hi))
         windows[str(base)] = (min(lo, known_lo), max(hi, known_hi))
-    read: dict[str, pa.Table] = {}
-    for tf in usable:  # finest first: 1d is written before 1w and 1mo read it
-        name = str(bases[tf])
-        if name not in read:
-            read[name] = store.read_bars(symbols, name, *windows[name]).table
-        rolled = rollup_bars(read[name], tf, instruments=lookup, now=now)
-        if not rolled.table.num_rows:
-            continue
-        # only the buckets holding source bars inside their own symbol's span
-        which = pc.index_in(rolled.table.column("symbol"), pa.array(symbols)).to_numpy()
-        touched = (rolled.last_ts >= firsts[which]) & (rolled.first_ts < ends[which])
-        out = rolled.table.filter(pa.array(touched))
-        if out.num_rows:
-            store.write_bars(out, on_conflict="replace")
-        for k, n in enumerate(np.bincount(which[touched], minlength=len(symbols)).tolist()):
-            counts[symbols[k]] += n
+    for name in sorted(windows, key=lambda n: _duration(Timeframe.parse(n))):
+        # the source's targets first: 1d is written before 1w and 1mo read it
+        read = store.read_bars(symbols, name, *windows[name]).table
+        outs = []
+        for tf in (t for t in usable if str(bases[t]) == name):
+            rolled = rollup_bars(read, tf, instruments=lookup, now=now)
+            if not rolled.table.num_rows:
+                continue
+            # only the buckets holding source bars inside their own symbol's span
+            which = pc.index_in(rolled.table.column("symbol"), pa.array(symbols)).to_numpy()
+            touched = (rolled.last_ts >= firsts[which]) & (rolled.first_ts < ends[which])
+            outs.append(rolled.table.filter(pa.array(touched)))
+            for k, n in enumerate(np.bincount(which[touched], minlength=len(symbols)).tolist()):
+                counts[symbols[k]] += n
+        out = pa.concat_tables(outs) if outs else None
+        if out is not None and out.num_rows:
+            store.write_bars(out, on_conflict="replace")  # all targets of a base at once
     return counts
 
 

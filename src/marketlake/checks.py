@@ -33,7 +33,6 @@ from marketlake.schema import (
     Instrument,
     Timeframe,
     default_instrument,
-    from_epoch_us,
     normalize_symbol,
     to_epoch_us,
     utcnow,
@@ -190,9 +189,10 @@ class IngestQuality:
             symbols, [str(self.timeframe)], start, end, kind=self.kind, **scope))
 
 
-def first_last(table: pa.Table) -> tuple[datetime, datetime] | None:
-    """The first and last bar time of a table (None when empty)."""
+def series_spans(table: pa.Table) -> dict[str, tuple[datetime, datetime]]:
+    """The first and last bar time of each symbol of a table."""
     if table.num_rows == 0:
-        return None
-    ts = int64_values(table.column("ts"))
-    return from_epoch_us(int(ts.min())), from_epoch_us(int(ts.max()))
+        return {}
+    spans = table.group_by("symbol").aggregate([("ts", "min"), ("ts", "max")]).to_pylist()
+    return {row["symbol"]: (row["ts_min"], row["ts_max"]) for row in spans}
+

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
     )
     ingest_concurrency: int = Field(4, ge=1, description="Symbols an ingest job fetches at once")
     ingest_batch_rows: int = Field(
-        50_000, ge=1, description="Bars an ingest job buffers (all symbols) before a checked write"
+        100_000, ge=1, description="Bars an ingest job buffers (all symbols) before a checked write"
     )
     rate_limit: bool = Field(
         True, description="Per-provider rate limiters; turn off only for a local mirror"

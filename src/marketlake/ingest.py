@@ -33,24 +33,29 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketlake.adjust import write_actions
 from marketlake.aggregate import rollup_spans
-from marketlake.checks import IngestQuality, first_last, instrument_of
+from marketlake.checks import IngestQuality, series_spans
 from marketlake.errors import InputError, MarketLakeError
 from marketlake.providers.base import Provider
 from marketlake.quality import QualityPolicy, QualityReport
-from marketlake.schema import BAR_SCHEMA, Instrument, Timeframe, normalize_symbol
+from marketlake.schema import (
+    BAR_SCHEMA,
+    Instrument,
+    Timeframe,
+    default_instrument,
+    normalize_symbol,
+)
 from marketlake.store.base import OnConflict, Store, WriteResult, check_range
 
 ProgressCallback = Callable[[str, int, float], None]
 """Called as ``(symbol, rows_in_batch, fraction_of_range_done)`` after each page."""
 
 DEFAULT_CONCURRENCY = 4
-DEFAULT_BATCH_ROWS = 50_000
+DEFAULT_BATCH_ROWS = 100_000
 SUMMARY_EVERY_S = 2.0
 """How often a running job's per-symbol summary is saved (each save is a commit)."""
 
@@ -156,15 +161,17 @@ class _Job:
     written: dict[str, tuple[datetime, datetime]] = field(default_factory=dict)
     """Per symbol: the first and last bar time this job inserted or replaced."""
     instruments: dict[str, Instrument] = field(default_factory=dict)
-    """The instruments of the job's symbols, read once (again after the job refines one)."""
+    """The instruments of the job's symbols, read once, kept up to date as it refines them."""
+    auto: set[str] = field(default_factory=set)
+    """The symbols registered with defaults, which the provider's details may refine."""
     failed_writes: set[str] = field(default_factory=set)
     """Symbols whose bars could not be written: later batches of theirs are not written,
     so their checkpoint never passes the bars that are missing."""
 
     def store_batches(self, items: list[_Handover]) -> list[SymbolResult]:
         """Write the bars handed over by several symbols in one transaction (each symbol in
-        its own when that fails, so that one symbol's failure spares the others), then
-        finish the symbols whose fetch ended. Returns the results of the ended symbols."""
+        its own when that fails, so that one symbol's failure spares the others). Returns
+        the results of the symbols whose fetch ended, for :meth:`finish`."""
         todo = [i for i in items if (i.tables or i.learnt) and
                 i.result.symbol not in self.failed_writes]
         outcomes: list[_Outcome] = []
@@ -187,7 +194,10 @@ class _Job:
                 outcomes += done
         for outcome in outcomes:
             self._apply(outcome)
-        ended = [i.result for i in items if i.last]
+        return [i.result for i in items if i.last]
+
+    def finish(self, ended: list[SymbolResult]) -> list[SymbolResult]:
+        """Roll up and score the symbols whose fetch ended and whose bars are written."""
         self._finish([r for r in ended if r.ok])
         return ended
 
@@ -205,26 +215,22 @@ class _Job:
             kept, found = self.quality.inspect(pa.concat_tables(tables),
                                                self._instruments(list(by_symbol)))
         series = {s.symbol: s for s in found.series}
-        rejected = np.asarray(found.rejected_rows, dtype=np.int64)
+        written = self.store.write_bars_per_series(kept, on_conflict=self.on_conflict)
+        tf = str(self.tf)
+        self.store.set_checkpoints(self.provider.name, tf, {
+            symbol: max(pc.max(t.column("ts")).as_py() for i in group for t in i.tables
+                        if t.num_rows)
+            for symbol, group in by_symbol.items() if any(i.rows for i in group)
+        }, self.id)
+        spans = series_spans(kept)
         outcomes = []
-        offset = 0
         for symbol, group in by_symbol.items():
-            rows = sum(i.rows for i in group)
-            written, bounds = WriteResult(), None
-            if rows:  # this symbol's rows of the batch, less those rejected before them
-                lo, hi = np.searchsorted(rejected, [offset, offset + rows]).tolist()
-                mine = kept.slice(offset - lo, rows - (hi - lo))
-                offset += rows
-                written = self.store.write_bars(mine, on_conflict=self.on_conflict)
-                last = max(pc.max(t.column("ts")).as_py() for i in group for t in i.tables
-                           if t.num_rows)
-                self.store.set_checkpoint(self.provider.name, symbol, str(self.tf), last,
-                                          self.id)
-                bounds = first_last(mine) if written.inserted or written.replaced else None
+            mine = written.get((symbol, tf), WriteResult())
+            bounds = spans.get(symbol) if mine.inserted or mine.replaced else None
             learnt = [i.learnt for i in group if i.learnt is not None]
             actions = self._learnt(symbol, *learnt[-1]) if learnt else 0
             stats = series.get(symbol)
-            outcomes.append(_Outcome(group[-1], written, rows,
+            outcomes.append(_Outcome(group[-1], mine, sum(i.rows for i in group),
                                      stats.rejected if stats else 0,
                                      stats.flagged if stats else 0, bounds, actions))
         return outcomes, found
@@ -250,16 +256,14 @@ class _Job:
         if not actions.num_rows and info is None:
             return 0
         new = write_actions(self.store, actions, replace=self.on_conflict == "replace")
-        if info is not None and self.store.is_auto_registered(symbol):
-            self.store.update_instrument(info)
-            self.instruments.pop(symbol, None)
+        if info is not None and symbol in self.auto:
+            self.instruments[symbol] = self.store.update_instrument(info)
+            self.auto.discard(symbol)
         return new
 
     def _instruments(self, symbols: Sequence[str]) -> dict[str, Instrument]:
-        for symbol in symbols:
-            if symbol not in self.instruments:
-                self.instruments[symbol] = instrument_of(self.store, symbol)
-        return {symbol: self.instruments[symbol] for symbol in symbols}
+        return {symbol: self.instruments.get(symbol) or default_instrument(symbol)
+                for symbol in symbols}
 
     def _finish(self, results: list[SymbolResult]) -> None:
         """The roll-ups of what the symbols wrote (all at once), then their quality scores."""
@@ -320,7 +324,9 @@ class _Writer:
     once ``batch_rows`` bars (of all symbols) are waiting or a symbol's fetch has ended,
     taking everything handed over meanwhile, so that several symbols share one
     transaction, and runs the store work in a thread, off the event loop. While it
-    writes, fetches go on until another ``batch_rows`` bars wait."""
+    writes, fetches go on until another ``batch_rows`` bars wait. Symbols whose fetch
+    ended are finished (rolled up, scored) together once nothing else waits to be
+    written: a roll-up costs about the same for one symbol as for many."""
 
     def __init__(self, job: _Job, batch_rows: int,
                  ended: Callable[[SymbolResult], None]) -> None:
@@ -340,16 +346,27 @@ class _Writer:
             self.changed.notify_all()
             await self.changed.wait_for(lambda: self.rows < self.batch_rows)
 
+    def _ready(self) -> bool:
+        return self.rows >= self.batch_rows or self.ends > 0
+
     async def run(self, symbols: int) -> None:
-        """Write until ``symbols`` fetches have ended."""
+        """Write until ``symbols`` fetches have ended and their symbols are finished."""
+        written: list[SymbolResult] = []  # ended and written, not finished yet
         while symbols:
             async with self.changed:
-                await self.changed.wait_for(lambda: self.rows >= self.batch_rows or self.ends > 0)
-                items, self.waiting, self.rows, self.ends = self.waiting, [], 0, 0
-                self.changed.notify_all()
-            for result in await asyncio.to_thread(self.job.store_batches, items):
+                if not written:
+                    await self.changed.wait_for(self._ready)
+                items: list[_Handover] = []
+                if self._ready():
+                    items, self.waiting, self.rows, self.ends = self.waiting, [], 0, 0
+                    self.changed.notify_all()
+            if items:
+                written += await asyncio.to_thread(self.job.store_batches, items)
+                continue
+            for result in await asyncio.to_thread(self.job.finish, written):
                 symbols -= 1
                 self.ended(result)
+            written = []
 
 
 async def _fetch_symbol(job: _Job, writer: _Writer, result: SymbolResult) -> None:
@@ -415,10 +432,12 @@ async def run_ingest(
     job = _Job(store, provider, tf, start, end, job_id, resume,
                "replace" if refresh else "ignore", batch_rows, progress, quality,
                settings.rollup_timeframes if do_rollup else [])
+    results = {name: SymbolResult(name) for name in names}
+    job.instruments = {i.symbol: i for i in store.list_instruments() if i.symbol in results}
+    job.auto = store.auto_registered() & set(names)
     began = time.perf_counter()
     result = IngestResult(job_id)
     slots = asyncio.Semaphore(concurrency)
-    results = {name: SymbolResult(name) for name in names}
     starts: dict[str, float] = {}
     done: list[str] = []
     saved = [time.perf_counter()]

@@ -512,8 +512,12 @@ def _store_instruments(store: Store, table: pa.Table) -> dict[str, Instrument]:
 
 def split_actions(store: Store, symbols: list[str]) -> pa.Table:
     """The splits recorded in the store's ``corporate_actions`` for ``symbols``."""
-    rows = [row for symbol in symbols
-            for row in store.select_rows("corporate_actions", {"symbol": symbol, "kind": "split"})]
     schema = pa.schema([("symbol", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
                         ("kind", pa.string()), ("value", pa.float64())])
-    return pa.Table.from_pylist([{k: r[k] for k in schema.names} for r in rows], schema=schema)
+    if not symbols:
+        return schema.empty_table()
+    marks = ", ".join("?" * len(symbols))  # placeholders only; the symbols are parameters
+    found = store.query(
+        "SELECT symbol, ts, kind, value FROM corporate_actions WHERE kind = 'split' "  # noqa: S608
+        f"AND symbol IN ({marks}) ORDER BY symbol, ts", list(symbols))
+    return pa.Table.from_pylist(found.to_pylist(), schema=schema)

@@ -52,13 +52,14 @@ async def test_daily_bars_are_labelled_by_trading_date_and_split_adjustment_is_u
         40755600.0, 38888100.0, 46907500.0, 225702700.0, 151948100.0, 200119000.0]
 
 
-async def test_splits_to_today_come_from_one_monthly_request_before_the_bars() -> None:
+async def test_splits_to_today_come_from_one_monthly_request_beside_the_bars() -> None:
+    """Both requests are in flight together: the bars first, the splits to today meanwhile."""
     v = split_2020()
     await fetch(v, "AAPL", "1d", day(2020, 8, 26), day(2020, 9, 3), now=day(2020, 9, 10))
     assert v.params == [
-        {"period1": "1598313600", "period2": "1599696000", "interval": "1mo",
-         "includePrePost": "false", "events": "div,splits"},
         {"period1": "1598313600", "period2": "1599091200", "interval": "1d",
+         "includePrePost": "false", "events": "div,splits"},
+        {"period1": "1598313600", "period2": "1599696000", "interval": "1mo",
          "includePrePost": "false", "events": "div,splits"},
     ]
 

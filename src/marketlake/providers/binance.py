@@ -86,10 +86,8 @@ class BinanceProvider(HttpProvider):
                     if following <= last_ms:
                         pending = asyncio.ensure_future(
                             self._page(symbol, interval, str(tf), following, last_ms))
-                ts = table.column("ts").cast(pa.int64())
-                inside = pc.and_(pc.greater_equal(ts, start_us), pc.less(ts, end_us))
                 if table.num_rows:
-                    yield table.filter(inside)
+                    yield _inside(table, start_us, end_us)
         finally:
             if pending is not None:
                 pending.cancel()
@@ -135,16 +133,25 @@ class BinanceProvider(HttpProvider):
         return ProviderError(f"binance answered HTTP {status} for {symbol}: code {code}, {msg}")
 
 
+def _inside(table: pa.Table, start_us: int, end_us: int) -> pa.Table:
+    """The bars of a page with times in ``[start_us, end_us)``."""
+    ts = table.column("ts").cast(pa.int64())
+    bounds = pc.min_max(ts).as_py()
+    if start_us <= bounds["min"] and bounds["max"] < end_us:
+        return table
+    return table.filter(pc.and_(pc.greater_equal(ts, start_us), pc.less(ts, end_us)))
+
+
 def _epoch_ms(value: pa.Scalar) -> int:
     return int(value.cast(pa.int64()).as_py()) // 1000
 
 
-_CSV_NAMES = [f"f{i}" for i in range(len(_FIELDS))]
-_CSV_TYPES = {"f0": _INT, "f6": _INT, "f8": _INT,
-              **{f"f{i}": _FLOAT for i in (1, 2, 3, 4, 5, 7, 9, 10)}}
+_CSV_NAMES = ["lead", *(f"f{i}" for i in range(len(_FIELDS)))]
+_CSV_TYPES = {"f0": _INT, "f8": _INT, **{f"f{i}": _FLOAT for i in (1, 2, 3, 4, 5, 7)}}
 _CSV_READ = pa_csv.ReadOptions(column_names=_CSV_NAMES, use_threads=False)
 _CSV_CONVERT = pa_csv.ConvertOptions(column_types=_CSV_TYPES, include_columns=list(_CSV_TYPES),
                                      null_values=[], strings_can_be_null=False)
+_ROWS = bytes.maketrans(b"]", b"\n")
 
 
 def _read_klines(body: bytes, symbol: str, timeframe: str) -> pa.Table | None:
@@ -153,21 +160,22 @@ def _read_klines(body: bytes, symbol: str, timeframe: str) -> pa.Table | None:
 
     The rows are read as CSV by Arrow, which is about twice as fast as building Python
     lists with a JSON parser and converting them; anything unusual (spaces, nulls, extra
-    fields, cut or malformed bodies) is left to :func:`_parse_klines`.
+    fields, cut or malformed bodies) is left to :func:`_parse_klines`. Every ``],[``
+    becomes a line break followed by a comma (so each line has an empty lead field).
     """
     if not (body.startswith(b"[[") and body.endswith(b"]]")):
         return None
-    rows = body[2:-2].replace(b"],[", b"\n")
-    if any(c in rows for c in (b"[", b"]", b"{", b"}", b" ")):
+    opening = body.count(b"[")  # one per kline and the outer one, when nothing is nested
+    if body.count(b"]") != opening or any(c in body for c in (b"{", b"}", b" ")):
         return None
     try:
-        read = pa_csv.read_csv(pa.BufferReader(rows), read_options=_CSV_READ,
-                               convert_options=_CSV_CONVERT)
+        read = pa_csv.read_csv(pa.BufferReader(b"," + body[2:-2].translate(_ROWS, b"[")),
+                               read_options=_CSV_READ, convert_options=_CSV_CONVERT)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     columns = [read.column(name).combine_chunks() for name in ("f0", "f1", "f2", "f3", "f4",
                                                                 "f5", "f7", "f8")]
-    if read.num_rows == 0 or any(c.null_count for c in columns):
+    if read.num_rows != opening - 1 or any(c.null_count for c in columns):
         return None
     return _klines_table(symbol, timeframe, *columns)
 

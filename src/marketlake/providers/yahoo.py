@@ -23,6 +23,8 @@ What the provider does with it:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -93,13 +95,26 @@ class YahooProvider(HttpProvider):
         # a daily bar's open instant may precede its date at 00:00 UTC (Sydney opens at 23:00 UTC)
         lo = start if tf.is_intraday else start - timedelta(days=1)
         chunks = _chunks(lo, end, limit.per_request)
-        later = None
-        if len(chunks) > 1 or end < now - timedelta(days=1):
-            later = await self._chart(symbol, "1mo", lo, now)  # splits from the bars to today
+        later: asyncio.Future[_Chart] | None = None
+        if len(chunks) > 1 or end < now - timedelta(days=1):  # splits from the bars to today,
+            later = asyncio.ensure_future(self._chart(symbol, "1mo", lo, now))  # meanwhile
+        try:
+            async for table in self._pages(symbol, tf, chunks, later, start, end):
+                yield table
+        finally:
+            if later is not None:  # not needed after all (or failed before it was awaited)
+                later.cancel()
+                with contextlib.suppress(asyncio.CancelledError, MarketLakeError):
+                    await later
+
+    async def _pages(self, symbol: str, tf: Timeframe, chunks: list[tuple[datetime, datetime]],
+                     later: asyncio.Future[_Chart] | None, start: datetime,
+                     end: datetime) -> AsyncIterator[pa.Table]:
+        """The bars of each request of ``chunks``, with the splits of ``later`` if any."""
         for chunk_start, chunk_end in chunks:
             chart = await self._chart(symbol, _INTERVALS[str(tf)], chunk_start, chunk_end)
             self.note_dropped(symbol, chart.dropped)
-            full = later or chart
+            full = await later if later is not None else chart
             table = _canonical(symbol, tf, chart, full.events)
             self._actions[symbol] = [_parse_events(full.events, symbol, _zone(full.meta))]
             ts = table.column("ts").cast(pa.int64())

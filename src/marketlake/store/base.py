@@ -30,10 +30,12 @@ from marketlake.schema import (
     Instrument,
     Timeframe,
     default_instrument,
+    normalize_bars,
     normalize_symbol,
     parse_time,
     utcnow,
 )
+from marketlake.store.merge import split_groups
 from marketlake.store.tables import TABLES
 
 OnConflict = Literal["ignore", "replace"]
@@ -196,6 +198,24 @@ class Store(ABC):
         whole table is written in one transaction.
         """
 
+    def write_bars_per_series(
+        self, table: pa.Table, *, on_conflict: OnConflict = "ignore"
+    ) -> dict[tuple[str, str], WriteResult]:
+        """:meth:`write_bars`, with the result of each (symbol, timeframe) series apart.
+
+        All series are written in one transaction. This default writes them one by one;
+        a backend that can classify many series in one pass overrides it.
+        """
+        check_on_conflict(on_conflict)
+        table = table if table.schema.equals(BAR_SCHEMA) else normalize_bars(table)
+        if table.num_rows == 0:
+            return {}
+        groups = split_groups(table, table.num_rows)
+        assert groups is not None
+        with self.transaction():
+            return {(symbol, timeframe): self.write_bars(rows, on_conflict=on_conflict)
+                    for symbol, timeframe, rows in groups}
+
     @abstractmethod
     def write_trades(self, table: pa.Table) -> WriteResult:
         """Write canonical trades idempotently on (source, symbol, trade_id)."""
@@ -280,9 +300,16 @@ class Store(ABC):
         """Register unknown symbols with defaults; return the ones that were new."""
         known = {i.symbol for i in self.list_instruments()}
         new = [s for s in dict.fromkeys(normalize_symbol(s) for s in symbols) if s not in known]
-        for symbol in new:
-            self.add_instrument(default_instrument(symbol), auto=True)
+        now = utcnow()
+        self.insert_rows("instruments", [
+            {**default_instrument(symbol).model_dump(), "auto_registered": True,
+             "created_at": now, "updated_at": now} for symbol in new])
         return new
+
+    def auto_registered(self) -> set[str]:
+        """The symbols registered with defaults when first seen, and not refined since."""
+        return {row["symbol"] for row in self.select_rows("instruments",
+                                                          {"auto_registered": True})}
 
     # -- bars ---------------------------------------------------------------------------
 
@@ -494,11 +521,26 @@ class Store(ABC):
         last_ts: datetime,
         job_id: str | None = None,
     ) -> None:
-        key = {"provider": provider, "symbol": normalize_symbol(symbol), "timeframe": timeframe}
-        values = {"last_ts": last_ts, "job_id": job_id, "updated_at": utcnow()}
+        self.set_checkpoints(provider, timeframe, {symbol: last_ts}, job_id)
+
+    def set_checkpoints(self, provider: str, timeframe: str, last: dict[str, datetime],
+                        job_id: str | None = None) -> None:
+        """Set the checkpoints of several symbols (symbol → last bar time) at once."""
+        if not last:
+            return
+        symbols = {normalize_symbol(symbol): ts for symbol, ts in last.items()}
+        now = utcnow()
         with self.transaction():
-            if not self.update_rows("checkpoints", key, values):
-                self.insert_row("checkpoints", {**key, **values})
+            self.execute(
+                f"DELETE FROM checkpoints WHERE provider = ? AND timeframe = ? "
+                f"AND symbol IN ({', '.join('?' * len(symbols))})",
+                [provider, timeframe, *symbols],
+            )
+            self.insert_rows("checkpoints", [
+                {"provider": provider, "symbol": symbol, "timeframe": timeframe,
+                 "last_ts": ts, "job_id": job_id, "updated_at": now}
+                for symbol, ts in symbols.items()
+            ])
 
     def get_checkpoint(self, provider: str, symbol: str, timeframe: str) -> datetime | None:
         rows = self.select_rows(

@@ -35,7 +35,7 @@ from marketlake.schema import (
 )
 from marketlake.store import duckdb_bars as layout
 from marketlake.store.base import OnConflict, Store, WriteResult, check_keys, check_on_conflict
-from marketlake.store.merge import split_groups, ts_micros
+from marketlake.store.merge import Group, split_groups, ts_micros
 from marketlake.store.tables import SCHEMA_VERSION, metadata
 
 
@@ -58,7 +58,7 @@ class DuckDBStore(Store):
     schemes: ClassVar[tuple[str, ...]] = ("duckdb",)
     exclusive: ClassVar[bool] = True
 
-    def __init__(self, uri: str, *, read_only: bool = False, max_fast_groups: int = 32) -> None:
+    def __init__(self, uri: str, *, read_only: bool = False, max_fast_groups: int = 128) -> None:
         """Open (creating or upgrading) the store at ``uri``.
 
         ``max_fast_groups``: batches with up to this many (symbol, timeframe)
@@ -205,24 +205,43 @@ class DuckDBStore(Store):
         if table.num_rows == 0:
             return WriteResult()
         groups = split_groups(table, self.max_fast_groups)
+        if groups is not None:
+            return sum(self._merge(groups, on_conflict).values(), WriteResult())
+        check_keys(pc.unique(table.column("symbol")).to_pylist(),
+                   pc.unique(table.column("timeframe")).to_pylist())
+        with self.transaction(), self._writing():
+            return layout.merge_many(self._con, self._ids, table, on_conflict)
+
+    def write_bars_per_series(
+        self, table: pa.Table, *, on_conflict: OnConflict = "ignore"
+    ) -> dict[tuple[str, str], WriteResult]:
+        check_on_conflict(on_conflict)
+        table = table if table.schema.equals(BAR_SCHEMA) else normalize_bars(table)
+        if table.num_rows == 0:
+            return {}
+        groups = split_groups(table, table.num_rows)
+        assert groups is not None
+        results: dict[tuple[str, str], WriteResult] = {}
+        step = max(1, self.max_fast_groups)
         with self.transaction():
-            self.generation += 1
-            try:
-                if groups is None:
-                    check_keys(pc.unique(table.column("symbol")).to_pylist(),
-                               pc.unique(table.column("timeframe")).to_pylist())
-                    return layout.merge_many(self._con, self._ids, table, on_conflict)
-                check_keys([g[0] for g in groups], [g[1] for g in groups])
-                result = WriteResult()
-                inserts: list[pa.Table] = []
-                for symbol, timeframe, rows in groups:
-                    result += layout.merge_group(self._con, self._ids, symbol, timeframe, rows,
-                                                 on_conflict, inserts)
-                if inserts:
-                    layout.insert_rows(self._con, pa.concat_tables(inserts))
-                return result
-            except duckdb.Error as exc:
-                raise StoreError(f"DuckDB: writing bars failed: {exc}") from exc
+            for lo in range(0, len(groups), step):
+                results |= self._merge(groups[lo: lo + step], on_conflict)
+        return results
+
+    def _merge(self, groups: list[Group], on_conflict: OnConflict
+               ) -> dict[tuple[str, str], WriteResult]:
+        check_keys([g[0] for g in groups], [g[1] for g in groups])
+        with self.transaction(), self._writing():
+            return layout.merge_groups(self._con, self._ids, groups, on_conflict)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Count a write (for caches) and report DuckDB's errors as store errors."""
+        self.generation += 1
+        try:
+            yield
+        except duckdb.Error as exc:
+            raise StoreError(f"DuckDB: writing bars failed: {exc}") from exc
 
     def _select_bars(
         self,

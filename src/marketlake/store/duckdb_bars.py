@@ -11,14 +11,15 @@ for any SQL reader. Writes and the store's own reads go straight to
 costs next to nothing.
 
 Idempotent writes classify each (symbol, timeframe) group's rows in NumPy
-(:mod:`marketlake.store.merge`): only the stored times in the batch's range
-are fetched, and only the new rows are inserted. A batch of very many groups
-is merged with one SQL join on ``(sid, ts)`` instead.
+(:mod:`marketlake.store.merge`): only the stored rows of the batch's series and
+time range are fetched (with one statement for all the groups), and only the new
+rows are inserted (with one more). A batch of very many groups is merged with one
+SQL join on ``(sid, ts)`` instead.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import duckdb
 import numpy as np
@@ -28,6 +29,9 @@ import pyarrow.compute as pc
 from marketlake.schema import BAR_SCHEMA, BAR_VALUES, constant_column, from_epoch_us
 from marketlake.store.base import OnConflict, WriteResult
 from marketlake.store.merge import (
+    Array,
+    Group,
+    Repeats,
     find_repeats,
     indices,
     match_times,
@@ -102,6 +106,20 @@ class SeriesIds:
             self._con.execute("INSERT INTO bar_series VALUES (?, ?, ?)", [sid, symbol, timeframe])
             self._series[(symbol, timeframe)] = sid
         return sid
+
+    def series_ids(self, keys: list[tuple[str, str]]) -> list[int]:
+        """The ids of (symbol, timeframe) series, creating the unknown ones together."""
+        self._load()
+        new = [key for key in dict.fromkeys(keys) if key not in self._series]
+        first = max(self._series.values(), default=-1) + 1
+        rows = [(first + i, symbol, timeframe) for i, (symbol, timeframe) in enumerate(new)]
+        for lo in range(0, len(rows), 500):  # a statement per 500 new series
+            part = rows[lo: lo + 500]
+            marks = ", ".join(["(?, ?, ?)"] * len(part))
+            self._con.execute(f"INSERT INTO bar_series VALUES {marks}",
+                              [value for row in part for value in row])
+        self._series.update({(symbol, timeframe): sid for sid, symbol, timeframe in rows})
+        return [self._series[key] for key in keys]
 
     def series_of(self, symbol: str) -> list[int]:
         """Every series id of a symbol, whatever its timeframe."""
@@ -179,60 +197,93 @@ def insert_rows(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
         con.unregister("ml_rows")
 
 
-def _fetch(con: duckdb.DuckDBPyConnection, columns: str, sid: int, ts: Any) -> pa.Table:
-    """Stored rows of a series between the first and last of the sorted times ``ts``."""
-    return con.execute(
-        f"SELECT {columns} FROM bar_data WHERE sid = ? AND ts >= ? AND ts <= ?",
-        [sid, from_epoch_us(int(ts[0])), from_epoch_us(int(ts[-1]))],
+def _fetch(con: duckdb.DuckDBPyConnection, sids: list[int], lo: int, hi: int) -> pa.Table:
+    """Stored rows (sid, ts, values) of the series ``sids`` from ``lo`` to ``hi`` (epoch
+    microseconds, inclusive), sorted by series: one statement for all the groups of a
+    write, since each statement costs about a millisecond whatever it reads."""
+    marks = ", ".join("?" * len(sids))
+    stored = con.execute(
+        f"SELECT sid, ts, {VALUE_LIST} FROM bar_data "
+        f"WHERE sid IN ({marks}) AND ts >= ? AND ts <= ?",
+        [*sids, from_epoch_us(lo), from_epoch_us(hi)],
     ).to_arrow_table()
+    if len(sids) > 1 and stored.num_rows:
+        sid = stored.column("sid").to_numpy()
+        if not bool(np.all(sid[1:] >= sid[:-1])):
+            stored = stored.take(pa.array(np.argsort(sid, kind="stable")))
+    return stored
 
 
-def merge_group(con: duckdb.DuckDBPyConnection, ids: SeriesIds, symbol: str, timeframe: str,
-                batch: pa.Table, on_conflict: OnConflict,
-                inserts: list[pa.Table] | None = None) -> WriteResult:
-    """Write one (symbol, timeframe) group idempotently; see the module docstring.
+@dataclass(slots=True)
+class _Group:
+    """One (symbol, timeframe) group of a write: its first row of every time, sorted."""
 
-    With ``inserts``, the new rows are appended to it for the caller to insert with
-    other groups' in one statement (an insert has a fixed cost; series never overlap).
-    """
-    sid = ids.series(symbol, timeframe, create=True)
-    assert sid is not None
-    ts = ts_micros(batch)
-    repeats = find_repeats(ts, batch)
-    if not repeats.identity:
-        batch, ts = batch.take(pa.array(repeats.keep)), ts[repeats.keep]
-    stored = _fetch(con, f"ts, {VALUE_LIST}", sid, ts)
-    match = match_times(ts, ts_micros(stored))
-    same = np.zeros(len(ts), dtype=bool)
+    key: tuple[str, str]
+    sid: int
+    rows: pa.Table
+    ts: Array
+    repeats: Repeats
+
+
+def merge_groups(con: duckdb.DuckDBPyConnection, ids: SeriesIds, groups: list[Group],
+                 on_conflict: OnConflict) -> dict[tuple[str, str], WriteResult]:
+    """Write (symbol, timeframe) groups idempotently, classifying each group's rows in
+    NumPy against the stored rows of its series and time range (see the module
+    docstring). Whatever the number of groups, the stored rows are fetched with one
+    statement and the new rows inserted with another. Returns each group's result."""
+    prepared = []
+    sids = ids.series_ids([(symbol, timeframe) for symbol, timeframe, _ in groups])
+    for (symbol, timeframe, rows), sid in zip(groups, sids, strict=True):
+        ts = ts_micros(rows)
+        repeats = find_repeats(ts, rows)
+        if not repeats.identity:
+            rows, ts = rows.take(pa.array(repeats.keep)), ts[repeats.keep]
+        prepared.append(_Group((symbol, timeframe), sid, rows, ts, repeats))
+    stored = _fetch(con, sorted({g.sid for g in prepared}),
+                    min(int(g.ts[0]) for g in prepared), max(int(g.ts[-1]) for g in prepared))
+    stored_sids = stored.column("sid").to_numpy()
+    inserts: list[pa.Table] = []
+    replaces: list[pa.Table] = []
+    results = {}
+    for group in prepared:
+        lo, hi = np.searchsorted(stored_sids, [group.sid, group.sid + 1]).tolist()
+        new, conflict, same = _classify(group, stored.slice(lo, hi - lo))
+        rows = group.rows
+        if new.any():
+            part = rows if new.all() else rows.take(indices(new))
+            inserts.append(physical(part, group.sid, ids.source_ids(part.column("source"))))
+        if on_conflict == "replace" and conflict.any():
+            part = rows.take(indices(conflict))
+            replaces.append(physical(part, group.sid, ids.source_ids(part.column("source"))))
+        replaced = int(conflict.sum()) if on_conflict == "replace" else 0
+        results[group.key] = WriteResult(
+            inserted=int(new.sum()),
+            duplicates=int(same.sum()) + group.repeats.duplicates,
+            conflicts=int(conflict.sum()) - replaced + group.repeats.conflicts,
+            replaced=replaced,
+        )
+    if inserts:
+        insert_rows(con, pa.concat_tables(inserts))
+    if replaces:
+        _replace(con, pa.concat_tables(replaces))
+    return results
+
+
+def _classify(group: _Group, stored: pa.Table) -> tuple[Array, Array, Array]:
+    """Masks over a group's rows: new, conflicting and identical to the stored bar."""
+    match = match_times(group.ts, ts_micros(stored))
+    same = np.zeros(len(group.ts), dtype=bool)
     if match.identity:
-        same = same_values(batch, stored)
+        same = same_values(group.rows, stored)
     elif match.found.any():
         same[match.found] = same_values(
-            batch.take(indices(match.found)),
+            group.rows.take(indices(match.found)),
             stored.take(pa.array(match.stored_index[match.found])),
         )
-    new = ~match.found
-    if new.any():
-        rows = batch if new.all() else batch.take(indices(new))
-        rows = physical(rows, sid, ids.source_ids(rows.column("source")))
-        if inserts is None:
-            insert_rows(con, rows)
-        else:
-            inserts.append(rows)
-    conflict = match.found & ~same
-    replaced = 0
-    if on_conflict == "replace" and conflict.any():
-        rows = batch.take(indices(conflict))
-        replaced = _replace(con, physical(rows, sid, ids.source_ids(rows.column("source"))))
-    return WriteResult(
-        inserted=int(new.sum()),
-        duplicates=int(same.sum()) + repeats.duplicates,
-        conflicts=int(conflict.sum()) - replaced + repeats.conflicts,
-        replaced=replaced,
-    )
+    return ~match.found, match.found & ~same, same
 
 
-def _replace(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> int:
+def _replace(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
     """Overwrite stored rows with the values of physical ``rows`` (same keys)."""
     con.register("ml_rows", rows)
     try:
@@ -243,7 +294,6 @@ def _replace(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> int:
         )
     finally:
         con.unregister("ml_rows")
-    return int(rows.num_rows)
 
 
 def series_column(ids: SeriesIds, table: pa.Table) -> pa.Array:
@@ -253,11 +303,9 @@ def series_column(ids: SeriesIds, table: pa.Table) -> pa.Array:
     symbols, timeframes = sym.dictionary.to_pylist(), tf.dictionary.to_pylist()
     codes = sym.indices.to_numpy().astype(np.int64) * len(timeframes) + tf.indices.to_numpy()
     lookup = np.zeros(len(symbols) * len(timeframes), dtype=np.int32)
-    for code in np.unique(codes).tolist():
-        symbol, timeframe = symbols[code // len(timeframes)], timeframes[code % len(timeframes)]
-        sid = ids.series(symbol, timeframe, create=True)
-        assert sid is not None
-        lookup[code] = sid
+    used = np.unique(codes)
+    lookup[used] = ids.series_ids([(symbols[code // len(timeframes)],
+                                    timeframes[code % len(timeframes)]) for code in used.tolist()])
     return pa.array(lookup[codes])
 
 
