@@ -75,17 +75,18 @@ def start_mirror() -> tuple[subprocess.Popen[bytes], str]:
 async def marketlake_run(url: str, store_uri: str, urls: list[str] | None = None) -> int:
     """Both jobs through MarketLake; returns the bars stored. Records request URLs if asked."""
     settings = Settings(yahoo_url=url, binance_url=url, rate_limit=False)  # a local mirror
-    hooks = {"request": [_recorder(urls)]} if urls is not None else {}
     rows = 0
     with open_store(store_uri) as store:
         for cls, symbols, timeframe, (start, end) in (
             (YahooProvider, STOCKS, "1d", DAILY), (BinanceProvider, CRYPTO, "1m", MINUTES)
         ):
-            client = httpx.AsyncClient(event_hooks=hooks, timeout=30)
+            # the provider makes its own client, as in the CLI (one that records, if asked)
+            client = (None if urls is None else
+                      httpx.AsyncClient(event_hooks={"request": [_recorder(urls)]}, timeout=30))
             provider = cls(settings, client)
             provider.clock = lambda: datetime(2024, 3, 10, tzinfo=UTC)
             result = await run_ingest(store, provider, symbols, timeframe, start, end)
-            await client.aclose()
+            await (client.aclose() if client is not None else provider.aclose())
             assert result.status == "succeeded", result.summary()
             rows += sum(s.inserted for s in result.symbols)
     return rows
