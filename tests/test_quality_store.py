@@ -224,3 +224,34 @@ def test_repair_records_a_failing_provider(duck: Store) -> None:
                                      end=utc("2024-03-04T01:00") + timedelta(0)))
     assert result.ranges[0].error == "vendor down"
     assert duck.get_job(result.job_id).status == "failed"
+
+
+def test_gap_scans_of_several_symbols_in_one_query_keep_each_symbol_apart(store: Store) -> None:
+    """Symbols whose order differs between byte order and a database collation
+    ("A.B" < "AB" by bytes) each get their own missing bars."""
+    from marketlake.checks import stored_gaps_of
+    from marketlake.schema import Instrument, normalize_bars
+
+    start = datetime(2024, 3, 4, tzinfo=UTC)
+    missing = {"A.B": set(range(10, 15)), "AB": {30}, "A": set(), "Z-1": {0, 59}}
+    for symbol, gone in missing.items():
+        minutes = [m for m in range(60) if m not in gone]
+        ts = [start + timedelta(minutes=m) for m in minutes]
+        store.write_bars(normalize_bars(pa.table({
+            "ts": pa.array(ts, pa.timestamp("us", tz="UTC")), "open": [1.0] * len(ts),
+            "high": [1.0] * len(ts), "low": [1.0] * len(ts), "close": [1.0] * len(ts),
+            "volume": [1.0] * len(ts)}), symbol=symbol, timeframe="1m", source="test"))
+    crypto = {s: Instrument(symbol=s, asset_class="crypto", timezone="UTC") for s in missing}
+    scans = stored_gaps_of(store, crypto, Timeframe.parse("1m"), start,
+                           start + timedelta(hours=1))
+    assert set(scans) == set(missing)
+    for symbol, gone in missing.items():
+        scan = scans[symbol]
+        assert (scan.expected, scan.present) == (60, 60 - len(gone))
+        gap_minutes = {int((g.start - to_us(start)) // 60_000_000) + k
+                       for g in scan.gaps for k in range(g.missing)}
+        assert gap_minutes == gone
+
+
+def to_us(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)

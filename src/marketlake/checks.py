@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from marketlake.columns import int64_values
 from marketlake.errors import NotFoundError
@@ -87,13 +88,33 @@ def stored_gaps(store: Store, instrument: Instrument, tf: Timeframe, start: date
                 end: datetime) -> GapScan:
     """Expected and stored bars of a series in ``[start, end)`` (bars outside sessions
     and at misaligned times fill no slot)."""
+    return stored_gaps_of(store, {instrument.symbol: instrument}, tf, start, end)[
+        instrument.symbol]
+
+
+def stored_gaps_of(store: Store, instruments: Mapping[str, Instrument], tf: Timeframe,
+                   start: datetime, end: datetime) -> dict[str, GapScan]:
+    """:func:`stored_gaps` of several symbols, read with one query."""
+    symbols = sorted(instruments)
     table = store.query(
-        "SELECT ts FROM bars WHERE symbol = ? AND timeframe = ? AND ts >= ? AND ts < ? "
-        "ORDER BY ts", [instrument.symbol, str(tf), start, end])
-    ts = int64_values(table.column("ts")) if table.num_rows else np.empty(0, np.int64)
-    ts = ts[is_aligned(ts, tf)]
-    ts = np.delete(ts, outside_rows(ts, tf, instrument))
-    return find_gaps(ts, instrument, tf, to_epoch_us(start), to_epoch_us(end))
+        "SELECT symbol, ts FROM bars WHERE timeframe = ? "  # noqa: S608 - placeholders only
+        f"AND symbol IN ({', '.join('?' * len(symbols))}) AND ts >= ? AND ts < ? "
+        "ORDER BY symbol, ts", [str(tf), *symbols, start, end])
+    ts_all = int64_values(table.column("ts")) if table.num_rows else np.empty(0, np.int64)
+    # each symbol's times, in time order, whatever order the database sorts symbols in
+    codes = pc.index_in(table.column("symbol"), pa.array(symbols, pa.string())).to_numpy(
+        zero_copy_only=False) if table.num_rows else np.empty(0, np.int64)
+    order = np.argsort(codes, kind="stable")
+    ts_all, codes = ts_all[order], codes[order]
+    scans = {}
+    for k, symbol in enumerate(symbols):
+        lo, hi = np.searchsorted(codes, [k, k + 1])
+        ts = ts_all[lo:hi]
+        ts = ts[is_aligned(ts, tf)]
+        ts = np.delete(ts, outside_rows(ts, tf, instruments[symbol]))
+        scans[symbol] = find_gaps(ts, instruments[symbol], tf, to_epoch_us(start),
+                                  to_epoch_us(end))
+    return scans
 
 
 @dataclass
@@ -115,6 +136,8 @@ class IngestQuality:
     _series: dict[str, SeriesQuality] = field(default_factory=dict)
     _flagged_present: dict[str, int] = field(default_factory=dict)
     """Per symbol: flagged bars that fill an expected slot (not those outside sessions)."""
+    _splits_read: set[str] = field(default_factory=set)
+    _split_table: pa.Table = field(default_factory=lambda: split_actions(None, []))
 
     def __post_init__(self) -> None:
         self.report.kind = self.kind
@@ -131,7 +154,18 @@ class IngestQuality:
         caller whose write may roll back records them with :meth:`record` once it commits.
         ``instruments`` may hold the batch's instruments (else they are read from the store)."""
         return apply_policy(batch, self.policy, store=self.store, instruments=instruments,
-                            gaps=False, kind=self.kind)
+                            corporate_actions=self._splits(batch), gaps=False, kind=self.kind)
+
+    def _splits(self, batch: pa.Table) -> pa.Table:
+        """The recorded splits of the batch's symbols, read once per symbol for the job (the
+        job records a symbol's splits after its last batch)."""
+        symbols = pc.unique(batch.column("symbol")).to_pylist()
+        unread = [s for s in symbols if s not in self._splits_read]
+        if unread:
+            self._split_table = pa.concat_tables([self._split_table,
+                                                  split_actions(self.store, unread)])
+            self._splits_read.update(unread)
+        return self._split_table
 
     def record(self, found: QualityReport) -> None:
         """Add what :meth:`inspect` found in a batch to the job's report."""
@@ -153,9 +187,21 @@ class IngestQuality:
         total.first = min(filter(None, (total.first, stats.first)), default=None)
         total.last = max(filter(None, (total.last, stats.last)), default=None)
 
-    def finish(self, symbol: str, instrument: Instrument | None = None) -> SeriesQuality:
+    def scans(self, instruments: Mapping[str, Instrument]) -> dict[str, GapScan]:
+        """The gap scans of the job's range for several symbols at once (one query), for
+        :meth:`finish`; empty when the job has no fixed range."""
+        if self.start is None or self.end is None or not instruments:
+            return {}
+        end = min(self.end, utcnow())
+        if self.start >= end:
+            return {}
+        return stored_gaps_of(self.store, instruments, self.timeframe, self.start, end)
+
+    def finish(self, symbol: str, instrument: Instrument | None = None,
+               scan: GapScan | None = None) -> SeriesQuality:
         """Check the job's range of ``symbol`` in the store for gaps; score it.
-        ``instrument``: the symbol's, when the caller has it at hand."""
+        ``instrument``: the symbol's, when the caller has it at hand; ``scan``: its
+        scan from :meth:`scans`."""
         symbol = normalize_symbol(symbol)
         stats = self._series.pop(symbol, SeriesQuality(symbol, str(self.timeframe)))
         flagged = self._flagged_present.pop(symbol, 0)
@@ -164,9 +210,9 @@ class IngestQuality:
         if start is not None and end is not None:
             end = min(end, utcnow())
         if start is not None and end is not None and start < end:
-            scan = stored_gaps(self.store, instrument or instrument_of(self.store, symbol),
-                               self.timeframe,
-                               start, end)
+            scan = scan or stored_gaps(self.store,
+                                       instrument or instrument_of(self.store, symbol),
+                                       self.timeframe, start, end)
             stats.expected, stats.present = scan.expected, scan.present
             stats.clean = max(0, scan.present - flagged)
             if self.policy.enabled("gap") and scan.gaps:

@@ -278,11 +278,16 @@ class _Job:
                 spans[result.symbol] = span
         if self.rollups and spans:
             self._rollup(results, spans)
+        ok = self._instruments([r.symbol for r in results if r.ok])
+        try:
+            scans = self.quality.scans(ok)
+        except MarketLakeError:
+            scans = {}  # symbol by symbol below, to tell which one fails
         for result in results:
             if result.ok:
                 try:
-                    instrument = self._instruments([result.symbol])[result.symbol]
-                    result.score = self.quality.finish(result.symbol, instrument).score
+                    result.score = self.quality.finish(result.symbol, ok[result.symbol],
+                                                       scans.get(result.symbol)).score
                 except MarketLakeError as exc:
                     result.error = exc.message
 

@@ -510,14 +510,16 @@ def _store_instruments(store: Store, table: pa.Table) -> dict[str, Instrument]:
     return {s: i for s, i in found.items() if i is not None}
 
 
-def split_actions(store: Store, symbols: list[str]) -> pa.Table:
+def split_actions(store: Store | None, symbols: list[str]) -> pa.Table:
     """The splits recorded in the store's ``corporate_actions`` for ``symbols``."""
-    schema = pa.schema([("symbol", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
-                        ("kind", pa.string()), ("value", pa.float64())])
-    if not symbols:
-        return schema.empty_table()
+    if store is None or not symbols:
+        return _SPLITS.empty_table()
     marks = ", ".join("?" * len(symbols))  # placeholders only; the symbols are parameters
     found = store.query(
         "SELECT symbol, ts, kind, value FROM corporate_actions WHERE kind = 'split' "  # noqa: S608
         f"AND symbol IN ({marks}) ORDER BY symbol, ts", list(symbols))
-    return pa.Table.from_pylist(found.to_pylist(), schema=schema)
+    return pa.Table.from_pylist(found.to_pylist(), schema=_SPLITS)
+
+
+_SPLITS = pa.schema([("symbol", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
+                     ("kind", pa.string()), ("value", pa.float64())])
