@@ -241,4 +241,3 @@ def series_spans(table: pa.Table) -> dict[str, tuple[datetime, datetime]]:
         return {}
     spans = table.group_by("symbol").aggregate([("ts", "min"), ("ts", "max")]).to_pylist()
     return {row["symbol"]: (row["ts_min"], row["ts_max"]) for row in spans}
-

@@ -156,7 +156,8 @@ _ROWS = bytes.maketrans(b"]", b"\n")
 
 def _read_klines(body: bytes, symbol: str, timeframe: str) -> pa.Table | None:
     """Klines straight from the body when it has Binance's plain layout, ``[[...],[...]]``
-    with exactly 12 numbers or decimal strings per kline and nothing else; None otherwise.
+    with exactly 12 fields per kline (the 8 it takes are numbers or decimal strings) and
+    nothing else; None otherwise.
 
     The rows are read as CSV by Arrow, which is about twice as fast as building Python
     lists with a JSON parser and converting them; anything unusual (spaces, nulls, extra

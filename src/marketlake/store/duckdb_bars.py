@@ -98,15 +98,10 @@ class SeriesIds:
             self._sources[source] = src
         self._loaded = True
 
-    def series(self, symbol: str, timeframe: str, *, create: bool = False) -> int | None:
-        """The id of a (symbol, timeframe) series; with ``create``, a new one if unknown."""
+    def series(self, symbol: str, timeframe: str) -> int | None:
+        """The id of a (symbol, timeframe) series, None when unknown."""
         self._load()
-        sid = self._series.get((symbol, timeframe))
-        if sid is None and create:
-            sid = max(self._series.values(), default=-1) + 1
-            self._con.execute("INSERT INTO bar_series VALUES (?, ?, ?)", [sid, symbol, timeframe])
-            self._series[(symbol, timeframe)] = sid
-        return sid
+        return self._series.get((symbol, timeframe))
 
     def series_ids(self, keys: list[tuple[str, str]]) -> list[int]:
         """The ids of (symbol, timeframe) series, creating the unknown ones together."""
