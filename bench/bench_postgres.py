@@ -17,14 +17,13 @@ Figures are medians of ``BENCH_REPEAT`` runs (default 3). Settings:
 from __future__ import annotations
 
 import os
-import statistics
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from bench.common import median_time
 
 SERVER = os.environ.get("MARKETLAKE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 ROWS = int(os.environ.get("BENCH_PG_ROWS", "1000000"))
@@ -36,18 +35,6 @@ ALT_TABLE = """CREATE TABLE IF NOT EXISTS alt_bars (
     open float8 NOT NULL, high float8 NOT NULL, low float8 NOT NULL, close float8 NOT NULL,
     volume float8 NOT NULL, trades int8, vwap float8, source text NOT NULL,
     PRIMARY KEY (symbol, timeframe, ts))"""
-
-
-def _median(run: Callable[[], Any], setup: Callable[[], Any] | None = None,
-            repeat: int = REPEAT) -> float:
-    times = []
-    for _ in range(repeat):
-        if setup is not None:
-            setup()
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
 
 
 def _bars(rows: int) -> pa.Table:
@@ -168,22 +155,21 @@ def measure(bench: Bench, bars: pa.Table) -> list[str]:
     """Run every measurement; return the printed lines."""
     n = bars.num_rows
     store = bench.store
-    write = _median(lambda: store.write_bars(bars), setup=lambda: bench.empty("bars"))
-    rewrite = _median(lambda: store.write_bars(bars))
+    write = median_time(lambda: store.write_bars(bars), REPEAT, lambda: bench.empty("bars"))
+    rewrite = median_time(lambda: store.write_bars(bars), REPEAT)
     half = store.count_bars("BTCUSDT", "1m")
-    read = _median(lambda: store.read_bars("BTCUSDT", "1m"))
+    read = median_time(lambda: store.read_bars("BTCUSDT", "1m"), REPEAT)
     tuples = _tuples(bars)
-    bare = _median(lambda: bench.bare_copy(tuples), setup=lambda: bench.empty("alt_bars"))
-    staging = _median(lambda: bench.staging_copy(bars), setup=lambda: bench.empty("alt_bars"))
-    staging_again = _median(lambda: bench.staging_copy(bars))
+    bare = median_time(lambda: bench.bare_copy(tuples), REPEAT, lambda: bench.empty("alt_bars"))
+    staging = median_time(lambda: bench.staging_copy(bars), REPEAT,
+                          lambda: bench.empty("alt_bars"))
+    staging_again = median_time(lambda: bench.staging_copy(bars), REPEAT)
     sample = bars.slice(0, EXECUTEMANY_SAMPLE).to_pylist()
-    many = _median(lambda: bench.executemany(sample), setup=lambda: bench.empty("alt_bars"),
-                   repeat=1)
-    many_again = _median(lambda: bench.executemany(sample), repeat=1)
+    many = median_time(lambda: bench.executemany(sample), 1, lambda: bench.empty("alt_bars"))
+    many_again = median_time(lambda: bench.executemany(sample), 1)
     frame = bars.slice(0, TO_SQL_SAMPLE).to_pandas()
-    to_sql = _median(lambda: bench.to_sql(frame), setup=lambda: bench.empty("alt_bars"),
-                     repeat=1)
-    read_sql = _median(bench.read_sql)
+    to_sql = median_time(lambda: bench.to_sql(frame), 1, lambda: bench.empty("alt_bars"))
+    read_sql = median_time(bench.read_sql, REPEAT)
     ours_write, ours_rewrite, ours_read = _rate(n, write), _rate(n, rewrite), _rate(half, read)
     return [
         f"PostgreSQL: {n:,} 1-minute bars, 2 symbols; rows/s, medians of {REPEAT} runs",

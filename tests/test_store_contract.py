@@ -308,6 +308,24 @@ def test_delete_bars_of_one_timeframe_or_all(store: Store) -> None:
 
 # -- a reference model of the write rules ------------------------------------------------
 
+def _model_row(model: dict[tuple[str, int], float], seen: dict[tuple[str, int], float],
+               key: tuple[str, int], shift: float, policy: str) -> WriteResult:
+    """What writing the bar ``key`` (symbol, minute) with ``shift`` should count, given the
+    stored ``model`` and the bars ``seen`` earlier in the batch; updates both."""
+    if key in seen:
+        same = seen[key] == shift
+        return WriteResult(duplicates=int(same), conflicts=int(not same))
+    seen[key] = shift
+    old = model.get(key)
+    if old is None or policy == "replace":
+        model[key] = shift
+    if old is None:
+        return WriteResult(inserted=1)
+    if old == shift:
+        return WriteResult(duplicates=1)
+    return WriteResult(replaced=1) if policy == "replace" else WriteResult(conflicts=1)
+
+
 _writes = st.lists(
     st.tuples(
         st.sampled_from(["AAPL", "MSFT"]),
@@ -330,24 +348,9 @@ def test_writes_match_a_reference_model(store: Store, writes: list[tuple[str, li
     store.delete_bars("MSFT")
     model: dict[tuple[str, int], float] = {}
     for symbol, rows, policy in writes:
-        expected, seen = WriteResult(), {}
+        expected, seen = WriteResult(), dict[tuple[str, int], float]()
         for minute, shift in rows:
-            if minute in seen:
-                same = seen[minute] == shift
-                expected += WriteResult(duplicates=int(same), conflicts=int(not same))
-                continue
-            seen[minute] = shift
-            old = model.get((symbol, minute))
-            if old is None:
-                expected += WriteResult(inserted=1)
-            elif old == shift:
-                expected += WriteResult(duplicates=1)
-            elif policy == "replace":
-                expected += WriteResult(replaced=1)
-            else:
-                expected += WriteResult(conflicts=1)
-            if old is None or policy == "replace":
-                model[(symbol, minute)] = shift
+            expected += _model_row(model, seen, (symbol, minute), shift, policy)
         batch = pa.concat_tables([make_bars(symbol, [m], shift=s) for m, s in rows])
         assert store.write_bars(batch, on_conflict=policy) == expected  # type: ignore[arg-type]
     for symbol in ("AAPL", "MSFT"):
@@ -380,20 +383,8 @@ def test_per_series_results_match_a_reference_model(
         expected: dict[tuple[str, str], WriteResult] = {}
         seen: dict[tuple[str, int], float] = {}
         for symbol, minute, shift in rows:
-            key = (symbol, "1m")
-            if (symbol, minute) in seen:
-                same = seen[(symbol, minute)] == shift
-                counted = WriteResult(duplicates=int(same), conflicts=int(not same))
-            else:
-                seen[(symbol, minute)] = shift
-                old = model.get((symbol, minute))
-                counted = (WriteResult(inserted=1) if old is None
-                           else WriteResult(duplicates=1) if old == shift
-                           else WriteResult(replaced=1) if policy == "replace"
-                           else WriteResult(conflicts=1))
-                if old is None or policy == "replace":
-                    model[(symbol, minute)] = shift
-            expected[key] = expected.get(key, WriteResult()) + counted
+            counted = _model_row(model, seen, (symbol, minute), shift, policy)
+            expected[(symbol, "1m")] = expected.get((symbol, "1m"), WriteResult()) + counted
         batch = pa.concat_tables([make_bars(sym, [m], shift=s) for sym, m, s in rows])
         got = store.write_bars_per_series(batch, on_conflict=policy)  # type: ignore[arg-type]
         assert got == expected

@@ -64,6 +64,22 @@ async def test_splits_to_today_come_from_one_monthly_request_beside_the_bars() -
     ]
 
 
+async def test_a_failing_splits_request_fails_the_fetch_though_the_bars_arrived() -> None:
+    v = (Vendor("yahoo")
+         .on(CHART, "error_unprocessable.json", params={"interval": "1mo"}, status=422)
+         .on(CHART, "chart_AAPL_1d_2020-08.json", params={"interval": "1d"}))
+    with pytest.raises(InputError):
+        await fetch(v, "AAPL", "1d", day(2020, 8, 26), day(2020, 9, 3), now=day(2020, 9, 10))
+
+
+async def test_failing_bars_are_the_error_reported_while_the_splits_request_is_pending() -> None:
+    v = (Vendor("yahoo")
+         .on(CHART, "chart_AAPL_1mo_events_2020.json", params={"interval": "1mo"})
+         .on(CHART, "error_not_found.json", params={"interval": "1d"}, status=404))
+    with pytest.raises(SymbolNotFoundError, match="AAPL"):
+        await fetch(v, "AAPL", "1d", day(2020, 8, 26), day(2020, 9, 3), now=day(2020, 9, 10))
+
+
 async def test_splits_and_dividends_become_corporate_actions_as_paid() -> None:
     _, provider = await fetch(split_2020(), "AAPL", "1d", day(2020, 8, 26), day(2020, 9, 3),
                               now=day(2020, 9, 10))

@@ -17,8 +17,8 @@ What the provider does with it:
 * **Splits.** Yahoo's prices, volumes and dividends are adjusted for every split
   up to today. The store keeps bars as traded, so the provider reads the splits
   from the bar to today (one small ``interval=1mo`` request, sent alongside the
-  bars' request, when the range ends in the past) and undoes them. Splits and dividends are kept as corporate
-  actions; :mod:`marketlake.adjust` adjusts on read.
+  bars' request, when the range ends in the past) and undoes them. Splits and
+  dividends are kept as corporate actions; :mod:`marketlake.adjust` adjusts on read.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from marketlake.schema import (
     parse_time,
     utcnow,
 )
-from marketlake.store.merge import split_groups
+from marketlake.store.merge import Group, split_groups
 from marketlake.store.tables import TABLES
 
 OnConflict = Literal["ignore", "replace"]
@@ -203,8 +203,7 @@ class Store(ABC):
     ) -> dict[tuple[str, str], WriteResult]:
         """:meth:`write_bars`, with the result of each (symbol, timeframe) series apart.
 
-        All series are written in one transaction. This default writes them one by one;
-        a backend that can classify many series in one pass overrides it.
+        All series are written in one transaction (by :meth:`_write_series`).
         """
         check_on_conflict(on_conflict)
         table = table if table.schema.equals(BAR_SCHEMA) else normalize_bars(table)
@@ -213,8 +212,15 @@ class Store(ABC):
         groups = split_groups(table, table.num_rows)
         assert groups is not None
         with self.transaction():
-            return {(symbol, timeframe): self.write_bars(rows, on_conflict=on_conflict)
-                    for symbol, timeframe, rows in groups}
+            return self._write_series(groups, on_conflict)
+
+    def _write_series(self, groups: list[Group], on_conflict: OnConflict
+                      ) -> dict[tuple[str, str], WriteResult]:
+        """Write (symbol, timeframe, rows) groups inside the caller's transaction. This
+        default writes them one by one; a backend that can classify many series in one
+        pass overrides it."""
+        return {(symbol, timeframe): self.write_bars(rows, on_conflict=on_conflict)
+                for symbol, timeframe, rows in groups}
 
     @abstractmethod
     def write_trades(self, table: pa.Table) -> WriteResult:

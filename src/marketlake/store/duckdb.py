@@ -212,20 +212,13 @@ class DuckDBStore(Store):
         with self.transaction(), self._writing():
             return layout.merge_many(self._con, self._ids, table, on_conflict)
 
-    def write_bars_per_series(
-        self, table: pa.Table, *, on_conflict: OnConflict = "ignore"
-    ) -> dict[tuple[str, str], WriteResult]:
-        check_on_conflict(on_conflict)
-        table = table if table.schema.equals(BAR_SCHEMA) else normalize_bars(table)
-        if table.num_rows == 0:
-            return {}
-        groups = split_groups(table, table.num_rows)
-        assert groups is not None
+    def _write_series(self, groups: list[Group], on_conflict: OnConflict
+                      ) -> dict[tuple[str, str], WriteResult]:
+        """``max_fast_groups`` series at a time, each chunk classified in one pass."""
         results: dict[tuple[str, str], WriteResult] = {}
         step = max(1, self.max_fast_groups)
-        with self.transaction():
-            for lo in range(0, len(groups), step):
-                results |= self._merge(groups[lo: lo + step], on_conflict)
+        for lo in range(0, len(groups), step):
+            results |= self._merge(groups[lo: lo + step], on_conflict)
         return results
 
     def _merge(self, groups: list[Group], on_conflict: OnConflict
