@@ -9,9 +9,9 @@ each client records every page, so the measured runs replay recorded bytes.
 * **Alternative**: what a yfinance user writes: one symbol after another,
   synchronous HTTP, each page into a pandas DataFrame, ``DataFrame.to_sql``
   into SQLite.
-* **Server time**: the same pages fetched with MarketLake's concurrency, job after
-  job, and nothing else done with them; MarketLake's overhead is the share of its
-  wall time beyond that.
+* **Server time**: the same pages fetched with MarketLake's HTTP client (httpx on
+  aiohttp's transport) and concurrency, job after job, and nothing else done with
+  them; MarketLake's overhead is the share of its wall time beyond that.
 
 Figures are medians of ``ROUNDS`` runs (``BENCH_ROUNDS``, default 3; 1 with ``--quick``),
 each into a fresh store.
@@ -39,6 +39,7 @@ import pandas as pd
 from marketlake.config import Settings
 from marketlake.ingest import run_ingest
 from marketlake.providers.binance import BinanceProvider
+from marketlake.providers.http import new_client
 from marketlake.providers.yahoo import YahooProvider
 from marketlake.store import open_store
 
@@ -108,7 +109,7 @@ async def server_only(urls: list[str], concurrency: int = 4) -> None:
         parsed = httpx.URL(url)
         job = "yahoo" if parsed.path.startswith("/v8/") else "binance"
         jobs[job][parsed.params.get("symbol") or parsed.path].append(url)
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with new_client(30.0) as client:
 
         async def fetch(pages: list[str], slots: asyncio.Semaphore) -> None:
             async with slots:

@@ -14,6 +14,11 @@ place where transport failures and HTTP statuses become MarketLake errors:
 Consecutive server-side failures open the provider's :class:`CircuitBreaker`;
 while it is open, calls fail fast with :class:`~marketlake.errors.CircuitOpenError`.
 A :class:`RateLimiter` (token bucket) spaces requests to the vendor's published limit.
+
+A provider given no client makes one with :func:`new_client`: an ``httpx.AsyncClient``
+on aiohttp's transport, whose C parser takes about half the CPU per request of
+httpx's own (1000-kline pages: 0.58 ms against 1.23 ms). Tests inject clients on
+``httpx.MockTransport``; everything above the transport is the same.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from email.utils import parsedate_to_datetime
 from functools import cache
 from typing import Any, ClassVar
 
+import aiohttp
 import httpx
 import orjson
+from httpx_aiohttp import AiohttpTransport
 
 from marketlake.config import Settings
 from marketlake.errors import (
@@ -191,6 +198,11 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+def new_client(timeout_s: float) -> httpx.AsyncClient:
+    """The client a provider makes when it is given none (see the module docstring)."""
+    return httpx.AsyncClient(timeout=timeout_s, transport=AiohttpTransport(verify=tls_context()))
+
+
 class HttpProvider(Provider):
     """A provider on a vendor's REST API: one client, breaker and limiter, errors mapped once.
 
@@ -219,8 +231,7 @@ class HttpProvider(Provider):
     def client(self) -> httpx.AsyncClient:
         """The injected client, or one made on first use with the configured timeout."""
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.settings.http_timeout_s,
-                                             verify=tls_context())
+            self._client = new_client(self.settings.http_timeout_s)
         return self._client
 
     def headers(self) -> dict[str, str]:
@@ -279,10 +290,8 @@ class HttpProvider(Provider):
         self.requests += 1
         try:
             response = await self.client.get(url, params=dict(params), headers=self.headers())
-        except httpx.TimeoutException:
-            return _Retryable(f"timed out after {self.settings.http_timeout_s} s")
         except httpx.TransportError as exc:
-            return _Retryable(f"connection failed ({type(exc).__name__}: {exc})")
+            return _Retryable(_transport_problem(exc, self.settings.http_timeout_s))
         self.after_response(response)
         status = response.status_code
         if status in (429, 418):
@@ -306,6 +315,19 @@ class HttpProvider(Provider):
     async def aclose(self) -> None:
         if self._client is not None and self._owns_client:
             await self._client.aclose()
+
+
+def _transport_problem(exc: httpx.TransportError, timeout_s: float) -> str:
+    """What went wrong on the wire. aiohttp's transport reports every failed connection
+    as ``ConnectTimeout``, so its own exception, kept as the cause, says which it was."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientError):
+        if isinstance(cause, TimeoutError):
+            return f"timed out after {timeout_s} s"
+        return f"connection failed ({type(cause).__name__}: {cause})"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out after {timeout_s} s"
+    return f"connection failed ({type(exc).__name__}: {exc})"
 
 
 def _error_payload(response: httpx.Response) -> Any:

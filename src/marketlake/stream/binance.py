@@ -46,7 +46,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from marketlake.config import Settings
 from marketlake.errors import BusError, ProviderError
-from marketlake.providers.http import tls_context
+from marketlake.providers.http import new_client
 from marketlake.schema import from_epoch_us, normalize_symbol
 from marketlake.stream.events import Batch, bars_table, now_us, trades_table
 from marketlake.stream.schedule import Schedule
@@ -387,8 +387,7 @@ class BinanceFeed:
             self._complete_until[symbol] = end
 
     async def _klines(self, symbol: str, start: int, end: int) -> pa.Table:
-        client = self.client or httpx.AsyncClient(timeout=self.settings.http_timeout_s,
-                                                  verify=tls_context())
+        client = self.client or new_client(self.settings.http_timeout_s)
         try:
             return await fetch_klines(client, self.settings.binance_url, symbol, start, end)
         finally:
