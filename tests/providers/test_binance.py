@@ -17,7 +17,12 @@ from marketlake.errors import (
     SymbolNotFoundError,
 )
 from marketlake.mirror import Mirror
-from marketlake.providers.binance import BinanceProvider, _parse_klines, _read_klines
+from marketlake.providers.binance import (
+    BinanceProvider,
+    _extent,
+    _parse_klines,
+    _read_klines,
+)
 from tests.providers.vendor import Vendor, collect, make
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
@@ -245,9 +250,69 @@ def mirrored_page() -> bytes:
 ])
 def test_plain_pages_read_as_csv_equal_the_json_parse(body: bytes) -> None:
     """The fast reader of Binance's plain layout gives exactly the JSON parser's rows."""
-    fast = _read_klines(body, "BTCUSDT", "1m")
+    fast = _read_klines([body], "BTCUSDT", "1m")
     assert fast is not None
     assert fast.equals(_parse_klines(orjson.loads(body), "BTCUSDT", "1m"))
+    assert _extent(body) == (fast.num_rows, orjson.loads(body)[-1][0])
+
+
+def test_several_pages_read_at_once_equal_each_page_parsed_alone() -> None:
+    bodies = [(DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes().strip() for n in (1, 2, 3)]
+    bodies.append(mirrored_page())
+    together = _read_klines(bodies, "BTCUSDT", "1m")
+    assert together is not None
+    assert together.equals(pa.concat_tables(
+        [_parse_klines(orjson.loads(body), "BTCUSDT", "1m") for body in bodies]))
+    spaced = b'[[1709510400000, "1","1","1","1","1",1709510459999,"1",1,"1","1","0"]]'
+    one_odd = [*bodies[:2], spaced]
+    assert _read_klines(one_odd, "BTCUSDT", "1m") is None
+
+
+@pytest.mark.parametrize("body", [b"[]", b'{"code":0}', b'[["x","1"],["y","2"]]', b"[[]]"])
+def test_a_page_that_is_not_plain_klines_has_no_extent(body: bytes) -> None:
+    assert _extent(body) is None
+
+
+async def until_it_fails(provider: BinanceProvider, got: list[pa.Table]) -> None:
+    """Keep what the fetch yields in ``got`` until it raises (StopAsyncIteration if not)."""
+    tables = provider.fetch_bars("BTCUSDT", "1m", START, END)
+    while True:
+        got.append(await anext(tables))
+
+
+async def test_a_wrong_page_after_good_ones_yields_the_good_ones_then_says_what_is_wrong() -> None:
+    bad = (DATA / "klines_BTCUSDT_1m_page2.json").read_bytes().replace(b'"62301.36000000"',
+                                                                      b'"6230x.36"', 1)
+    provider, _ = make(BinanceProvider, vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json")
+                       .on(KLINES, body=bad))
+    got: list[pa.Table] = []
+    with pytest.raises(ProviderError, match="kline field 'open' of BTCUSDT is not a number"):
+        await until_it_fails(provider, got)
+    first = _parse_klines(orjson.loads((DATA / "klines_BTCUSDT_1m_page1.json").read_bytes()),
+                          "BTCUSDT", "1m")
+    assert pa.concat_tables(got).equals(first)
+
+
+async def test_a_failed_request_after_good_pages_yields_them_first() -> None:
+    v = vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json").on(KLINES, status=400,
+                                                                body=b'{"code":-1121,"msg":"x"}')
+    provider, _ = make(BinanceProvider, v)
+    got: list[pa.Table] = []
+    with pytest.raises(SymbolNotFoundError):
+        await until_it_fails(provider, got)
+    assert [t.num_rows for t in got] == [3]
+
+
+async def test_pages_that_are_not_plain_still_page_on() -> None:
+    """A page the fetch cannot read off its bytes (spaces) is parsed to find where it ends."""
+    pretty = [orjson.dumps(orjson.loads((DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes()),
+                           option=orjson.OPT_INDENT_2) for n in (1, 2, 3)]
+    v = vendor()
+    for body in pretty:
+        v.on(KLINES, body=body)
+    table, _, _ = await fetch(v)
+    assert table.num_rows == 7
+    assert [p["startTime"] for p in v.params] == [str(T0), str(T0 + 120_001), str(T0 + 300_001)]
 
 
 @pytest.mark.parametrize("body", [
@@ -265,4 +330,4 @@ def test_plain_pages_read_as_csv_equal_the_json_parse(body: bytes) -> None:
     b'[1709510460000,"1","1","1","1","1",1709510519999,"1",1,"1","1"]]',
 ])
 def test_anything_but_the_plain_layout_is_left_to_the_json_parser(body: bytes) -> None:
-    assert _read_klines(body, "BTCUSDT", "1m") is None
+    assert _read_klines([body], "BTCUSDT", "1m") is None

@@ -18,9 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 import httpx
 import pyarrow as pa
@@ -46,6 +46,8 @@ _INTERVALS = {
 }
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL")
 _FLOAT, _INT, _TEXT = pa.float64(), pa.int64(), pa.string()
+_Page: TypeAlias = httpx.Response | pa.Table
+"""A page of klines as it came (plain layout, read later) or already read."""
 _FIELDS = ("open time", "open", "high", "low", "close", "volume", "close time",
            "quote volume", "trades", "taker buy base volume", "taker buy quote volume", "ignore")
 
@@ -58,6 +60,8 @@ class BinanceProvider(HttpProvider):
     requests_per_minute: ClassVar[int] = 2400  # klines weigh 2 of 6000 a minute
     base_url_setting: ClassVar[str] = "binance_url"
     page_limit: ClassVar[int] = 1000
+    pages_ahead: ClassVar[int] = 16
+    """Pages fetched ahead of the parsing at most (a bound on the memory held)."""
     weight_limit_1m: ClassVar[int] = 6000
 
     def __init__(self, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
@@ -67,41 +71,92 @@ class BinanceProvider(HttpProvider):
     async def fetch_bars(
         self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
     ) -> AsyncIterator[pa.Table]:
-        """Pages by time; the next page is requested before the current one is parsed."""
+        """Pages by time. A page's last open time is read off its bytes, so the next page
+        is requested at once; the pages that arrive meanwhile are parsed together in a
+        thread (Arrow's CSV reader runs without the GIL), so parsing does not hold up the
+        requests. When a page is wrong, the pages before it are yielded, then its error
+        is raised."""
         tf = self.check_timeframe(timeframe)
         symbol = symbol.upper()
         start_us, end_us = to_epoch_us(start), to_epoch_us(end)
         first_ms, last_ms = -(-start_us // 1000), -(-end_us // 1000) - 1
         if first_ms > last_ms:
             return
-        interval = _INTERVALS[str(tf)]
-        pending: asyncio.Future[pa.Table] | None = asyncio.ensure_future(
-            self._page(symbol, interval, str(tf), first_ms, last_ms))
+        pages: asyncio.Queue[_Page | None] = asyncio.Queue(self.pages_ahead)
+        fetching = asyncio.ensure_future(
+            self._fetch_pages(symbol, _INTERVALS[str(tf)], str(tf), first_ms, last_ms, pages))
         try:
-            while pending is not None:
-                table = await pending
-                pending = None
-                if table.num_rows >= self.page_limit:  # a full page: there may be more
-                    following = _epoch_ms(table.column("ts")[-1]) + 1
-                    if following <= last_ms:
-                        pending = asyncio.ensure_future(
-                            self._page(symbol, interval, str(tf), following, last_ms))
+            ended = False
+            while not ended:
+                arrived = [await pages.get()]
+                while not pages.empty():
+                    arrived.append(pages.get_nowait())
+                ended = arrived[-1] is None
+                got = [page for page in arrived if page is not None]
+                table, error = await asyncio.to_thread(self._read_pages, got, symbol, str(tf))
                 if table.num_rows:
                     yield _inside(table, start_us, end_us)
+                if error is not None:
+                    raise error
+            await fetching  # raises what stopped the requests, after the pages before it
         finally:
-            if pending is not None:
-                pending.cancel()
+            if not fetching.done():
+                fetching.cancel()
                 with contextlib.suppress(asyncio.CancelledError, MarketLakeError):
-                    await pending
+                    await fetching
 
-    async def _page(self, symbol: str, interval: str, timeframe: str, start_ms: int,
-                    last_ms: int) -> pa.Table:
+    async def _fetch_pages(self, symbol: str, interval: str, timeframe: str, start_ms: int,
+                           last_ms: int, pages: asyncio.Queue[_Page | None]) -> None:
+        """Request pages until one is not full or the range ends, handing each over, then
+        None (also when a request fails: the reader then awaits this task for its error)."""
+        try:
+            while start_ms <= last_ms:
+                await self._respect_weight()
+                params: Params = {"symbol": symbol, "interval": interval,
+                                  "startTime": start_ms, "endTime": last_ms,
+                                  "limit": self.page_limit}
+                response = await self.get("/api/v3/klines", params, symbol=symbol)
+                extent = _extent(response.content)
+                page: _Page
+                if extent is None:  # not the plain layout: parsed here, to know where it ends
+                    table = self._page_table(response, symbol, timeframe)
+                    rows, page = table.num_rows, table
+                    last = _epoch_ms(table.column("ts")[-1]) if rows else 0
+                else:
+                    page, (rows, last) = response, extent
+                if rows:
+                    await pages.put(page)
+                if rows < self.page_limit:
+                    break
+                start_ms = last + 1
+        except Exception:
+            await pages.put(None)
+            raise
+        await pages.put(None)
+
+    def _read_pages(self, pages: list[_Page], symbol: str,
+                    timeframe: str) -> tuple[pa.Table, MarketLakeError | None]:
+        """The bars of ``pages`` (one CSV read when all have the plain layout), and the
+        error of the first wrong page, with only the pages before it read."""
+        bodies = [page.content for page in pages if isinstance(page, httpx.Response)]
+        if pages and len(bodies) == len(pages):
+            table = _read_klines(bodies, symbol, timeframe)
+            if table is not None:
+                return table, None
+        tables: list[pa.Table] = []
+        error = None
+        for page in pages:
+            try:
+                tables.append(page if isinstance(page, pa.Table)
+                              else self._page_table(page, symbol, timeframe))
+            except MarketLakeError as exc:
+                error = exc
+                break
+        return (pa.concat_tables(tables) if tables else BAR_SCHEMA.empty_table()), error
+
+    def _page_table(self, response: httpx.Response, symbol: str, timeframe: str) -> pa.Table:
         """One page of klines as canonical bars (all of them, also those past the range)."""
-        await self._respect_weight()
-        params: Params = {"symbol": symbol, "interval": interval, "startTime": start_ms,
-                          "endTime": last_ms, "limit": self.page_limit}
-        response = await self.get("/api/v3/klines", params, symbol=symbol)
-        table = _read_klines(response.content, symbol, timeframe)
+        table = _read_klines([response.content], symbol, timeframe)
         if table is None:  # not the plain layout: the JSON parser reads it, or says what is wrong
             table = _parse_klines(decode_json(self.name, response), symbol, timeframe)
         return table
@@ -154,29 +209,47 @@ _CSV_CONVERT = pa_csv.ConvertOptions(column_types=_CSV_TYPES, include_columns=li
 _ROWS = bytes.maketrans(b"]", b"\n")
 
 
-def _read_klines(body: bytes, symbol: str, timeframe: str) -> pa.Table | None:
-    """Klines straight from the body when it has Binance's plain layout, ``[[...],[...]]``
-    with exactly 12 fields per kline (the 8 it takes are numbers or decimal strings) and
-    nothing else; None otherwise.
-
-    The rows are read as CSV by Arrow, which is about twice as fast as building Python
-    lists with a JSON parser and converting them; anything unusual (spaces, nulls, extra
-    fields, cut or malformed bodies) is left to :func:`_parse_klines`. Every ``],[``
-    becomes a line break followed by a comma (so each line has an empty lead field).
-    """
+def _extent(body: bytes) -> tuple[int, int] | None:
+    """The number of klines and the last open time (ms) of a page in Binance's plain
+    layout, read off its bytes; None when the body looks otherwise."""
     if not (body.startswith(b"[[") and body.endswith(b"]]")):
         return None
-    opening = body.count(b"[")  # one per kline and the outer one, when nothing is nested
-    if body.count(b"]") != opening or any(c in body for c in (b"{", b"}", b" ")):
-        return None
+    comma = body.rfind(b",[")
+    last = comma + 2 if comma >= 0 else 2  # where the last kline's fields begin
     try:
-        read = pa_csv.read_csv(pa.BufferReader(b"," + body[2:-2].translate(_ROWS, b"[")),
-                               read_options=_CSV_READ, convert_options=_CSV_CONVERT)
+        return body.count(b"],[") + 1, int(body[last:body.find(b",", last)])
+    except ValueError:
+        return None
+
+
+def _read_klines(bodies: Sequence[bytes], symbol: str, timeframe: str) -> pa.Table | None:
+    """Klines straight from the bodies of pages when each has Binance's plain layout,
+    ``[[...],[...]]`` with exactly 12 fields per kline (the 8 it takes are numbers or
+    decimal strings) and nothing else; None otherwise.
+
+    The rows of all pages are read as one CSV by Arrow, which is about twice as fast as
+    building Python lists with a JSON parser and converting them; anything unusual
+    (spaces, nulls, extra fields, cut or malformed bodies) is left to
+    :func:`_parse_klines`. Every ``],[`` becomes a line break followed by a comma (so
+    each line has an empty lead field).
+    """
+    klines = 0
+    for body in bodies:
+        if not (body.startswith(b"[[") and body.endswith(b"]]")):
+            return None
+        opening = body.count(b"[")  # one per kline and the outer one, when nothing is nested
+        if body.count(b"]") != opening or any(c in body for c in (b"{", b"}", b" ")):
+            return None
+        klines += opening - 1
+    text = b"\n".join(b"," + body[2:-2].translate(_ROWS, b"[") for body in bodies)
+    try:
+        read = pa_csv.read_csv(pa.BufferReader(text), read_options=_CSV_READ,
+                               convert_options=_CSV_CONVERT)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
     columns = [read.column(name).combine_chunks() for name in ("f0", "f1", "f2", "f3", "f4",
                                                                 "f5", "f7", "f8")]
-    if read.num_rows != opening - 1 or any(c.null_count for c in columns):
+    if read.num_rows != klines or any(c.null_count for c in columns):
         return None
     return _klines_table(symbol, timeframe, *columns)
 
