@@ -212,7 +212,7 @@ class _Job:
         found = QualityReport()
         kept = BAR_SCHEMA.empty_table()
         if tables:
-            kept, found = self.quality.inspect(pa.concat_tables(tables),
+            kept, found = self.quality.inspect(pa.concat_tables(tables).combine_chunks(),
                                                self._instruments(list(by_symbol)))
         series = {s.symbol: s for s in found.series}
         written = self.store.write_bars_per_series(kept, on_conflict=self.on_conflict)
