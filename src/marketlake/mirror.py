@@ -223,6 +223,9 @@ class MirrorServer:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # headers and body are two writes: with Nagle's algorithm the body of a small answer
+    # would wait for the client's delayed ACK of the headers (~40 ms on Linux)
+    disable_nagle_algorithm = True
     mirror: Mirror
 
     def do_GET(self) -> None:
