@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
@@ -140,7 +140,7 @@ class BrokenBars(SyntheticProvider):
     name: ClassVar[str] = "broken"
 
     async def fetch_bars(self, symbol: str, timeframe: str | Timeframe, start: datetime,
-                         end: datetime) -> AsyncIterator[pa.Table]:
+                         end: datetime) -> AsyncGenerator[pa.Table, None]:
         async for table in super().fetch_bars(symbol, timeframe, start, end):
             high = table.column("high").to_pylist()
             high[2] = table.column("low")[2].as_py() - 1
@@ -168,7 +168,7 @@ class Gauge(SyntheticProvider):
     most: ClassVar[int] = 0
 
     async def fetch_bars(self, symbol: str, timeframe: str | Timeframe, start: datetime,
-                         end: datetime) -> AsyncIterator[pa.Table]:
+                         end: datetime) -> AsyncGenerator[pa.Table, None]:
         Gauge.active += 1
         Gauge.most = max(Gauge.most, Gauge.active)
         await asyncio.sleep(0.02)

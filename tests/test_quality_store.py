@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,7 +45,7 @@ class TableProvider(Provider):
         self.asked: list[tuple[datetime, datetime]] = []
 
     async def fetch_bars(self, symbol: str, timeframe: str | Timeframe, start: datetime,
-                         end: datetime) -> AsyncIterator[pa.Table]:
+                         end: datetime) -> AsyncGenerator[pa.Table, None]:
         self.asked.append((start, end))
         ts = self.table.column("ts")
         mask = pa.compute.and_(pa.compute.greater_equal(ts, pa.scalar(start)),
@@ -211,7 +211,7 @@ def test_many_gaps_are_merged_nearest_first() -> None:
 def test_repair_records_a_failing_provider(duck: Store) -> None:
     class Broken(TableProvider):
         async def fetch_bars(self, symbol: str, timeframe: str | Timeframe, start: datetime,
-                             end: datetime) -> AsyncIterator[pa.Table]:
+                             end: datetime) -> AsyncGenerator[pa.Table, None]:
             from marketlake.errors import ProviderError
 
             raise ProviderError("vendor down")

@@ -27,6 +27,7 @@ finish (at most every ``SUMMARY_EVERY_S`` seconds) and at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -383,11 +384,13 @@ async def _fetch_symbol(job: _Job, writer: _Writer, result: SymbolResult) -> Non
         start = resumed + timedelta(microseconds=1)
     learnt = None
     try:
-        async for table in job.provider.fetch_bars(symbol, job.tf, start, job.end):
-            job.report(symbol, table.num_rows, table.column("ts")[-1].as_py())
-            await writer.put(_Handover(result, [table], table.num_rows))
-            if symbol in job.failed_writes:
-                break
+        async with contextlib.aclosing(job.provider.fetch_bars(symbol, job.tf, start,
+                                                               job.end)) as tables:
+            async for table in tables:  # closed at once on a break: no request goes on
+                job.report(symbol, table.num_rows, table.column("ts")[-1].as_py())
+                await writer.put(_Handover(result, [table], table.num_rows))
+                if symbol in job.failed_writes:
+                    break
         learnt = (job.provider.corporate_actions(symbol), await job.provider.describe(symbol))
     except MarketLakeError as exc:  # what arrived before the failure is kept: --resume
         result.error = exc.message  # starts after it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -301,6 +302,25 @@ async def test_a_failed_request_after_good_pages_yields_them_first() -> None:
     with pytest.raises(SymbolNotFoundError):
         await until_it_fails(provider, got)
     assert [t.num_rows for t in got] == [3]
+
+
+async def test_a_fetch_closed_early_stops_requesting() -> None:
+    v = paged()
+    provider, _ = make(BinanceProvider, v)
+    provider.pages_ahead = 1  # the requests wait for the reader after one page
+    tables = provider.fetch_bars("BTCUSDT", "1m", START, END)
+    first = await anext(tables)
+    await tables.aclose()  # while the requests wait for room to hand over the next page
+    assert first.num_rows == 3
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_a_page_that_does_not_move_on_is_an_error_not_an_endless_loop() -> None:
+    v = vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json", times=2)
+    with pytest.raises(ProviderError, match=r"binance answered the klines from startTime="
+                                            rf"{T0 + 120_001} with the page before it"):
+        await fetch(v)
+    assert len(v.requests) == 2
 
 
 async def test_pages_that_are_not_plain_still_page_on() -> None:

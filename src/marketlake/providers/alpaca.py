@@ -17,7 +17,7 @@ crypto); they become the trading date at 00:00 UTC like every daily bar.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -58,7 +58,7 @@ class AlpacaProvider(HttpProvider):
 
     async def fetch_bars(
         self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         symbol = symbol.upper()
         if is_crypto(symbol):
             pages = self.fetch_bars_multi([symbol], timeframe, start, end)
@@ -69,7 +69,7 @@ class AlpacaProvider(HttpProvider):
 
     async def fetch_bars_multi(
         self, symbols: Sequence[str], timeframe: str | Timeframe, start: datetime, end: datetime
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         """Bars of several stocks, or several crypto pairs, one table per page."""
         names = [s.upper() for s in symbols]
         kinds = {is_crypto(s) for s in names}
@@ -82,7 +82,7 @@ class AlpacaProvider(HttpProvider):
             yield table
 
     async def _pages(self, path: str, extra: Params, timeframe: str | Timeframe,
-                     start: datetime, end: datetime, label: str) -> AsyncIterator[pa.Table]:
+                     start: datetime, end: datetime, label: str) -> AsyncGenerator[pa.Table, None]:
         tf = self.check_timeframe(timeframe)
         crypto = path.startswith("/v1beta3/crypto")
         params: dict[str, str | int | float] = {

@@ -14,7 +14,7 @@ corporate actions (:meth:`Provider.corporate_actions`); the ingest job stores th
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from typing import ClassVar
 
@@ -64,7 +64,7 @@ class Provider(ABC):
     @abstractmethod
     def fetch_bars(
         self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         """Yield bars of ``symbol`` in ``[start, end)`` as canonical Arrow tables."""
 
     async def describe(self, symbol: str) -> Instrument | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, TypeAlias
 
@@ -70,7 +70,7 @@ class BinanceProvider(HttpProvider):
 
     async def fetch_bars(
         self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         """Pages by time. A page's last open time is read off its bytes, so the next page
         is requested at once; the pages that arrive meanwhile are parsed together in a
         thread (Arrow's CSV reader runs without the GIL), so parsing does not hold up the
@@ -128,6 +128,11 @@ class BinanceProvider(HttpProvider):
                     await pages.put(page)
                 if rows < self.page_limit:
                     break
+                if last < start_ms:  # a page from before the one asked for: it would repeat
+                    raise ProviderError(
+                        f"binance answered the klines from startTime={start_ms} with the page "
+                        f"before it (last open time {last}); the server or a mirror in "
+                        "between does not page by time")
                 start_ms = last + 1
         except Exception:
             await pages.put(None)

@@ -23,7 +23,7 @@ per line (no quoted line breaks).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -377,7 +377,7 @@ class CsvProvider(Provider):
 
     async def fetch_bars(
         self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         tf = self.check_timeframe(timeframe)
         reader = CsvBarReader(self.file_for(symbol), symbol, tf, source=self.name)
         for batch in reader.batches():

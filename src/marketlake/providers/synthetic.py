@@ -14,7 +14,7 @@ so a 5-minute request equals the roll-up of the 1-minute one.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -240,7 +240,7 @@ class SyntheticProvider(Provider):
 
     async def fetch_bars(
         self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         tf = self.check_timeframe(timeframe)
         chunk = timedelta(days=30 if tf.is_intraday else 3650)
         lo = start

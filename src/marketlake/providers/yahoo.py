@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -87,7 +87,7 @@ class YahooProvider(HttpProvider):
 
     async def fetch_bars(
         self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
-    ) -> AsyncIterator[pa.Table]:
+    ) -> AsyncGenerator[pa.Table, None]:
         tf = self.check_request(timeframe, start, end)
         symbol = symbol.upper()
         now = self.clock()
@@ -109,7 +109,7 @@ class YahooProvider(HttpProvider):
 
     async def _pages(self, symbol: str, tf: Timeframe, chunks: list[tuple[datetime, datetime]],
                      later: asyncio.Future[_Chart] | None, start: datetime,
-                     end: datetime) -> AsyncIterator[pa.Table]:
+                     end: datetime) -> AsyncGenerator[pa.Table, None]:
         """The bars of each request of ``chunks``, with the splits of ``later`` if any."""
         for chunk_start, chunk_end in chunks:
             chart = await self._chart(symbol, _INTERVALS[str(tf)], chunk_start, chunk_end)
