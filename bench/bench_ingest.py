@@ -13,6 +13,10 @@ each client records every page, so the measured runs replay recorded bytes.
   aiohttp's transport) and concurrency, job after job, and nothing else done with
   them; MarketLake's overhead is the share of its wall time beyond that.
 
+``BENCH_INGEST_DELAY_S`` makes the mirror wait that long before each answer, as a
+vendor across a network would (default 0: the mirror answers as fast as it can, so
+the server's own time is as short as it gets).
+
 Figures are medians of ``ROUNDS`` runs (``BENCH_ROUNDS``, default 3; 1 with ``--quick``),
 each into a fresh store.
 """
@@ -48,6 +52,8 @@ CRYPTO = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT"]
 DAILY = (datetime(2023, 1, 1, tzinfo=UTC), datetime(2024, 1, 1, tzinfo=UTC))
 MINUTES = (datetime(2024, 2, 1, tzinfo=UTC), datetime(2024, 3, 2, tzinfo=UTC))
 QUICK = os.environ.get("MARKETLAKE_BENCH_QUICK") == "1"
+DELAY_S = float(os.environ.get("BENCH_INGEST_DELAY_S", "0"))
+"""Seconds the mirror waits before each answer (0: as fast as it can answer)."""
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "3"))
 
 
@@ -60,8 +66,8 @@ def _free_port() -> int:
 def start_mirror() -> tuple[subprocess.Popen[bytes], str]:
     """The mirror in its own process, so it does not share the client's interpreter."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "marketlake.mirror", "--port", str(port)],
-                               stdout=subprocess.DEVNULL)
+    process = subprocess.Popen([sys.executable, "-m", "marketlake.mirror", "--port", str(port),
+                                "--delay", str(DELAY_S)], stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -198,7 +204,8 @@ def report(bars: int, pages: int, medians: dict[str, tuple[float, float]]) -> No
     (ours, our_cpu), (raw, _), (theirs, their_cpu) = (medians[k] for k in ("ours", "raw",
                                                                            "theirs"))
     overhead = max(0.0, (ours - raw) / ours)
-    print(f"ingest: {bars:,} bars in {pages} pages from a local mirror "
+    delay = f", {DELAY_S * 1000:g} ms before each answer" if DELAY_S else ""
+    print(f"ingest: {bars:,} bars in {pages} pages from a local mirror{delay} "
           f"(medians of {ROUNDS} runs; CPU = client process, all threads)")
     print(f"  MarketLake (4 concurrent, DuckDB):     {ours:6.2f} s  {bars / ours:9,.0f} bars/s"
           f"  CPU {our_cpu:5.2f} s")
