@@ -294,6 +294,23 @@ async def test_a_wrong_page_after_good_ones_yields_the_good_ones_then_says_what_
     assert pa.concat_tables(got).equals(first)
 
 
+def test_pages_read_together_keep_the_ones_before_a_wrong_page_and_its_error() -> None:
+    good, odd, bad = ((DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes().strip()
+                      for n in (1, 3, 2))
+    provider, _ = make(BinanceProvider, vendor())
+    pages: list[httpx.Response | pa.Table] = [
+        httpx.Response(200, content=good),
+        _parse_klines(orjson.loads(odd), "BTCUSDT", "1m"),  # a page read when it came
+        httpx.Response(200, content=bad.replace(b'"62301.36000000"', b'"x"', 1)),
+        httpx.Response(200, content=good),
+    ]
+    table, error = provider._read_pages(pages, "BTCUSDT", "1m")
+    assert table.equals(pa.concat_tables([_parse_klines(orjson.loads(body), "BTCUSDT", "1m")
+                                          for body in (good, odd)]))
+    assert isinstance(error, ProviderError)
+    assert "field 'open' of BTCUSDT is not a number" in error.message
+
+
 async def test_a_failed_request_after_good_pages_yields_them_first() -> None:
     v = vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json").on(KLINES, status=400,
                                                                 body=b'{"code":-1121,"msg":"x"}')

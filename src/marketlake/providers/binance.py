@@ -93,6 +93,8 @@ class BinanceProvider(HttpProvider):
                     arrived.append(pages.get_nowait())
                 ended = arrived[-1] is None
                 got = [page for page in arrived if page is not None]
+                if not got:
+                    continue
                 table, error = await asyncio.to_thread(self._read_pages, got, symbol, str(tf))
                 if table.num_rows:
                     yield _inside(table, start_us, end_us)
@@ -144,7 +146,7 @@ class BinanceProvider(HttpProvider):
         """The bars of ``pages`` (one CSV read when all have the plain layout), and the
         error of the first wrong page, with only the pages before it read."""
         bodies = [page.content for page in pages if isinstance(page, httpx.Response)]
-        if pages and len(bodies) == len(pages):
+        if len(bodies) == len(pages):
             table = _read_klines(bodies, symbol, timeframe)
             if table is not None:
                 return table, None
