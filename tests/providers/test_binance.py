@@ -321,7 +321,7 @@ async def test_a_failed_request_after_good_pages_yields_them_first() -> None:
     assert [t.num_rows for t in got] == [3]
 
 
-async def test_a_fetch_closed_early_stops_requesting() -> None:
+async def test_a_fetch_closed_early_leaves_no_request_running() -> None:
     v = paged()
     provider, _ = make(BinanceProvider, v)
     provider.pages_ahead = 1  # the requests wait for the reader after one page
