@@ -326,6 +326,15 @@ def _model_row(model: dict[tuple[str, int], float], seen: dict[tuple[str, int], 
     return WriteResult(replaced=1) if policy == "replace" else WriteResult(conflicts=1)
 
 
+def _assert_stored_as_modelled(store: Store, model: dict[tuple[str, int], float],
+                               symbols: tuple[str, ...]) -> None:
+    """Each symbol's stored bars are exactly the model's (symbol, minute) → shift bars."""
+    for symbol in symbols:
+        want = [make_bars(symbol, [m], shift=s).to_pylist()[0]
+                for (sym, m), s in sorted(model.items()) if sym == symbol]
+        assert stored(store, symbol) == want
+
+
 _writes = st.lists(
     st.tuples(
         st.sampled_from(["AAPL", "MSFT"]),
@@ -353,10 +362,7 @@ def test_writes_match_a_reference_model(store: Store, writes: list[tuple[str, li
             expected += _model_row(model, seen, (symbol, minute), shift, policy)
         batch = pa.concat_tables([make_bars(symbol, [m], shift=s) for m, s in rows])
         assert store.write_bars(batch, on_conflict=policy) == expected  # type: ignore[arg-type]
-    for symbol in ("AAPL", "MSFT"):
-        want = [make_bars(symbol, [m], shift=s).to_pylist()[0]
-                for (sym, m), s in sorted(model.items()) if sym == symbol]
-        assert stored(store, symbol) == want
+    _assert_stored_as_modelled(store, model, ("AAPL", "MSFT"))
 
 
 _mixed_writes = st.lists(
@@ -388,10 +394,7 @@ def test_per_series_results_match_a_reference_model(
         batch = pa.concat_tables([make_bars(sym, [m], shift=s) for sym, m, s in rows])
         got = store.write_bars_per_series(batch, on_conflict=policy)  # type: ignore[arg-type]
         assert got == expected
-    for symbol in ("AAPL", "MSFT", "SPY"):
-        want = [make_bars(symbol, [m], shift=s).to_pylist()[0]
-                for (sym, m), s in sorted(model.items()) if sym == symbol]
-        assert stored(store, symbol) == want
+    _assert_stored_as_modelled(store, model, ("AAPL", "MSFT", "SPY"))
 
 
 def test_per_series_results_keep_timeframes_apart(store: Store) -> None:

@@ -39,7 +39,7 @@ from marketlake.schema import (
     utcnow,
 )
 from marketlake.store.base import Store
-from marketlake.validate import apply_policy, split_actions, validate_bars
+from marketlake.validate import SPLITS, apply_policy, split_actions, validate_bars
 
 
 def instrument_of(store: Store, symbol: str) -> Instrument:
@@ -137,7 +137,7 @@ class IngestQuality:
     _flagged_present: dict[str, int] = field(default_factory=dict)
     """Per symbol: flagged bars that fill an expected slot (not those outside sessions)."""
     _splits_read: set[str] = field(default_factory=set)
-    _split_table: pa.Table = field(default_factory=lambda: split_actions(None, []))
+    _split_table: pa.Table = field(default_factory=SPLITS.empty_table)
 
     def __post_init__(self) -> None:
         self.report.kind = self.kind

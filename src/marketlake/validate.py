@@ -63,7 +63,8 @@ from marketlake.schema import (
 from marketlake.sessions import DAY_US
 from marketlake.store.base import Store
 
-__all__ = ["QualityPolicy", "QualityReport", "apply_policy", "split_actions", "validate_bars"]
+__all__ = ["SPLITS", "QualityPolicy", "QualityReport", "apply_policy", "split_actions",
+           "validate_bars"]
 
 Array = np.ndarray[Any, Any]
 SPLIT_FACTORS = np.array([2.0, 3.0, 4.0, 5.0, 8.0, 10.0, 15.0, 20.0, 25.0, 50.0, 100.0, 1.5])
@@ -510,16 +511,17 @@ def _store_instruments(store: Store, table: pa.Table) -> dict[str, Instrument]:
     return {s: i for s, i in found.items() if i is not None}
 
 
-def split_actions(store: Store | None, symbols: list[str]) -> pa.Table:
+def split_actions(store: Store, symbols: list[str]) -> pa.Table:
     """The splits recorded in the store's ``corporate_actions`` for ``symbols``."""
-    if store is None or not symbols:
-        return _SPLITS.empty_table()
+    if not symbols:
+        return SPLITS.empty_table()
     marks = ", ".join("?" * len(symbols))  # placeholders only; the symbols are parameters
     found = store.query(
         "SELECT symbol, ts, kind, value FROM corporate_actions WHERE kind = 'split' "  # noqa: S608
         f"AND symbol IN ({marks}) ORDER BY symbol, ts", list(symbols))
-    return pa.Table.from_pylist(found.to_pylist(), schema=_SPLITS)
+    return pa.Table.from_pylist(found.to_pylist(), schema=SPLITS)
 
 
-_SPLITS = pa.schema([("symbol", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
-                     ("kind", pa.string()), ("value", pa.float64())])
+SPLITS = pa.schema([("symbol", pa.string()), ("ts", pa.timestamp("us", tz="UTC")),
+                    ("kind", pa.string()), ("value", pa.float64())])
+"""The columns of :func:`split_actions`' table."""
