@@ -19,8 +19,9 @@ def run(names: list[str]) -> int:
         os.environ["MARKETLAKE_BENCH_QUICK"] = "1"
     names = [n for n in names if not n.startswith("-")]
     folder = Path(__file__).resolve().parent
-    modules = sorted(m.name for m in pkgutil.iter_modules([str(folder)])
-                     if m.name.startswith("bench_"))
+    modules = sorted(
+        m.name for m in pkgutil.iter_modules([str(folder)]) if m.name.startswith("bench_")
+    )
     chosen = [m for m in modules if not names or any(n in m for n in names)]
     for name in chosen:
         print(f"== {name}", flush=True)

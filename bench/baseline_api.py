@@ -17,10 +17,13 @@ from marketlake.providers.synthetic import generate_bars
 
 
 def _rows() -> list[dict[str, Any]]:
-    table = generate_bars("BTCUSDT", "1m", datetime(2024, 3, 4, tzinfo=UTC),
-                          datetime(2024, 3, 4, 1, 40, tzinfo=UTC))
-    return [{k: v for k, v in row.items() if k not in ("symbol", "timeframe")}
-            for row in table.to_pylist()]
+    table = generate_bars(
+        "BTCUSDT", "1m", datetime(2024, 3, 4, tzinfo=UTC), datetime(2024, 3, 4, 1, 40, tzinfo=UTC)
+    )
+    return [
+        {k: v for k, v in row.items() if k not in ("symbol", "timeframe")}
+        for row in table.to_pylist()
+    ]
 
 
 def dicts_app() -> FastAPI:

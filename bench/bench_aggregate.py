@@ -25,7 +25,7 @@ after one untimed warm-up of MarketLake (compiled kernels, calendars):
   open, max high, min low, last close, summed volume and trades, volume-weighted
   vwap. MarketLake's 1h bars must equal pandas' exactly (asserted);
 * **validation**: every rule (row rules, calendar rules, gaps, stale closes,
-  outliers, split-like jumps) through :func:`marketlake.validate.apply_policy`,
+  outliers, split-like jumps) through :func:`marketlake.quality.rules.apply_policy`,
   the entry point ingest and CSV import use, in rows/s; against the row rules
   alone (OHLC, prices, volume, duplicates, alignment) written in pandas, which
   is far less than MarketLake checks.
@@ -49,16 +49,55 @@ import polars as pl
 import pyarrow as pa
 
 from bench.common import median_time, report
-from marketlake.aggregate import rollup
+from marketlake.quality.rules import apply_policy
 from marketlake.schema import BAR_SCHEMA, constant_column
-from marketlake.validate import apply_policy
+from marketlake.timeseries.aggregate import rollup
 
 Array = np.ndarray[Any, Any]
-CRYPTO = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT",
-          "TRXUSDT", "DOTUSDT", "LINKUSDT", "LTCUSDT", "BCHUSDT", "AVAXUSDT", "XLMUSDT",
-          "ATOMUSDT", "ETCUSDT", "FILUSDT", "NEARUSDT", "APTUSDT", "ARBUSDT")
-STOCKS = ("AAPL", "MSFT", "NVDA", "AMZN", "META", "GOOGL", "TSLA", "JPM", "V", "UNH",
-          "XOM", "JNJ", "WMT", "PG", "MA", "HD", "CVX", "KO", "PEP", "COST")
+CRYPTO = (
+    "BTCUSDT",
+    "ETHUSDT",
+    "SOLUSDT",
+    "BNBUSDT",
+    "XRPUSDT",
+    "ADAUSDT",
+    "DOGEUSDT",
+    "TRXUSDT",
+    "DOTUSDT",
+    "LINKUSDT",
+    "LTCUSDT",
+    "BCHUSDT",
+    "AVAXUSDT",
+    "XLMUSDT",
+    "ATOMUSDT",
+    "ETCUSDT",
+    "FILUSDT",
+    "NEARUSDT",
+    "APTUSDT",
+    "ARBUSDT",
+)
+STOCKS = (
+    "AAPL",
+    "MSFT",
+    "NVDA",
+    "AMZN",
+    "META",
+    "GOOGL",
+    "TSLA",
+    "JPM",
+    "V",
+    "UNH",
+    "XOM",
+    "JNJ",
+    "WMT",
+    "PG",
+    "MA",
+    "HD",
+    "CVX",
+    "KO",
+    "PEP",
+    "COST",
+)
 MINUTE_US = 60_000_000
 HOUR_US = 60 * MINUTE_US
 DAY_US = 24 * HOUR_US
@@ -90,8 +129,13 @@ def session_minutes(n: int) -> Array:
 
 
 def _epoch_us(column: pd.Series) -> Array:
-    return np.asarray(column.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy()
-                      .astype("datetime64[us]").astype(np.int64))
+    return np.asarray(
+        column.dt.tz_convert("UTC")
+        .dt.tz_localize(None)
+        .to_numpy()
+        .astype("datetime64[us]")
+        .astype(np.int64)
+    )
 
 
 def minute_bars(symbols: tuple[str, ...], per_symbol: int, stocks: bool, seed: int) -> pa.Table:
@@ -107,23 +151,35 @@ def minute_bars(symbols: tuple[str, ...], per_symbol: int, stocks: bool, seed: i
     spread = np.abs(rng.normal(0.0, 5e-4, n)) * close
     high = np.maximum(open_, close) + spread
     low = np.minimum(open_, close) - spread
-    columns = {"ts": ts, "open": open_, "high": high, "low": low, "close": close,
-               "volume": rng.gamma(2.0, 50.0, n).round(3),
-               "trades": rng.integers(1, 500, n), "vwap": (high + low + close) / 3}
+    columns = {
+        "ts": ts,
+        "open": open_,
+        "high": high,
+        "low": low,
+        "close": close,
+        "volume": rng.gamma(2.0, 50.0, n).round(3),
+        "trades": rng.integers(1, 500, n),
+        "vwap": (high + low + close) / 3,
+    }
     keep = _add_defects(columns, rng, per_symbol, stocks)
-    table = pa.table({
-        "symbol": pa.concat_arrays([constant_column(s, per_symbol) for s in symbols]),
-        "timeframe": constant_column("1m", n),
-        "ts": pa.array(ts).cast(BAR_SCHEMA.field("ts").type),
-        **{name: columns[name] for name in ("open", "high", "low", "close", "volume",
-                                             "trades", "vwap")},
-        "source": constant_column("bench", n),
-    }).cast(BAR_SCHEMA)
+    table = pa.table(
+        {
+            "symbol": pa.concat_arrays([constant_column(s, per_symbol) for s in symbols]),
+            "timeframe": constant_column("1m", n),
+            "ts": pa.array(ts).cast(BAR_SCHEMA.field("ts").type),
+            **{
+                name: columns[name]
+                for name in ("open", "high", "low", "close", "volume", "trades", "vwap")
+            },
+            "source": constant_column("bench", n),
+        }
+    ).cast(BAR_SCHEMA)
     return table.filter(pa.array(keep)).combine_chunks()
 
 
-def _add_defects(c: dict[str, Array], rng: np.random.Generator, per_symbol: int,
-                 stocks: bool) -> Array:
+def _add_defects(
+    c: dict[str, Array], rng: np.random.Generator, per_symbol: int, stocks: bool
+) -> Array:
     """Spoil a few dozen rows in place; return the mask of rows kept (1,000 are dropped)."""
     n = len(c["ts"])
 
@@ -167,11 +223,20 @@ def pandas_rollup(frame: pd.DataFrame, rule: str, tz: str | None = None) -> pd.D
     if tz is not None:
         frame["ts"] = frame["ts"].dt.tz_convert(tz)
     values = ["ts", "open", "high", "low", "close", "volume", "trades", "pv"]
-    out = frame.groupby("symbol")[values].resample(rule, on="ts", origin="epoch", closed="left",
-                                                   label="left").agg(
-        open=("open", "first"), high=("high", "max"), low=("low", "min"),
-        close=("close", "last"), volume=("volume", "sum"), trades=("trades", "sum"),
-        pv=("pv", "sum"), bars=("open", "size"))
+    out = (
+        frame.groupby("symbol")[values]
+        .resample(rule, on="ts", origin="epoch", closed="left", label="left")
+        .agg(
+            open=("open", "first"),
+            high=("high", "max"),
+            low=("low", "min"),
+            close=("close", "last"),
+            volume=("volume", "sum"),
+            trades=("trades", "sum"),
+            pv=("pv", "sum"),
+            bars=("open", "size"),
+        )
+    )
     out = out[out["bars"] > 0].reset_index()
     out["vwap"] = (out["pv"] / out["volume"]).where(out["volume"] != 0)
     return out
@@ -181,19 +246,26 @@ def polars_rollup(frame: pl.DataFrame, every: str, tz: str | None = None) -> pl.
     if tz is not None:
         frame = frame.with_columns(pl.col("ts").dt.convert_time_zone(tz))
     return frame.group_by_dynamic("ts", every=every, group_by="symbol").agg(
-        pl.col("open").first(), pl.col("high").max(), pl.col("low").min(),
-        pl.col("close").last(), pl.col("volume").sum(), pl.col("trades").sum(),
-        ((pl.col("vwap") * pl.col("volume")).sum() / pl.col("volume").sum()).alias("vwap"))
+        pl.col("open").first(),
+        pl.col("high").max(),
+        pl.col("low").min(),
+        pl.col("close").last(),
+        pl.col("volume").sum(),
+        pl.col("trades").sum(),
+        ((pl.col("vwap") * pl.col("volume")).sum() / pl.col("volume").sum()).alias("vwap"),
+    )
 
 
 def duckdb_sql(step_us: int, tz: str | None = None) -> str:
     """Integer bucketing of the epoch (of local time for a daily bar in ``tz``)."""
     ts = f"timezone('{tz}', ts)" if tz else "ts"
-    return (f"SELECT symbol, epoch_us({ts}) // {step_us} AS bucket, arg_min(open, ts) AS open, "
-            "max(high) AS high, min(low) AS low, arg_max(close, ts) AS close, "
-            "sum(volume) AS volume, sum(trades) AS trades, "
-            "sum(vwap * volume) / sum(volume) AS vwap "
-            "FROM bars GROUP BY symbol, bucket ORDER BY symbol, bucket")
+    return (
+        f"SELECT symbol, epoch_us({ts}) // {step_us} AS bucket, arg_min(open, ts) AS open, "
+        "max(high) AS high, min(low) AS low, arg_max(close, ts) AS close, "
+        "sum(volume) AS volume, sum(trades) AS trades, "
+        "sum(vwap * volume) / sum(volume) AS vwap "
+        "FROM bars GROUP BY symbol, bucket ORDER BY symbol, bucket"
+    )
 
 
 def assert_same_as_pandas(ours: pa.Table, theirs: pd.DataFrame) -> None:
@@ -207,8 +279,9 @@ def assert_same_as_pandas(ours: pa.Table, theirs: pd.DataFrame) -> None:
         assert np.array_equal(mine, other, equal_nan=True), f"{column} differs from pandas"
 
 
-def bench_rollups(name: str, data: pa.Table, cases: list[tuple[str, str, str, int]],
-                  tz: str | None = None) -> None:
+def bench_rollups(
+    name: str, data: pa.Table, cases: list[tuple[str, str, str, int]], tz: str | None = None
+) -> None:
     """Roll ``data`` up to each case ``(target, pandas rule, Polars every, bucket µs)``."""
     rollup(data, "1d")  # warm-up: compiled kernels and calendars loaded, as in a service
     frame, polars_frame = data.to_pandas(), pl.from_arrow(data)
@@ -224,16 +297,23 @@ def bench_rollups(name: str, data: pa.Table, cases: list[tuple[str, str, str, in
         reference = pandas_rollup(frame, rule, tz)
         others = {"pandas groupby+resample": time.perf_counter() - began}
         others["Polars group_by_dynamic"] = median_time(
-            lambda e=every: polars_rollup(polars_frame, e, tz), REPEAT)  # type: ignore[misc]
+            lambda e=every: polars_rollup(polars_frame, e, tz), REPEAT
+        )  # type: ignore[misc]
         sql = duckdb_sql(step, tz)
         others["DuckDB SQL (int buckets)"] = median_time(
-            lambda q=sql: con.execute(q).to_arrow_table(), REPEAT)  # type: ignore[misc]
+            lambda q=sql: con.execute(q).to_arrow_table(), REPEAT
+        )  # type: ignore[misc]
         goal = ""
         if target == "1h":
             assert_same_as_pandas(rollup(data, target), reference)
             goal = f"{_goal(rows / ours, ROLLUP_TARGET)}; output identical to pandas"
-        report(f"roll up {rows:,} 1m bars of {name} to {target}: {len(reference):,} bars",
-               rows, ours, others, goal)
+        report(
+            f"roll up {rows:,} 1m bars of {name} to {target}: {len(reference):,} bars",
+            rows,
+            ours,
+            others,
+            goal,
+        )
     con.close()
 
 
@@ -261,9 +341,14 @@ def bench_validation(name: str, data: pa.Table) -> None:
     frame = data.to_pandas()
     others = {"pandas, row rules only": median_time(lambda: pandas_row_rules(frame), 1)}
     counts = ", ".join(f"{rule} {n}" for rule, n in sorted(found.counts.items()))
-    report(f"validate {rows:,} 1m bars of {name}, every rule "
-           f"({rows - kept.num_rows} rejected; found: {counts})", rows, ours, others,
-           _goal(rows / ours, VALIDATE_TARGET))
+    report(
+        f"validate {rows:,} 1m bars of {name}, every rule "
+        f"({rows - kept.num_rows} rejected; found: {counts})",
+        rows,
+        ours,
+        others,
+        _goal(rows / ours, VALIDATE_TARGET),
+    )
 
 
 # -- reporting ------------------------------------------------------------------------
@@ -278,17 +363,30 @@ def main() -> None:
     """Run every comparison and print the figures and ratios."""
     quick = "--quick" in sys.argv[1:] or os.environ.get("MARKETLAKE_BENCH_QUICK") == "1"
     per_symbol = 500_000 // (10 if quick else 1)
-    print(f"bench_aggregate{' (quick: a tenth of every size)' if quick else ''}: "
-          f"20 symbols x {per_symbol:,} 1m bars per data set", flush=True)
+    print(
+        f"bench_aggregate{' (quick: a tenth of every size)' if quick else ''}: "
+        f"20 symbols x {per_symbol:,} 1m bars per data set",
+        flush=True,
+    )
     began = time.perf_counter()
     crypto = minute_bars(CRYPTO, per_symbol, stocks=False, seed=1)
     stocks = minute_bars(STOCKS, per_symbol, stocks=True, seed=2)
     print(f"(data generated in {time.perf_counter() - began:.1f} s)", flush=True)
-    bench_rollups("20 crypto pairs (24/7)", crypto, [
-        ("5m", "5min", "5m", 5 * MINUTE_US), ("1h", "1h", "1h", HOUR_US),
-        ("1d", "1D", "1d", DAY_US)])
-    bench_rollups("20 US stocks (XNYS sessions, New York days)", stocks,
-                  [("1d", "1D", "1d", DAY_US)], tz=NEW_YORK)
+    bench_rollups(
+        "20 crypto pairs (24/7)",
+        crypto,
+        [
+            ("5m", "5min", "5m", 5 * MINUTE_US),
+            ("1h", "1h", "1h", HOUR_US),
+            ("1d", "1D", "1d", DAY_US),
+        ],
+    )
+    bench_rollups(
+        "20 US stocks (XNYS sessions, New York days)",
+        stocks,
+        [("1d", "1D", "1d", DAY_US)],
+        tz=NEW_YORK,
+    )
     bench_validation("20 crypto pairs (24/7)", crypto)
     bench_validation("20 US stocks (XNYS sessions)", stocks)
 

@@ -58,9 +58,13 @@ def _free_port() -> int:
 @contextmanager
 def _server(command: list[str], probe: str, env: dict[str, str] | None = None) -> Iterator[str]:
     port = _free_port()
-    process = subprocess.Popen([*command, "--port", str(port)], cwd=ROOT,
-                               env=os.environ | (env or {}), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*command, "--port", str(port)],
+        cwd=ROOT,
+        env=os.environ | (env or {}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -83,21 +87,49 @@ def _server(command: list[str], probe: str, env: dict[str, str] | None = None) -
 
 
 def _uvicorn(factory: str, workers: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", f"bench.baseline_api:{factory}", "--factory",
-            "--host", "127.0.0.1", "--workers", str(workers), "--loop", "uvloop",
-            "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"bench.baseline_api:{factory}",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
 
 
 def _marketlake(store: str, workers: int = 1) -> list[str]:
-    return [sys.executable, "-c", "from marketlake.cli.app import main; main()",
-            "--store", store, "serve", "--workers", str(workers)]
+    return [
+        sys.executable,
+        "-c",
+        "from marketlake.cli.app import main; main()",
+        "--store",
+        store,
+        "serve",
+        "--workers",
+        str(workers),
+    ]
 
 
 # -- load generation ------------------------------------------------------------------
 
+
 def _wrk(url: str) -> tuple[float, float, int]:
-    out = subprocess.run(["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
     p99_ms = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
@@ -105,8 +137,9 @@ def _wrk(url: str) -> tuple[float, float, int]:
     return rps, p99_ms, int(bad.group(1)) if bad else 0
 
 
-async def _client(host: str, port: int, path: str, stop: float,
-                  latencies: list[float], errors: list[int]) -> None:
+async def _client(
+    host: str, port: int, path: str, stop: float, latencies: list[float], errors: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     while time.perf_counter() < stop:
@@ -129,8 +162,12 @@ def _pyload(url: str) -> tuple[float, float, int]:
 
     async def run() -> None:
         stop = time.perf_counter() + SECONDS
-        await asyncio.gather(*(_client(parsed.host, parsed.port or 80, path, stop, latencies,
-                                       errors) for _ in range(CONNECTIONS)))
+        await asyncio.gather(
+            *(
+                _client(parsed.host, parsed.port or 80, path, stop, latencies, errors)
+                for _ in range(CONNECTIONS)
+            )
+        )
 
     began = time.perf_counter()
     asyncio.run(run())
@@ -143,11 +180,15 @@ def load(url: str) -> tuple[float, float, int]:
     """Median req/s and p99 (ms) over ``RUNS`` runs, and non-2xx responses seen."""
     generate = _wrk if shutil.which("wrk") else _pyload
     results = [generate(url) for _ in range(RUNS)]
-    return (statistics.median(r[0] for r in results), statistics.median(r[1] for r in results),
-            sum(r[2] for r in results))
+    return (
+        statistics.median(r[0] for r in results),
+        statistics.median(r[1] for r in results),
+        sum(r[2] for r in results),
+    )
 
 
 # -- data and scenarios ---------------------------------------------------------------
+
 
 def _fill(path: Path) -> str:
     uri = f"duckdb:///{path}"
@@ -172,11 +213,25 @@ def _last_byte_ms(url: str, tries: int = 5) -> tuple[float, float]:
     return times[0], statistics.median(times[1:])
 
 
-def _row(rows: list[list[str]], name: str, result: tuple[float, float, int],
-         base: float, fast: float, target: str) -> None:
+def _row(
+    rows: list[list[str]],
+    name: str,
+    result: tuple[float, float, int],
+    base: float,
+    fast: float,
+    target: str,
+) -> None:
     rps, p99, bad = result
-    rows.append([name, f"{rps:,.0f}", f"{p99:.1f}", f"{rps / base:.1f}x", f"{rps / fast:.2f}x",
-                 target + (f"  ({bad} non-2xx!)" if bad else "")])
+    rows.append(
+        [
+            name,
+            f"{rps:,.0f}",
+            f"{p99:.1f}",
+            f"{rps / base:.1f}x",
+            f"{rps / fast:.2f}x",
+            target + (f"  ({bad} non-2xx!)" if bad else ""),
+        ]
+    )
 
 
 def main() -> None:
@@ -197,33 +252,64 @@ def main() -> None:
         _row(rows, "baseline: orjson bytes, 2 workers", fast2, dicts[0], fast[0], "")
         with _server(_marketlake(uri), "/api/v1/health", env) as base:
             api = f"{base}/api/v1"
-            _row(rows, "bars limit=100", load(f"{api}/bars/BTCUSDT?limit=100"), dicts[0],
-                 fast[0], ">= 2,500 req/s, p99 <= 50 ms")
-            _row(rows, "bars limit=1000", load(f"{api}/bars/BTCUSDT?limit=1000"), dicts[0],
-                 fast[0], ">= 700 req/s")
-            _row(rows, "prices/latest", load(f"{api}/prices/BTCUSDT/latest"), dicts[0],
-                 fast[0], ">= 3,000 req/s")
+            _row(
+                rows,
+                "bars limit=100",
+                load(f"{api}/bars/BTCUSDT?limit=100"),
+                dicts[0],
+                fast[0],
+                ">= 2,500 req/s, p99 <= 50 ms",
+            )
+            _row(
+                rows,
+                "bars limit=1000",
+                load(f"{api}/bars/BTCUSDT?limit=1000"),
+                dicts[0],
+                fast[0],
+                ">= 700 req/s",
+            )
+            _row(
+                rows,
+                "prices/latest",
+                load(f"{api}/prices/BTCUSDT/latest"),
+                dicts[0],
+                fast[0],
+                ">= 3,000 req/s",
+            )
             cold, warm = _last_byte_ms(f"{api}/bars/{BIG}?format=arrow")
-        with _server(_marketlake(uri), "/api/v1/health",
-                     env | {"MARKETLAKE_API_CACHE_MAX_ROWS": "0"}) as base:
+        with _server(
+            _marketlake(uri), "/api/v1/health", env | {"MARKETLAKE_API_CACHE_MAX_ROWS": "0"}
+        ) as base:
             api = f"{base}/api/v1"
-            _row(rows, "bars limit=100, cache off", load(f"{api}/bars/BTCUSDT?limit=100"),
-                 dicts[0], fast[0], "(every request queries DuckDB)")
+            _row(
+                rows,
+                "bars limit=100, cache off",
+                load(f"{api}/bars/BTCUSDT?limit=100"),
+                dicts[0],
+                fast[0],
+                "(every request queries DuckDB)",
+            )
             _, uncached_warm = _last_byte_ms(f"{api}/bars/{BIG}?format=arrow", tries=3)
         with _postgres_store() as pg:
             if pg is not None:
                 with _server(_marketlake(pg, workers=2), "/api/v1/health", env) as base:
-                    _row(rows, "bars limit=100, PostgreSQL, 2 workers",
-                         load(f"{base}/api/v1/bars/BTCUSDT?limit=100"), dicts[0], fast2[0],
-                         ">= 2,500 req/s (ratio vs orjson 2 workers)")
+                    _row(
+                        rows,
+                        "bars limit=100, PostgreSQL, 2 workers",
+                        load(f"{base}/api/v1/bars/BTCUSDT?limit=100"),
+                        dicts[0],
+                        fast2[0],
+                        ">= 2,500 req/s (ratio vs orjson 2 workers)",
+                    )
     _print(rows)
-    print(f"500k bars as format=arrow, to the last byte: {warm:.0f} ms (first request, which "
-          f"loads the cache: {cold:.0f} ms; cache off: {uncached_warm:.0f} ms); "
-          "target <= 150 ms")
+    print(
+        f"500k bars as format=arrow, to the last byte: {warm:.0f} ms (first request, which "
+        f"loads the cache: {cold:.0f} ms; cache off: {uncached_warm:.0f} ms); "
+        "target <= 150 ms"
+    )
 
 
-PG_SERVER = os.environ.get("MARKETLAKE_BENCH_POSTGRES",
-                           "postgresql://postgres@127.0.0.1:5432/test")
+PG_SERVER = os.environ.get("MARKETLAKE_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @contextmanager
@@ -256,8 +342,12 @@ def _print(rows: list[list[str]]) -> None:
     head = ["scenario", "req/s", "p99 ms", "vs dicts", "vs orjson", "target"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for row in [head, *rows]:
-        print("  ".join(cell.ljust(w) if i in (0, 5) else cell.rjust(w)
-                        for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+        print(
+            "  ".join(
+                cell.ljust(w) if i in (0, 5) else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
 
 
 if __name__ == "__main__":

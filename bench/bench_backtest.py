@@ -82,8 +82,9 @@ def bars_1m() -> pa.Table:
         from marketlake.providers.synthetic import generate_bars
 
         RESULTS.mkdir(parents=True, exist_ok=True)
-        table = generate_bars("BTCUSDT", "1m", datetime(2022, 1, 1, tzinfo=UTC),
-                              datetime(2023, 12, 1, tzinfo=UTC))
+        table = generate_bars(
+            "BTCUSDT", "1m", datetime(2022, 1, 1, tzinfo=UTC), datetime(2023, 12, 1, tzinfo=UTC)
+        )
         pq.write_table(table.slice(0, N_BARS), path)
     return pq.read_table(path)
 
@@ -91,8 +92,15 @@ def bars_1m() -> pa.Table:
 def fresh(bars: Bars, n: int | None = None) -> Bars:
     """A copy without the indicator cache, so every timed run computes its averages."""
     cut = slice(0, n)
-    return Bars(bars.symbol, bars.ts[cut], bars.open[cut], bars.high[cut], bars.low[cut],
-                bars.close[cut], bars.volume[cut])
+    return Bars(
+        bars.symbol,
+        bars.ts[cut],
+        bars.open[cut],
+        bars.high[cut],
+        bars.low[cut],
+        bars.close[cut],
+        bars.volume[cut],
+    )
 
 
 def ours(bars: Bars) -> Any:
@@ -103,10 +111,10 @@ def ours(bars: Bars) -> Any:
 def plain_numpy(close: np.ndarray) -> float:
     """SMA signals and a position-times-return equity curve: no trades, no statistics."""
     csum = np.concatenate([[0.0], np.cumsum(close)])
-    fast = ((csum[FAST:] - csum[:-FAST]) / FAST)[SLOW - FAST:]  # bar SLOW-1 onwards
+    fast = ((csum[FAST:] - csum[:-FAST]) / FAST)[SLOW - FAST :]  # bar SLOW-1 onwards
     slow = (csum[SLOW:] - csum[:-SLOW]) / SLOW
     position = np.where(fast > slow, 1.0, -1.0)
-    returns = close[SLOW:] / close[SLOW - 1:-1] - 1
+    returns = close[SLOW:] / close[SLOW - 1 : -1] - 1
     equity = np.cumprod(1 + position[:-1] * returns)
     return float(equity[-1])
 
@@ -131,13 +139,21 @@ def backtesting_py(bars: Bars) -> int:
             elif crossover(self.slow, self.fast):
                 self.sell()
 
-    frame = pd.DataFrame({"Open": bars.open, "High": bars.high, "Low": bars.low,
-                          "Close": bars.close, "Volume": bars.volume},
-                         index=pd.to_datetime(bars.ts, unit="us"))
+    frame = pd.DataFrame(
+        {
+            "Open": bars.open,
+            "High": bars.high,
+            "Low": bars.low,
+            "Close": bars.close,
+            "Volume": bars.volume,
+        },
+        index=pd.to_datetime(bars.ts, unit="us"),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        stats = Backtest(frame, SmaCross, cash=CASH, commission=COMMISSION,
-                         exclusive_orders=True).run()
+        stats = Backtest(
+            frame, SmaCross, cash=CASH, commission=COMMISSION, exclusive_orders=True
+        ).run()
     return int(stats["# Trades"])
 
 
@@ -153,8 +169,9 @@ def vectorbt_warm(bars: Bars) -> float | None:
     def once() -> None:
         fast = vbt.MA.run(close, FAST).ma
         slow = vbt.MA.run(close, SLOW).ma
-        portfolio = vbt.Portfolio.from_signals(close, fast > slow, fast < slow, fees=COMMISSION,
-                                               init_cash=CASH)
+        portfolio = vbt.Portfolio.from_signals(
+            close, fast > slow, fast < slow, fees=COMMISSION, init_cash=CASH
+        )
         _ = portfolio.trades.records_readable
         with warnings.catch_warnings():  # ratios that need a frequency: not compared here
             warnings.simplefilter("ignore", UserWarning)
@@ -175,9 +192,27 @@ def cold_cli() -> Timing:
             store.ensure_instruments(["BTCUSDT"])
             store.write_bars(bars_1m())
         store.execute("DELETE FROM backtests")  # each measured run stores one result
-    command = [str(Path(sys.executable).parent / "marketlake"), "--store", uri, "backtest",
-               "run", "-s", "sma_cross", "--symbol", "BTCUSDT", "-t", "1m", "-p", f"fast={FAST}",
-               "-p", f"slow={SLOW}", "--commission", "10", "--allow-short", "--fractional"]
+    command = [
+        str(Path(sys.executable).parent / "marketlake"),
+        "--store",
+        uri,
+        "backtest",
+        "run",
+        "-s",
+        "sma_cross",
+        "--symbol",
+        "BTCUSDT",
+        "-t",
+        "1m",
+        "-p",
+        f"fast={FAST}",
+        "-p",
+        f"slow={SLOW}",
+        "--commission",
+        "10",
+        "--allow-short",
+        "--fractional",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(RESULTS / "pycache")
     subprocess.run(command, env=env, check=True, capture_output=True)  # bytecode caches
@@ -199,8 +234,9 @@ def _child_cpu(before: resource.struct_rusage) -> float:
 def sweep(bars: Bars) -> tuple[float, float]:
     """100 combinations on all cores: wall seconds and CPU seconds of all processes."""
     grid = {"fast": list(range(5, 55, 5)), "slow": list(range(60, 260, 20))}
-    config = BacktestConfig(cash=CASH, commission_bps=COMMISSION * 1e4, allow_short=True,
-                            fractional=True)
+    config = BacktestConfig(
+        cash=CASH, commission_bps=COMMISSION * 1e4, allow_short=True, fractional=True
+    )
     before, cpu = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
     start = time.perf_counter()
     result = run_sweep([fresh(bars)], "sma_cross", grid, config, jobs=os.cpu_count())
@@ -216,42 +252,58 @@ def main() -> None:
     assert len(bars) == N_BARS
     result = ours(bars)
     t_ours = timed(lambda: ours(bars), 7)
-    print(f"SMA {FAST}/{SLOW} cross on {N_BARS:,} 1m bars, long/short, whole units, "
-          f"{COMMISSION:.2%} commission: {result.trades.num_rows:,} trades")
+    print(
+        f"SMA {FAST}/{SLOW} cross on {N_BARS:,} 1m bars, long/short, whole units, "
+        f"{COMMISSION:.2%} commission: {result.trades.num_rows:,} trades"
+    )
     print(f"  marketlake engine, trades + statistics  {t_ours}")
     t_numpy = timed(lambda: plain_numpy(bars.close), 7)
-    print(f"  plain NumPy, signals + equity only      {t_numpy}   marketlake takes "
-          f"{t_ours.cpu / t_numpy.cpu:.1f}x its CPU time")
+    print(
+        f"  plain NumPy, signals + equity only      {t_numpy}   marketlake takes "
+        f"{t_ours.cpu / t_numpy.cpu:.1f}x its CPU time"
+    )
 
     small = fresh(bars, N_REFERENCE)
     t_small = timed(lambda: ours(small), 7)
     small_trades = ours(small).stats["trades"]
     theirs_trades = backtesting_py(small)
     t_bt = timed(lambda: backtesting_py(small), 3)
-    print(f"  backtesting.py on {N_REFERENCE:,} bars       {t_bt}   ({theirs_trades:,} "
-          f"closed trades; marketlake: {small_trades:,} in {t_small.cpu:.4f} s cpu, "
-          f"{t_bt.cpu / t_small.cpu:,.0f}x faster)")
+    print(
+        f"  backtesting.py on {N_REFERENCE:,} bars       {t_bt}   ({theirs_trades:,} "
+        f"closed trades; marketlake: {small_trades:,} in {t_small.cpu:.4f} s cpu, "
+        f"{t_bt.cpu / t_small.cpu:,.0f}x faster)"
+    )
     scale = N_BARS / N_REFERENCE
-    print(f"  backtesting.py x{scale:.0f} for {N_BARS:,} bars  {t_bt.wall * scale:8.3f} s wall "
-          f"{t_bt.cpu * scale:8.3f} s cpu   marketlake is {t_bt.cpu * scale / t_ours.cpu:,.0f}x "
-          f"faster by CPU, {t_bt.wall * scale / t_ours.wall:,.0f}x by wall (target >= 200x)")
+    print(
+        f"  backtesting.py x{scale:.0f} for {N_BARS:,} bars  {t_bt.wall * scale:8.3f} s wall "
+        f"{t_bt.cpu * scale:8.3f} s cpu   marketlake is {t_bt.cpu * scale / t_ours.cpu:,.0f}x "
+        f"faster by CPU, {t_bt.wall * scale / t_ours.wall:,.0f}x by wall (target >= 200x)"
+    )
 
     t_vbt = vectorbt_warm(bars)
     if t_vbt is None:
         ref = VECTORBT_REFERENCE["warm"]
-        print(f"  vectorbt: not installed here; the issue's warm figure is {ref} s, "
-              f"{ref / t_ours.wall:.1f}x marketlake's wall time (target > 1x)")
+        print(
+            f"  vectorbt: not installed here; the issue's warm figure is {ref} s, "
+            f"{ref / t_ours.wall:.1f}x marketlake's wall time (target > 1x)"
+        )
     else:
-        print(f"  vectorbt (warm)                         {t_vbt:8.3f} s wall   "
-              f"marketlake is {t_vbt / t_ours.wall:.1f}x faster (target > 1x)")
+        print(
+            f"  vectorbt (warm)                         {t_vbt:8.3f} s wall   "
+            f"marketlake is {t_vbt / t_ours.wall:.1f}x faster (target > 1x)"
+        )
 
     t_cli = cold_cli()
-    print(f"cold `marketlake backtest run` on {N_BARS:,} stored bars (whole process: start-up, "
-          f"loading, backtest, storing the result): {t_cli} (target <= 2 s)")
+    print(
+        f"cold `marketlake backtest run` on {N_BARS:,} stored bars (whole process: start-up, "
+        f"loading, backtest, storing the result): {t_cli} (target <= 2 s)"
+    )
 
     t_sweep, cpu_sweep = sweep(bars)
-    print(f"100-combination sweep on {N_BARS:,} bars, {os.cpu_count()} worker processes: "
-          f"{t_sweep:.2f} s wall, {cpu_sweep:.2f} s cpu in all processes (target <= 10 s)")
+    print(
+        f"100-combination sweep on {N_BARS:,} bars, {os.cpu_count()} worker processes: "
+        f"{t_sweep:.2f} s wall, {cpu_sweep:.2f} s cpu in all processes (target <= 10 s)"
+    )
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 

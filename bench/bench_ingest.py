@@ -2,7 +2,7 @@
 
 The job (from issue 4): 20 stocks x 1 year of daily bars (Yahoo chart API) plus
 5 crypto pairs x 30 days of 1-minute bars (Binance klines, 1000 per page),
-served by ``python -m marketlake.mirror`` in its own process. A warm-up run of
+served by ``python -m marketlake.tools.mirror`` in its own process. A warm-up run of
 each client records every page, so the measured runs replay recorded bytes.
 
 * **MarketLake**: two ``run_ingest`` jobs (concurrency 4) into a DuckDB store.
@@ -41,8 +41,8 @@ import httpx
 import pandas as pd
 
 from marketlake.config import Settings
-from marketlake.ingest import run_ingest
-from marketlake.providers.binance import BinanceProvider
+from marketlake.ingest.jobs import run_ingest
+from marketlake.providers.binance.rest import BinanceProvider
 from marketlake.providers.http import new_client
 from marketlake.providers.yahoo import YahooProvider
 from marketlake.store import open_store
@@ -66,8 +66,18 @@ def _free_port() -> int:
 def start_mirror() -> tuple[subprocess.Popen[bytes], str]:
     """The mirror in its own process, so it does not share the client's interpreter."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "marketlake.mirror", "--port", str(port),
-                                "--delay", str(DELAY_S)], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "marketlake.tools.mirror",
+            "--port",
+            str(port),
+            "--delay",
+            str(DELAY_S),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -85,11 +95,15 @@ async def marketlake_run(url: str, store_uri: str, urls: list[str] | None = None
     rows = 0
     with open_store(store_uri) as store:
         for cls, symbols, timeframe, (start, end) in (
-            (YahooProvider, STOCKS, "1d", DAILY), (BinanceProvider, CRYPTO, "1m", MINUTES)
+            (YahooProvider, STOCKS, "1d", DAILY),
+            (BinanceProvider, CRYPTO, "1m", MINUTES),
         ):
             # the provider makes its own client, as in the CLI (one that records, if asked)
-            client = (None if urls is None else
-                      httpx.AsyncClient(event_hooks={"request": [_recorder(urls)]}, timeout=30))
+            client = (
+                None
+                if urls is None
+                else httpx.AsyncClient(event_hooks={"request": [_recorder(urls)]}, timeout=30)
+            )
             provider = cls(settings, client)
             provider.clock = lambda: datetime(2024, 3, 10, tzinfo=UTC)
             result = await run_ingest(store, provider, symbols, timeframe, start, end)
@@ -132,37 +146,69 @@ def yfinance_style(url: str, db_path: Path) -> int:
     rows = 0
     with httpx.Client(timeout=30) as http, sqlite3.connect(db_path) as db:
         for symbol in STOCKS:
-            params = {"period1": int(DAILY[0].timestamp()), "period2": int(DAILY[1].timestamp()),
-                      "interval": "1d", "events": "div,splits"}
+            params = {
+                "period1": int(DAILY[0].timestamp()),
+                "period2": int(DAILY[1].timestamp()),
+                "interval": "1d",
+                "events": "div,splits",
+            }
             result = http.get(f"{url}/v8/finance/chart/{symbol}", params=params).json()
             chart = result["chart"]["result"][0]
-            frame = pd.DataFrame(chart["indicators"]["quote"][0],
-                                 index=pd.to_datetime(chart["timestamp"], unit="s", utc=True))
-            frame = frame.dropna().rename_axis("ts").reset_index().assign(symbol=symbol,
-                                                                         trades=None)
+            frame = pd.DataFrame(
+                chart["indicators"]["quote"][0],
+                index=pd.to_datetime(chart["timestamp"], unit="s", utc=True),
+            )
+            frame = (
+                frame.dropna().rename_axis("ts").reset_index().assign(symbol=symbol, trades=None)
+            )
             rows += frame.to_sql("bars", db, if_exists="append", index=False) or 0
         for symbol in CRYPTO:
-            start_ms, end_ms = int(MINUTES[0].timestamp() * 1000), int(MINUTES[1].timestamp()
-                                                                         * 1000) - 1
+            start_ms, end_ms = (
+                int(MINUTES[0].timestamp() * 1000),
+                int(MINUTES[1].timestamp() * 1000) - 1,
+            )
             frames = []
             while start_ms <= end_ms:
-                params = {"symbol": symbol, "interval": "1m", "startTime": start_ms,
-                          "endTime": end_ms, "limit": 1000}
+                params = {
+                    "symbol": symbol,
+                    "interval": "1m",
+                    "startTime": start_ms,
+                    "endTime": end_ms,
+                    "limit": 1000,
+                }
                 page = http.get(f"{url}/api/v3/klines", params=params).json()
                 if not page:
                     break
-                frames.append(pd.DataFrame(page, columns=[
-                    "ts", "open", "high", "low", "close", "volume", "close_time", "quote",
-                    "trades", "taker_base", "taker_quote", "ignore"]))
+                frames.append(
+                    pd.DataFrame(
+                        page,
+                        columns=[
+                            "ts",
+                            "open",
+                            "high",
+                            "low",
+                            "close",
+                            "volume",
+                            "close_time",
+                            "quote",
+                            "trades",
+                            "taker_base",
+                            "taker_quote",
+                            "ignore",
+                        ],
+                    )
+                )
                 if len(page) < 1000:
                     break
                 start_ms = page[-1][0] + 1
-            frame = pd.concat(frames).astype({"open": float, "high": float, "low": float,
-                                              "close": float, "volume": float})
+            frame = pd.concat(frames).astype(
+                {"open": float, "high": float, "low": float, "close": float, "volume": float}
+            )
             frame["ts"] = pd.to_datetime(frame["ts"], unit="ms", utc=True)
             frame = frame[["ts", "open", "high", "low", "close", "volume", "trades"]]
-            rows += frame.assign(symbol=symbol).to_sql("bars", db, if_exists="append",
-                                                        index=False) or 0
+            rows += (
+                frame.assign(symbol=symbol).to_sql("bars", db, if_exists="append", index=False) or 0
+            )
     return rows
 
 
@@ -184,37 +230,52 @@ def main() -> None:
             yfinance_style(url, folder / "warm.sqlite")
             runs: dict[str, list[tuple[float, float]]] = defaultdict(list)
             for round_ in range(ROUNDS):
-                wall, cpu, stored = _timed(lambda r=round_: asyncio.run(
-                    marketlake_run(url, f"duckdb:///{folder}/ml{r}.duckdb")))
+                wall, cpu, stored = _timed(
+                    lambda r=round_: asyncio.run(
+                        marketlake_run(url, f"duckdb:///{folder}/ml{r}.duckdb")
+                    )
+                )
                 assert stored == bars
                 runs["ours"].append((wall, cpu))
                 runs["raw"].append(_timed(lambda: asyncio.run(server_only(urls)))[:2])
-                runs["theirs"].append(_timed(yfinance_style, url,
-                                             folder / f"yf{round_}.sqlite")[:2])
+                runs["theirs"].append(
+                    _timed(yfinance_style, url, folder / f"yf{round_}.sqlite")[:2]
+                )
     finally:
         mirror.terminate()
         mirror.wait()
-    medians = {name: (statistics.median(w for w, _ in values),
-                      statistics.median(c for _, c in values)) for name, values in runs.items()}
+    medians = {
+        name: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for name, values in runs.items()
+    }
     report(bars, len(urls), medians)
 
 
 def report(bars: int, pages: int, medians: dict[str, tuple[float, float]]) -> None:
     """Print the figures: wall time, bars/s and client CPU per contender, then the ratio."""
-    (ours, our_cpu), (raw, _), (theirs, their_cpu) = (medians[k] for k in ("ours", "raw",
-                                                                           "theirs"))
+    (ours, our_cpu), (raw, _), (theirs, their_cpu) = (medians[k] for k in ("ours", "raw", "theirs"))
     overhead = max(0.0, (ours - raw) / ours)
     delay = f", {DELAY_S * 1000:g} ms before each answer" if DELAY_S else ""
-    print(f"ingest: {bars:,} bars in {pages} pages from a local mirror{delay} "
-          f"(medians of {ROUNDS} runs; CPU = client process, all threads)")
-    print(f"  MarketLake (4 concurrent, DuckDB):     {ours:6.2f} s  {bars / ours:9,.0f} bars/s"
-          f"  CPU {our_cpu:5.2f} s")
-    print(f"  server alone (same pages, same order): {raw:6.2f} s  -> MarketLake overhead "
-          f"{overhead:.0%} of its time")
-    print(f"  yfinance-style (sequential, to_sql):   {theirs:6.2f} s  {bars / theirs:9,.0f} "
-          f"bars/s  CPU {their_cpu:5.2f} s")
-    print(f"  ratio: MarketLake is {theirs / ours:.2f}x the yfinance-style script "
-          f"(wall), {their_cpu / our_cpu:.2f}x (CPU)")
+    print(
+        f"ingest: {bars:,} bars in {pages} pages from a local mirror{delay} "
+        f"(medians of {ROUNDS} runs; CPU = client process, all threads)"
+    )
+    print(
+        f"  MarketLake (4 concurrent, DuckDB):     {ours:6.2f} s  {bars / ours:9,.0f} bars/s"
+        f"  CPU {our_cpu:5.2f} s"
+    )
+    print(
+        f"  server alone (same pages, same order): {raw:6.2f} s  -> MarketLake overhead "
+        f"{overhead:.0%} of its time"
+    )
+    print(
+        f"  yfinance-style (sequential, to_sql):   {theirs:6.2f} s  {bars / theirs:9,.0f} "
+        f"bars/s  CPU {their_cpu:5.2f} s"
+    )
+    print(
+        f"  ratio: MarketLake is {theirs / ours:.2f}x the yfinance-style script "
+        f"(wall), {their_cpu / our_cpu:.2f}x (CPU)"
+    )
 
 
 if __name__ == "__main__":

@@ -43,10 +43,15 @@ def _bars(rows: int) -> pa.Table:
     half = rows // 2
     days = half // 1440 + 1
     end = datetime(2023, 1, 1, tzinfo=UTC).timestamp() + days * 86400
-    table = generate_bars(["BTCUSDT", "ETHUSDT"], "1m", datetime(2023, 1, 1, tzinfo=UTC),
-                          datetime.fromtimestamp(end, tz=UTC))
-    per = [table.filter(pc.equal(table["symbol"], s)).slice(0, half)
-           for s in ("BTCUSDT", "ETHUSDT")]
+    table = generate_bars(
+        ["BTCUSDT", "ETHUSDT"],
+        "1m",
+        datetime(2023, 1, 1, tzinfo=UTC),
+        datetime.fromtimestamp(end, tz=UTC),
+    )
+    per = [
+        table.filter(pc.equal(table["symbol"], s)).slice(0, half) for s in ("BTCUSDT", "ETHUSDT")
+    ]
     return pa.concat_tables(per)
 
 
@@ -86,9 +91,7 @@ class Bench:
     # -- alternatives ------------------------------------------------------------------
 
     def bare_copy(self, rows: list[tuple[Any, ...]]) -> None:
-        with self.conn.cursor() as cursor, cursor.copy(
-            "COPY alt_bars FROM STDIN"
-        ) as copy:
+        with self.conn.cursor() as cursor, cursor.copy("COPY alt_bars FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         self.conn.commit()
@@ -107,8 +110,10 @@ class Bench:
 
         from marketlake.store.tables import metadata
 
-        engine = create_engine(SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
-                               connect_args={"options": f"-c search_path={self.schema}"})
+        engine = create_engine(
+            SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
+            connect_args={"options": f"-c search_path={self.schema}"},
+        )
         table = metadata.tables["bars"].to_metadata(_alt_metadata(), name="alt_bars")
         with engine.begin() as conn:
             conn.execute(insert(table).on_conflict_do_nothing(), rows)
@@ -117,20 +122,26 @@ class Bench:
     def to_sql(self, frame: Any) -> None:
         from sqlalchemy import create_engine
 
-        engine = create_engine(SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
-                               connect_args={"options": f"-c search_path={self.schema}"})
-        frame.to_sql("alt_bars", engine, if_exists="append", index=False, method="multi",
-                     chunksize=1000)
+        engine = create_engine(
+            SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
+            connect_args={"options": f"-c search_path={self.schema}"},
+        )
+        frame.to_sql(
+            "alt_bars", engine, if_exists="append", index=False, method="multi", chunksize=1000
+        )
         engine.dispose()
 
     def read_sql(self) -> Any:
         import pandas as pd
         from sqlalchemy import create_engine
 
-        engine = create_engine(SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
-                               connect_args={"options": f"-c search_path={self.schema}"})
-        frame = pd.read_sql("SELECT * FROM bars WHERE symbol = 'BTCUSDT' AND timeframe = '1m' "
-                            "ORDER BY ts", engine)
+        engine = create_engine(
+            SERVER.replace("postgresql://", "postgresql+psycopg://", 1),
+            connect_args={"options": f"-c search_path={self.schema}"},
+        )
+        frame = pd.read_sql(
+            "SELECT * FROM bars WHERE symbol = 'BTCUSDT' AND timeframe = '1m' ORDER BY ts", engine
+        )
         engine.dispose()
         return frame
 
@@ -161,8 +172,7 @@ def measure(bench: Bench, bars: pa.Table) -> list[str]:
     read = median_time(lambda: store.read_bars("BTCUSDT", "1m"), REPEAT)
     tuples = _tuples(bars)
     bare = median_time(lambda: bench.bare_copy(tuples), REPEAT, lambda: bench.empty("alt_bars"))
-    staging = median_time(lambda: bench.staging_copy(bars), REPEAT,
-                          lambda: bench.empty("alt_bars"))
+    staging = median_time(lambda: bench.staging_copy(bars), REPEAT, lambda: bench.empty("alt_bars"))
     staging_again = median_time(lambda: bench.staging_copy(bars), REPEAT)
     sample = bars.slice(0, EXECUTEMANY_SAMPLE).to_pylist()
     many = median_time(lambda: bench.executemany(sample), 1, lambda: bench.empty("alt_bars"))
@@ -174,19 +184,40 @@ def measure(bench: Bench, bars: pa.Table) -> list[str]:
     return [
         f"PostgreSQL: {n:,} 1-minute bars, 2 symbols; rows/s, medians of {REPEAT} runs",
         f"{'':<34}{'MarketLake':>12}  {'alternative':<46}{'rows/s':>12}  ratio",
-        _line("idempotent write (new rows)", ours_write, "bare psycopg COPY, no conflict handling",
-              _rate(n, bare)),
+        _line(
+            "idempotent write (new rows)",
+            ours_write,
+            "bare psycopg COPY, no conflict handling",
+            _rate(n, bare),
+        ),
         _line("", ours_write, "COPY to staging + INSERT ON CONFLICT", _rate(n, staging)),
-        _line("", ours_write, f"SQLAlchemy executemany ON CONFLICT ({len(sample):,})",
-              _rate(len(sample), many)),
-        _line("", ours_write, f'pandas to_sql(method="multi") ({TO_SQL_SAMPLE:,})',
-              _rate(TO_SQL_SAMPLE, to_sql)),
-        _line("re-write (all duplicates)", ours_rewrite, "COPY to staging + INSERT ON CONFLICT",
-              _rate(n, staging_again)),
-        _line("", ours_rewrite, f"SQLAlchemy executemany ON CONFLICT ({len(sample):,})",
-              _rate(len(sample), many_again)),
-        _line(f"read {half:,} bars into Arrow", ours_read, "pandas.read_sql",
-              _rate(half, read_sql)),
+        _line(
+            "",
+            ours_write,
+            f"SQLAlchemy executemany ON CONFLICT ({len(sample):,})",
+            _rate(len(sample), many),
+        ),
+        _line(
+            "",
+            ours_write,
+            f'pandas to_sql(method="multi") ({TO_SQL_SAMPLE:,})',
+            _rate(TO_SQL_SAMPLE, to_sql),
+        ),
+        _line(
+            "re-write (all duplicates)",
+            ours_rewrite,
+            "COPY to staging + INSERT ON CONFLICT",
+            _rate(n, staging_again),
+        ),
+        _line(
+            "",
+            ours_rewrite,
+            f"SQLAlchemy executemany ON CONFLICT ({len(sample):,})",
+            _rate(len(sample), many_again),
+        ),
+        _line(
+            f"read {half:,} bars into Arrow", ours_read, "pandas.read_sql", _rate(half, read_sql)
+        ),
     ]
 
 

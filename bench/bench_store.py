@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from bench.common import median_time, report
-from marketlake.csv_import import import_csv
+from marketlake.ingest.csv_import import import_csv
 from marketlake.providers.synthetic import generate_minutes
 from marketlake.store import open_store
 
@@ -65,13 +65,12 @@ class Setup:
     def __init__(self, root: Path, base_rows: int, batch_rows: int) -> None:
         self.root = root
         per_symbol = base_rows // 10
-        print(f"building a store of {base_rows:,} bars and batches of {batch_rows:,} …",
-              flush=True)
+        print(f"building a store of {base_rows:,} bars and batches of {batch_rows:,} …", flush=True)
         self.base = [minutes(s, per_symbol) for s in (*STOCKS, *CRYPTO)]
         self.new_symbol = minutes("ADAUSDT", batch_rows)
         self.extend = pa.concat_tables(
-            [minutes(t.column("symbol")[0].as_py(), batch_rows // 10, after(t))
-             for t in self.base])
+            [minutes(t.column("symbol")[0].as_py(), batch_rows // 10, after(t)) for t in self.base]
+        )
         self.ours = root / "marketlake.duckdb"
         with open_store(f"duckdb:///{self.ours}") as store:
             for table in self.base:
@@ -89,16 +88,20 @@ class Setup:
 
 
 def _pk_table_sql() -> str:
-    return (f"CREATE TABLE bars (symbol VARCHAR, timeframe VARCHAR, ts TIMESTAMPTZ, "
-            f"open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, trades BIGINT,"
-            f" vwap DOUBLE, source VARCHAR, {KEY})")
+    return (
+        f"CREATE TABLE bars (symbol VARCHAR, timeframe VARCHAR, ts TIMESTAMPTZ, "
+        f"open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE, trades BIGINT,"
+        f" vwap DOUBLE, source VARCHAR, {KEY})"
+    )
 
 
 def _sqlite_load(path: Path, tables: list[pa.Table]) -> None:
     con = sqlite3.connect(path)
-    con.execute(f"CREATE TABLE IF NOT EXISTS bars (symbol TEXT, timeframe TEXT, ts TEXT, "
-                f"open REAL, high REAL, low REAL, close REAL, volume REAL, trades INTEGER, "
-                f"vwap REAL, source TEXT, {KEY})")
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS bars (symbol TEXT, timeframe TEXT, ts TEXT, "
+        f"open REAL, high REAL, low REAL, close REAL, volume REAL, trades INTEGER, "
+        f"vwap REAL, source TEXT, {KEY})"
+    )
     for table in tables:
         frame = _frame(table)
         _to_sql(frame, con)
@@ -114,16 +117,19 @@ def _frame(table: pa.Table) -> pd.DataFrame:
 
 def _insert_or_ignore(table: Any, conn: Any, keys: list[str], data_iter: Any) -> int:
     """pandas ``to_sql`` method: the idempotent insert a SQLite user writes."""
-    sql = (f"INSERT OR IGNORE INTO {table.name} ({', '.join(keys)}) "
-           f"VALUES ({', '.join('?' * len(keys))})")
+    sql = (
+        f"INSERT OR IGNORE INTO {table.name} ({', '.join(keys)}) "
+        f"VALUES ({', '.join('?' * len(keys))})"
+    )
     rows = list(data_iter)
     conn.executemany(sql, rows)
     return len(rows)
 
 
 def _to_sql(frame: pd.DataFrame, con: sqlite3.Connection) -> None:
-    frame.to_sql("bars", con, if_exists="append", index=False, method=_insert_or_ignore,
-                 chunksize=100_000)
+    frame.to_sql(
+        "bars", con, if_exists="append", index=False, method=_insert_or_ignore, chunksize=100_000
+    )
 
 
 class Target:
@@ -162,6 +168,7 @@ class Target:
                 assert frame is not None
                 _to_sql(frame, self.handle)
                 self.handle.commit()
+
         return run
 
     def close(self) -> None:
@@ -177,8 +184,7 @@ def bench_writes(setup: Setup, batch_rows: int, repeat: int) -> None:
         "pandas to_sql SQLite": Target(setup.sqlite, setup.root / "work.sqlite", "sqlite"),
     }
     holds = sum(t.num_rows for t in setup.base)
-    for label, batch in (("a new symbol", setup.new_symbol),
-                         ("10 series extended", setup.extend)):
+    for label, batch in (("a new symbol", setup.new_symbol), ("10 series extended", setup.extend)):
         new: dict[str, float] = {}
         again: dict[str, float] = {}
         for name, target in targets.items():
@@ -187,11 +193,21 @@ def bench_writes(setup: Setup, batch_rows: int, repeat: int) -> None:
             again[name] = median_time(target.write(batch), runs)  # all duplicates now
             target.close()
         ours = new.pop("marketlake")
-        report(f"write {batch_rows:,} new 1m bars ({label}) into a store of {holds:,}",
-               batch_rows, ours, new, "(target >= 1 M rows/s)")
+        report(
+            f"write {batch_rows:,} new 1m bars ({label}) into a store of {holds:,}",
+            batch_rows,
+            ours,
+            new,
+            "(target >= 1 M rows/s)",
+        )
         ours = again.pop("marketlake")
-        report(f"write the same {batch_rows:,} bars again (all duplicates)", batch_rows, ours,
-               again, "(target >= 3 M rows/s)")
+        report(
+            f"write the same {batch_rows:,} bars again (all duplicates)",
+            batch_rows,
+            ours,
+            again,
+            "(target >= 3 M rows/s)",
+        )
 
 
 def bench_reads(setup: Setup, read_rows: int, repeat: int) -> None:
@@ -205,28 +221,40 @@ def bench_reads(setup: Setup, read_rows: int, repeat: int) -> None:
     ours = median_time(lambda: store.read_bars(symbol, "1m", start, end), repeat)
     store.close()
     con = duckdb.connect(str(setup.pk), read_only=True)
-    sql = ("SELECT * FROM bars WHERE symbol = ? AND timeframe = '1m' AND ts >= ? AND ts < ? "
-           "ORDER BY ts")
+    sql = (
+        "SELECT * FROM bars WHERE symbol = ? AND timeframe = '1m' AND ts >= ? AND ts < ? "
+        "ORDER BY ts"
+    )
     pk = median_time(lambda: con.execute(sql, [symbol, start, end]).to_arrow_table(), repeat)
     con.close()
     lite = sqlite3.connect(setup.sqlite)
     iso = [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in (start, end)]
     sqlite_sql = sql.replace("?", ":s", 1).replace("?", ":a", 1).replace("?", ":b", 1)
-    pandas = median_time(lambda: pd.read_sql(sqlite_sql, lite, params={
-        "s": symbol, "a": iso[0], "b": iso[1]}), max(1, repeat // 3))
+    pandas = median_time(
+        lambda: pd.read_sql(sqlite_sql, lite, params={"s": symbol, "a": iso[0], "b": iso[1]}),
+        max(1, repeat // 3),
+    )
     lite.close()
-    report(f"read one symbol's {read_rows:,} bars into Arrow", read_rows, ours,
-           {"DuckDB PK table": pk, "pandas read_sql SQLite": pandas},
-           f"(target <= 60 ms for 500k; here {ours * 1000:.0f} ms)")
+    report(
+        f"read one symbol's {read_rows:,} bars into Arrow",
+        read_rows,
+        ours,
+        {"DuckDB PK table": pk, "pandas read_sql SQLite": pandas},
+        f"(target <= 60 ms for 500k; here {ours * 1000:.0f} ms)",
+    )
 
 
 def write_csv(path: Path, rows: int) -> None:
     table = minutes("BTCUSDT", rows)
-    out = pa.table({
-        "Date": pc.strftime(table.column("ts"), "%Y-%m-%dT%H:%M:%SZ"),
-        **{name.title(): table.column(name) for name in ("open", "high", "low", "close",
-                                                         "volume")},
-    })
+    out = pa.table(
+        {
+            "Date": pc.strftime(table.column("ts"), "%Y-%m-%dT%H:%M:%SZ"),
+            **{
+                name.title(): table.column(name)
+                for name in ("open", "high", "low", "close", "volume")
+            },
+        }
+    )
     pacsv.write_csv(out, path, pacsv.WriteOptions(quoting_style="none"))
 
 
@@ -249,20 +277,28 @@ def bench_csv(root: Path, rows: int, repeat: int) -> None:
     def pandas() -> None:
         lite_path.unlink(missing_ok=True)
         con = sqlite3.connect(lite_path)
-        con.execute(f"CREATE TABLE bars (symbol TEXT, timeframe TEXT, ts TEXT, open REAL, "
-                    f"high REAL, low REAL, close REAL, volume REAL, trades INTEGER, vwap REAL, "
-                    f"source TEXT, {KEY})")
+        con.execute(
+            f"CREATE TABLE bars (symbol TEXT, timeframe TEXT, ts TEXT, open REAL, "
+            f"high REAL, low REAL, close REAL, volume REAL, trades INTEGER, vwap REAL, "
+            f"source TEXT, {KEY})"
+        )
         frame = pd.read_csv(path)
         frame.columns = [c.lower() for c in frame.columns]
-        frame = frame.rename(columns={"date": "ts"}).assign(symbol="BTCUSDT", timeframe="1m",
-                                                              source="csv")
+        frame = frame.rename(columns={"date": "ts"}).assign(
+            symbol="BTCUSDT", timeframe="1m", source="csv"
+        )
         _to_sql(frame, con)
         con.commit()
         con.close()
 
     ours_s = median_time(ours, repeat, clean)
-    report(f"import a {rows:,}-row CSV end to end", rows, ours_s,
-           {"pandas read_csv+to_sql": median_time(pandas, 1)}, "(target >= 1 M rows/s)")
+    report(
+        f"import a {rows:,}-row CSV end to end",
+        rows,
+        ours_s,
+        {"pandas read_csv+to_sql": median_time(pandas, 1)},
+        "(target >= 1 M rows/s)",
+    )
 
 
 # The child's own high-water mark (VmHWM): getrusage's ru_maxrss survives exec, so in a
@@ -270,7 +306,7 @@ def bench_csv(root: Path, rows: int, repeat: int) -> None:
 _CHILD = """
 import re, sys, time
 from pathlib import Path
-from marketlake.csv_import import import_csv
+from marketlake.ingest.csv_import import import_csv
 from marketlake.store import open_store
 with open_store(sys.argv[2]) as store:
     began = time.perf_counter()
@@ -285,16 +321,24 @@ def bench_memory(root: Path, rows: int) -> None:
     path = root / "big.csv"
     write_csv(path, rows)
     store = root / "big.duckdb"
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(path), f"duckdb:///{store}"],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), f"duckdb:///{store}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     inserted, seconds, peak_kb = done.stdout.split()
     assert int(inserted) == rows
     size = path.stat().st_size / 2**20
     print(f"import a {rows:,}-row CSV ({size:,.0f} MiB) in a fresh process")
-    print(f"  MarketLake peak RSS {int(peak_kb) / 1024:7.0f} MiB in {float(seconds):.1f} s "
-          f"({rows / float(seconds) / 1e6:.2f} M rows/s)  (target <= 1536 MiB)")
-    print(f"  (pandas.read_csv alone would hold the whole file: about "
-          f"{_pandas_bytes(path, rows) / 2**20:,.0f} MiB of frame)")
+    print(
+        f"  MarketLake peak RSS {int(peak_kb) / 1024:7.0f} MiB in {float(seconds):.1f} s "
+        f"({rows / float(seconds) / 1e6:.2f} M rows/s)  (target <= 1536 MiB)"
+    )
+    print(
+        f"  (pandas.read_csv alone would hold the whole file: about "
+        f"{_pandas_bytes(path, rows) / 2**20:,.0f} MiB of frame)"
+    )
 
 
 def _pandas_bytes(path: Path, rows: int) -> float:

@@ -76,8 +76,9 @@ def trades(symbol: str, n: int, start_us: int, seed: int, gap_us: int = 20_000) 
     price = 100 * np.exp(np.cumsum(rng.normal(0, 0.0003, n)))
     size = rng.exponential(1.0, n)
     ids = np.arange(n).astype(str).tolist()
-    return trades_table(symbol, ts.tolist(), price.tolist(), size.tolist(), [None] * n, ids,
-                        "bench")
+    return trades_table(
+        symbol, ts.tolist(), price.tolist(), size.tolist(), [None] * n, ids, "bench"
+    )
 
 
 def batches(n_events: int, symbols: int, size: int, start_us: int) -> list[Batch]:
@@ -122,17 +123,25 @@ def pandas_per_event(n_events: int) -> float:
     started = time.perf_counter()
     for i in range(20_000, 20_000 + n_events):
         lo = bisect.bisect_left(ts, ts[i] - window_us)
-        frame = pd.DataFrame({"price": price[lo:i + 1], "size": size[lo:i + 1]},
-                             index=index[lo:i + 1])
+        frame = pd.DataFrame(
+            {"price": price[lo : i + 1], "size": size[lo : i + 1]}, index=index[lo : i + 1]
+        )
         closes = frame["price"].resample("1min").last().ffill()
         vol = np.log(closes).diff().std() * ppy
         drawdown = (closes / closes.cummax() - 1).min()
         minute_volume = frame["size"].resample("1min").sum()
         vwap = (frame["price"] * frame["size"]).sum() / frame["size"].sum()
         p = price[i]
-        _ = (p > 104, p < 96, (prev < 100) != (p < 100), vol > 1.5, drawdown < -0.03,
-             minute_volume.iloc[-1] > 4 * minute_volume.iloc[:-1].mean(), vwap,
-             len(closes) > 5 and abs(p / closes.iloc[-6] - 1) > 0.015)
+        _ = (
+            p > 104,
+            p < 96,
+            (prev < 100) != (p < 100),
+            vol > 1.5,
+            drawdown < -0.03,
+            minute_volume.iloc[-1] > 4 * minute_volume.iloc[:-1].mean(),
+            vwap,
+            len(closes) > 5 and abs(p / closes.iloc[-6] - 1) > 0.015,
+        )
         prev = p
     return n_events / (time.perf_counter() - started)
 
@@ -164,8 +173,13 @@ def raw_redis(n: int) -> tuple[float, float]:
 
     client = redis.Redis.from_url(REDIS_URL)
     key = f"mlbench-raw-{uuid.uuid4().hex[:8]}"
-    event = {b"symbol": b"B0USDT", b"ts": b"1709596800000000", b"price": b"100.01",
-             b"size": b"0.5", b"id": b"123456"}
+    event = {
+        b"symbol": b"B0USDT",
+        b"ts": b"1709596800000000",
+        b"price": b"100.01",
+        b"size": b"0.5",
+        b"id": b"123456",
+    }
     try:
         client.xgroup_create(key, "g", id="0", mkstream=True)
         started = time.perf_counter()
@@ -190,10 +204,16 @@ def raw_redis(n: int) -> tuple[float, float]:
 
 
 def worker_env(prefix: str, store: str, config_dir: Path) -> dict[str, str]:
-    return {**os.environ, "MARKETLAKE_BUS": REDIS_URL, "MARKETLAKE_BUS_PREFIX": prefix,
-            "MARKETLAKE_STORE": store, "MARKETLAKE_CONFIG_DIR": str(config_dir),
-            "MARKETLAKE_METRICS_PORT": "0", "MARKETLAKE_LOG_LEVEL": "WARNING",
-            "MARKETLAKE_WORKER_LEASE_TTL_S": "5"}
+    return {
+        **os.environ,
+        "MARKETLAKE_BUS": REDIS_URL,
+        "MARKETLAKE_BUS_PREFIX": prefix,
+        "MARKETLAKE_STORE": store,
+        "MARKETLAKE_CONFIG_DIR": str(config_dir),
+        "MARKETLAKE_METRICS_PORT": "0",
+        "MARKETLAKE_LOG_LEVEL": "WARNING",
+        "MARKETLAKE_WORKER_LEASE_TTL_S": "5",
+    }
 
 
 def shared_store(tmp: Path) -> tuple[list[str], str]:
@@ -209,13 +229,15 @@ def shared_store(tmp: Path) -> tuple[list[str], str]:
         migrate(uri, timescale="off")
         return [uri, uri], "one PostgreSQL store shared by both workers"
     except Exception:  # noqa: BLE001 - any missing piece means: fall back to DuckDB
-        return ([f"duckdb:///{tmp}/w{i}.duckdb" for i in range(2)],
-                "PostgreSQL store not available: each worker writes its own DuckDB file")
+        return (
+            [f"duckdb:///{tmp}/w{i}.duckdb" for i in range(2)],
+            "PostgreSQL store not available: each worker writes its own DuckDB file",
+        )
 
 
 async def _progress(prefix: str) -> tuple[int, int]:
     """(entries not yet acknowledged, entries published) over every raw shard."""
-    from marketlake.stream.redisbus import RedisBus
+    from marketlake.stream.bus.redis import RedisBus
 
     bus = RedisBus(REDIS_URL, prefix=prefix)
     open_entries = total = 0
@@ -231,9 +253,15 @@ async def _progress(prefix: str) -> tuple[int, int]:
 
 def start_workers(prefix: str, stores: list[str], tmp: Path) -> list[subprocess.Popen[bytes]]:
     (tmp / "alert_rules.yml").write_text(RULES_YAML)
-    procs = [subprocess.Popen([str(MARKETLAKE), "worker", "--name", f"bench-{i}"],
-                              env=worker_env(prefix, store, tmp), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for i, store in enumerate(stores)]
+    procs = [
+        subprocess.Popen(
+            [str(MARKETLAKE), "worker", "--name", f"bench-{i}"],
+            env=worker_env(prefix, store, tmp),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i, store in enumerate(stores)
+    ]
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if asyncio.run(_balanced(prefix, len(procs))):
@@ -244,7 +272,7 @@ def start_workers(prefix: str, stores: list[str], tmp: Path) -> list[subprocess.
 
 async def _balanced(prefix: str, workers: int) -> bool:
     """Every shard leased, and by all ``workers`` (a shard in hand-over waits for a lease)."""
-    from marketlake.stream.redisbus import RedisBus
+    from marketlake.stream.bus.redis import RedisBus
 
     bus = RedisBus(REDIS_URL, prefix=prefix)
     holders = [await bus.redis.get(bus.key("lease", s)) for s in range(bus.shards)]
@@ -267,18 +295,19 @@ def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
 
 def end_to_end(n_events: int, tmp: Path) -> tuple[float, str]:
     """Events per second from the first publish until two workers acknowledged everything."""
-    from marketlake.stream.redisbus import RedisBus
+    from marketlake.stream.bus.redis import RedisBus
 
     prefix = f"mlbench-{uuid.uuid4().hex[:8]}:"
     stores, how = shared_store(tmp)
     work = batches(n_events, 8, 500, now_us() - 3_600_000_000)
     procs = start_workers(prefix, stores, tmp)
     try:
+
         async def run() -> float:
             bus = RedisBus(REDIS_URL, prefix=prefix)
             started = time.perf_counter()
             for i in range(0, len(work), 50):
-                await _publish_retrying(bus, work[i:i + 50])
+                await _publish_retrying(bus, work[i : i + 50])
             await bus.close()
             while await _progress(prefix) != (0, len(work)):
                 await asyncio.sleep(0.02)
@@ -294,8 +323,9 @@ def end_to_end(n_events: int, tmp: Path) -> tuple[float, str]:
 # -- 3. latency and 4. memory at a steady rate -------------------------------------------
 
 
-def steady(rate: int, seconds: float, tmp: Path, *, workers: int = 2,
-           sse: bool = True) -> dict[str, Any]:
+def steady(
+    rate: int, seconds: float, tmp: Path, *, workers: int = 2, sse: bool = True
+) -> dict[str, Any]:
     """Publish ``rate`` events/s for ``seconds``; alert latency over SSE and worker memory."""
     prefix = f"mlbench-{uuid.uuid4().hex[:8]}:"
     stores, _ = shared_store(tmp)
@@ -308,13 +338,16 @@ def steady(rate: int, seconds: float, tmp: Path, *, workers: int = 2,
     return result
 
 
-async def _steady(prefix: str, rate: int, seconds: float,
-                  procs: list[subprocess.Popen[bytes]], sse: bool) -> dict[str, Any]:
+async def _steady(
+    prefix: str, rate: int, seconds: float, procs: list[subprocess.Popen[bytes]], sse: bool
+) -> dict[str, Any]:
     latencies: list[float] = []
     rss: list[list[int]] = [[] for _ in procs]
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(_publish(prefix, rate, seconds, stop)),
-             asyncio.create_task(_sample_rss(procs, rss, stop))]
+    tasks = [
+        asyncio.create_task(_publish(prefix, rate, seconds, stop)),
+        asyncio.create_task(_sample_rss(procs, rss, stop)),
+    ]
     if sse:
         tasks.append(asyncio.create_task(_listen(prefix, latencies, stop)))
     await tasks[0]
@@ -330,7 +363,7 @@ async def _steady(prefix: str, rate: int, seconds: float,
 async def _publish(prefix: str, rate: int, seconds: float, stop: asyncio.Event) -> None:
     """Every 10 ms, 1/100 s worth of trades of 8 symbols (so both workers have some),
     stamped with the wall clock."""
-    from marketlake.stream.redisbus import RedisBus
+    from marketlake.stream.bus.redis import RedisBus
 
     bus = RedisBus(REDIS_URL, prefix=prefix)
     rng = np.random.default_rng(1)
@@ -346,9 +379,21 @@ async def _publish(prefix: str, rate: int, seconds: float, stop: asyncio.Event) 
             walk = prices[symbol] * np.exp(np.cumsum(steps))
             prices[symbol] = float(walk[-1])
             stamp = now_us()
-            out.append(Batch("trade", symbol, trades_table(
-                symbol, [stamp] * per_tick, walk.tolist(), [1.0] * per_tick, [None] * per_tick,
-                [str(i) for i in range(next_id, next_id + per_tick)], "bench")))
+            out.append(
+                Batch(
+                    "trade",
+                    symbol,
+                    trades_table(
+                        symbol,
+                        [stamp] * per_tick,
+                        walk.tolist(),
+                        [1.0] * per_tick,
+                        [None] * per_tick,
+                        [str(i) for i in range(next_id, next_id + per_tick)],
+                        "bench",
+                    ),
+                )
+            )
             next_id += per_tick
         await _publish_retrying(bus, out)
         tick += 1
@@ -383,17 +428,31 @@ async def _listen(prefix: str, latencies: list[float], stop: asyncio.Event) -> N
     from marketlake.api import create_app
     from marketlake.config import Settings
 
-    settings = Settings(bus=REDIS_URL, bus_prefix=prefix, store="duckdb:///:memory:",
-                        api_access_log=False, api_rate_limit_per_minute=0)
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=0,
-                                           log_level="warning", timeout_graceful_shutdown=1))
+    settings = Settings(
+        bus=REDIS_URL,
+        bus_prefix=prefix,
+        store="duckdb:///:memory:",
+        api_access_log=False,
+        api_rate_limit_per_minute=0,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+        )
+    )
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        async with httpx.AsyncClient(timeout=None) as client, client.stream(
-                "GET", f"http://127.0.0.1:{port}/api/v1/alerts/stream") as response:
+        async with (
+            httpx.AsyncClient(timeout=None) as client,
+            client.stream("GET", f"http://127.0.0.1:{port}/api/v1/alerts/stream") as response,
+        ):
             async for line in response.aiter_lines():
                 if line.startswith("data: "):
                     alert = json.loads(line[6:])
@@ -411,8 +470,9 @@ def _alert_us(alert: dict[str, Any]) -> int:
     return to_epoch_us(parse_time(alert["ts"]))
 
 
-async def _sample_rss(procs: list[subprocess.Popen[bytes]], rss: list[list[int]],
-                      stop: asyncio.Event) -> None:
+async def _sample_rss(
+    procs: list[subprocess.Popen[bytes]], rss: list[list[int]], stop: asyncio.Event
+) -> None:
     while not stop.is_set():
         for i, proc in enumerate(procs):
             with suppress(OSError, ValueError):
@@ -439,36 +499,47 @@ def main(argv: list[str] | None = None) -> None:
 
     ours = _median([marketlake_in_process(args.events) for _ in range(args.repeat)])
     theirs = _median([pandas_per_event(1000) for _ in range(args.repeat)])
-    print(f"in-process analytics + 7 alert rules: MarketLake {ours:,.0f} events/s; "
-          f"pandas window recomputed per event {theirs:,.0f} events/s; ratio {ours / theirs:,.0f}x "
-          f"(target >= 200,000 events/s)")
+    print(
+        f"in-process analytics + 7 alert rules: MarketLake {ours:,.0f} events/s; "
+        f"pandas window recomputed per event {theirs:,.0f} events/s; ratio {ours / theirs:,.0f}x "
+        f"(target >= 200,000 events/s)"
+    )
     if not redis_up():
         print(f"Redis at {REDIS_URL} not reachable: end-to-end, latency and memory skipped")
         return
     with tempfile.TemporaryDirectory() as tmp:
         raw = [raw_redis(50_000) for _ in range(args.repeat)]
         xadd, xread = _median([r[0] for r in raw]), _median([r[1] for r in raw])
-        runs = [end_to_end(args.events, Path(tmp) / f"e2e{i}") for i in range(args.repeat)
-                if (Path(tmp) / f"e2e{i}").mkdir() is None]
+        runs = [
+            end_to_end(args.events, Path(tmp) / f"e2e{i}")
+            for i in range(args.repeat)
+            if (Path(tmp) / f"e2e{i}").mkdir() is None
+        ]
         e2e, how = _median([r[0] for r in runs]), runs[0][1]
-        print(f"Redis end to end, 2 workers ({how}): {e2e:,.0f} events/s "
-              f"(target >= 50,000); raw redis-py one event per entry: XADD {xadd:,.0f}/s, "
-              f"XREADGROUP+XACK {xread:,.0f}/s; ratio to raw XADD {e2e / xadd:.1f}x")
+        print(
+            f"Redis end to end, 2 workers ({how}): {e2e:,.0f} events/s "
+            f"(target >= 50,000); raw redis-py one event per entry: XADD {xadd:,.0f}/s, "
+            f"XREADGROUP+XACK {xread:,.0f}/s; ratio to raw XADD {e2e / xadd:.1f}x"
+        )
         (Path(tmp) / "lat").mkdir()
         lat = steady(5000, args.latency_s, Path(tmp) / "lat")["latencies_ms"]
         if lat:
             q = np.percentile(lat, [50, 99])
-            print(f"alert latency at 5k events/s, publish -> SSE client: p50 {q[0]:.1f} ms, "
-                  f"p99 {q[1]:.1f} ms over {len(lat)} alerts after a {WARMUP_S:.0f} s warm-up "
-                  "(target p99 <= 100 ms)")
+            print(
+                f"alert latency at 5k events/s, publish -> SSE client: p50 {q[0]:.1f} ms, "
+                f"p99 {q[1]:.1f} ms over {len(lat)} alerts after a {WARMUP_S:.0f} s warm-up "
+                "(target p99 <= 100 ms)"
+            )
         (Path(tmp) / "soak").mkdir()
         memory = steady(5000, args.soak, Path(tmp) / "soak", workers=1, sse=False)["rss_kb"][0]
         if len(memory) > 10:
             third = len(memory) // 3
-            print(f"worker memory over {args.soak:.0f} s at 5k events/s: "
-                  f"{statistics.median(memory[third:2 * third]) / 1024:.1f} MiB in the middle "
-                  f"third, {statistics.median(memory[2 * third:]) / 1024:.1f} MiB in the last "
-                  f"third, max {max(memory) / 1024:.1f} MiB")
+            print(
+                f"worker memory over {args.soak:.0f} s at 5k events/s: "
+                f"{statistics.median(memory[third : 2 * third]) / 1024:.1f} MiB in the middle "
+                f"third, {statistics.median(memory[2 * third :]) / 1024:.1f} MiB in the last "
+                f"third, max {max(memory) / 1024:.1f} MiB"
+            )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def median_time(run: Callable[[], Any], repeat: int,
-                prepare: Callable[[], Any] | None = None) -> float:
+def median_time(
+    run: Callable[[], Any], repeat: int, prepare: Callable[[], Any] | None = None
+) -> float:
     """Median wall time of ``run``; ``prepare`` (untimed) runs before each repetition."""
     times = []
     for _ in range(repeat):
@@ -26,8 +27,7 @@ def rate(rows: int, seconds: float) -> str:
     return f"{seconds:8.3f} s {rows / seconds / 1e6:7.2f} M rows/s"
 
 
-def report(title: str, rows: int, ours: float, others: dict[str, float],
-           target: str = "") -> None:
+def report(title: str, rows: int, ours: float, others: dict[str, float], target: str = "") -> None:
     """MarketLake's time and rate, then each alternative's with its ratio to MarketLake."""
     print(title)
     print(f"  {'MarketLake':<26}{rate(rows, ours)}  {target}".rstrip())

@@ -15,11 +15,13 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import redis
 
 from marketlake.providers.synthetic import generate_bars
 from marketlake.store import Store, open_store
 
 REQUIRE_SERVICES = os.environ.get("MARKETLAKE_REQUIRE_SERVICES") == "1"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def service_unavailable(name: str, reason: str) -> None:
@@ -74,16 +76,18 @@ class PostgresSchema:
         import psycopg
 
         with psycopg.connect(self.server, autocommit=True) as conn:
-            schemas = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
-                                   [f"{self.name}%"]).fetchall()
+            schemas = conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", [f"{self.name}%"]
+            ).fetchall()
             for (name,) in schemas:
                 conn.execute(f'DROP SCHEMA "{name}" CASCADE')
 
 
 def _drop_orphans(conn: Any) -> None:
     """Drop the schemas of earlier runs on this machine whose process is gone (killed runs)."""
-    rows = conn.execute("SELECT nspname FROM pg_namespace WHERE nspname ~ "
-                        "'^ml_test_[0-9]+_[0-9a-f]{8}(_[a-z_]+)?$'").fetchall()
+    rows = conn.execute(
+        "SELECT nspname FROM pg_namespace WHERE nspname ~ '^ml_test_[0-9]+_[0-9a-f]{8}(_[a-z_]+)?$'"
+    ).fetchall()
     for (name,) in rows:
         pid = int(name.split("_")[2])
         try:
@@ -98,8 +102,9 @@ PG = PostgresSchema(PG_SERVER)
 
 
 @pytest.fixture(autouse=True)
-def _private_default_store(tmp_path_factory: pytest.TempPathFactory,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_default_store(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No test touches ./data: a CLI call or app without --store gets a store of its own."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("MARKETLAKE_STORE", f"duckdb:///{home}/marketlake.duckdb")
@@ -134,8 +139,12 @@ def make_store(backend: str) -> Iterator[Store]:
     store.close()
 
 
-@pytest.fixture(params=[pytest.param(b, marks=pytest.mark.postgres) if b == "postgres" else b
-                        for b in STORE_BACKENDS])
+@pytest.fixture(
+    params=[
+        pytest.param(b, marks=pytest.mark.postgres) if b == "postgres" else b
+        for b in STORE_BACKENDS
+    ]
+)
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     """An empty store on every backend; the contract suite runs on each."""
     yield from make_store(request.param)
@@ -166,3 +175,18 @@ def bars_for(
         datetime.fromisoformat(start).replace(tzinfo=UTC),
         datetime.fromisoformat(end).replace(tzinfo=UTC),
     )
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A unique key prefix on the real Redis server, deleted afterwards."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable("Redis", str(exc))
+    prefix = f"mltest-{uuid.uuid4().hex[:10]}:"
+    yield prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()

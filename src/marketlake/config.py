@@ -80,22 +80,26 @@ class Settings(BaseSettings):
     )
 
     bus_prefix: str = Field("marketlake:", description="Prefix of every Redis key of the bus")
-    bus_shards: int = Field(8, ge=1, le=256,
-                            description="Redis streams the raw topic is split into by symbol")
+    bus_shards: int = Field(
+        8, ge=1, le=256, description="Redis streams the raw topic is split into by symbol"
+    )
     bus_maxlen: int = Field(200_000, ge=100, description="Approximate entries kept per stream")
-    bus_queue_size: int = Field(256, ge=1,
-                                description="memory:// queue bound in batches (backpressure)")
+    bus_queue_size: int = Field(
+        256, ge=1, description="memory:// queue bound in batches (backpressure)"
+    )
     stream_batch_events: int = Field(500, ge=1, description="Events per bus entry, at most")
     stream_linger_ms: float = Field(20.0, ge=0, description="Longest wait to fill a bus entry")
-    stream_stall_s: float = Field(30.0, gt=0,
-                                  description="Reconnect when the feed is silent this long")
+    stream_stall_s: float = Field(
+        30.0, gt=0, description="Reconnect when the feed is silent this long"
+    )
     stream_backoff_initial_s: float = Field(1.0, gt=0, description="First reconnect delay")
     stream_backoff_max_s: float = Field(60.0, gt=0, description="Longest reconnect delay")
     stream_max_connection_s: float = Field(
         23.5 * 3600, gt=0, description="Planned reconnect after this long (Binance cuts at 24 h)"
     )
-    worker_lease_ttl_s: float = Field(10.0, gt=0,
-                                      description="A dead worker's shards move after this long")
+    worker_lease_ttl_s: float = Field(
+        10.0, gt=0, description="A dead worker's shards move after this long"
+    )
     worker_fetch_entries: int = Field(64, ge=1, description="Bus entries a worker reads at once")
     analytics_window: int = Field(60, ge=2, description="Rolling window in buckets")
     analytics_bucket: str = Field("1m", description="Bucket of rolling analytics (a timeframe)")
@@ -105,13 +109,17 @@ class Settings(BaseSettings):
     alerts_reload_s: float = Field(2.0, gt=0, description="How often alert rules are re-read")
 
     timescale: Literal["auto", "on", "off"] = Field(
-        "auto", description="`marketlake migrate` on PostgreSQL: make bars and trades TimescaleDB "
-        "hypertables when the extension is available (auto), always (on) or never (off)")
+        "auto",
+        description="`marketlake migrate` on PostgreSQL: make bars and trades TimescaleDB "
+        "hypertables when the extension is available (auto), always (on) or never (off)",
+    )
     timescale_chunk_interval: str = Field("7 days", description="TimescaleDB chunk length")
     timescale_compress_after: str = Field(
-        "30 days", description="Compress TimescaleDB chunks older than this ('never': don't)")
+        "30 days", description="Compress TimescaleDB chunks older than this ('never': don't)"
+    )
     timescale_retention: str | None = Field(
-        None, description="Drop TimescaleDB chunks older than this (unset: keep everything)")
+        None, description="Drop TimescaleDB chunks older than this (unset: keep everything)"
+    )
     quality_rules: dict[str, str] = Field(
         default_factory=dict,
         description="Action per quality rule (reject, flag or off) as JSON, e.g. "

@@ -21,15 +21,19 @@ BASE = "http://test"
 
 def settings(**overrides: Any) -> Settings:
     """Settings that ignore the environment and .env files, with test-friendly defaults."""
-    values: dict[str, Any] = {"store": "duckdb:///:memory:", "api_key_cache_s": 0.0,
-                              "api_access_log": False}
+    values: dict[str, Any] = {
+        "store": "duckdb:///:memory:",
+        "api_key_cache_s": 0.0,
+        "api_access_log": False,
+    }
     return Settings(_env_file=None, **(values | overrides))  # type: ignore[call-arg]
 
 
 async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=BASE
-    ) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client,
+    ):
         yield client
 
 
@@ -67,8 +71,9 @@ def keys(seeded: Store) -> dict[str, str]:
     """Plaintext keys with scopes read, write and admin, and a revoked one."""
     from marketlake.api.keys import revoke_key
 
-    made = {scope: create_key(seeded, f"{scope}-key", scope)[1]
-            for scope in ("read", "write", "admin")}
+    made = {
+        scope: create_key(seeded, f"{scope}-key", scope)[1] for scope in ("read", "write", "admin")
+    }
     made["revoked"] = create_key(seeded, "old", "write,admin")[1]
     revoke_key(seeded, "old")
     return made

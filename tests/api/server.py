@@ -22,15 +22,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(args: list[str], log: Path, *, env: dict[str, str] | None = None,
-            timeout_s: float = 180.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def running(
+    args: list[str], log: Path, *, env: dict[str, str] | None = None, timeout_s: float = 180.0
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run ``marketlake ARGS --port P`` (output to ``log``) until it is healthy; yield its URL."""
     port = free_port()
-    command = [sys.executable, "-c", "from marketlake.cli.app import main; main()", *args,
-               "--port", str(port)]
+    command = [
+        sys.executable,
+        "-c",
+        "from marketlake.cli.app import main; main()",
+        *args,
+        "--port",
+        str(port),
+    ]
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=os.environ | (env or {}), stdout=out,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, env=os.environ | (env or {}), stdout=out, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(base, process, log, timeout_s)
@@ -44,13 +52,13 @@ def running(args: list[str], log: Path, *, env: dict[str, str] | None = None,
             process.wait()
 
 
-def _wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path,
-                  timeout_s: float) -> None:
+def _wait_healthy(base: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}: "
-                                 f"{log.read_text()[-2000:]}")
+            raise AssertionError(
+                f"server exited with {process.returncode}: {log.read_text()[-2000:]}"
+            )
         try:
             if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
                 return

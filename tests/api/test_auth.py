@@ -26,9 +26,18 @@ WRITE_ROUTES: list[tuple[str, str, dict[str, Any] | None, int]] = [
     ("POST", "/api/v1/instruments", {"symbol": "NEWX"}, 201),
     ("PUT", "/api/v1/instruments/NEWY", {"name": "New Y"}, 201),
     ("DELETE", "/api/v1/instruments/AAPL", None, 204),
-    ("POST", "/api/v1/ingest/run", {"provider": "synthetic", "symbols": ["AAPL"],
-                                    "timeframe": "1d", "start": "2024-03-01",
-                                    "end": "2024-03-02"}, 202),
+    (
+        "POST",
+        "/api/v1/ingest/run",
+        {
+            "provider": "synthetic",
+            "symbols": ["AAPL"],
+            "timeframe": "1d",
+            "start": "2024-03-01",
+            "end": "2024-03-02",
+        },
+        202,
+    ),
 ]
 ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None, int]] = [
     ("GET", "/api/v1/keys", None, 200),
@@ -63,8 +72,12 @@ class Jwks:
 
     def token(self, *, expires_in: float = 600, **claims: Any) -> str:
         now = int(time.time())
-        payload = {"sub": "user-1", "aud": "marketlake", "iat": now,
-                   "exp": now + int(expires_in)} | claims
+        payload = {
+            "sub": "user-1",
+            "aud": "marketlake",
+            "iat": now,
+            "exp": now + int(expires_in),
+        } | claims
         return jwt.encode(payload, self.private, algorithm="RS256", headers={"kid": self.kid})
 
     def close(self) -> None:
@@ -93,23 +106,37 @@ def _credentials(case: str, keys: dict[str, str], idp: Jwks) -> dict[str, str]:
     }[case]
 
 
-EXPECTED_WRITE = {"no key": 401, "read key": 403, "write key": None, "admin key": None,
-                  "revoked key": 401, "expired JWT": 401, "write JWT": None, "admin JWT": None,
-                  "forged JWT": 401}
+EXPECTED_WRITE = {
+    "no key": 401,
+    "read key": 403,
+    "write key": None,
+    "admin key": None,
+    "revoked key": 401,
+    "expired JWT": 401,
+    "write JWT": None,
+    "admin JWT": None,
+    "forged JWT": 401,
+}
 EXPECTED_ADMIN = EXPECTED_WRITE | {"write key": 403, "write JWT": 403}
 
 
 @pytest.mark.parametrize("case", list(EXPECTED_WRITE))
-@pytest.mark.parametrize("route", WRITE_ROUTES + ADMIN_ROUTES,
-                         ids=[f"{m} {p}" for m, p, _, _ in WRITE_ROUTES + ADMIN_ROUTES])
+@pytest.mark.parametrize(
+    "route",
+    WRITE_ROUTES + ADMIN_ROUTES,
+    ids=[f"{m} {p}" for m, p, _, _ in WRITE_ROUTES + ADMIN_ROUTES],
+)
 async def test_auth_matrix_on_every_write_route(
-        make_client: Callable[..., Any], keys: dict[str, str], idp: Jwks, case: str,
-        route: tuple[str, str, dict[str, Any] | None, int]) -> None:
+    make_client: Callable[..., Any],
+    keys: dict[str, str],
+    idp: Jwks,
+    case: str,
+    route: tuple[str, str, dict[str, Any] | None, int],
+) -> None:
     method, path, body, ok = route
     expected = (EXPECTED_ADMIN if route in ADMIN_ROUTES else EXPECTED_WRITE)[case] or ok
     async with make_client(api_jwks_url=idp.url, api_jwt_audience="marketlake") as client:
-        r = await client.request(method, path, json=body,
-                                 headers=_credentials(case, keys, idp))
+        r = await client.request(method, path, json=body, headers=_credentials(case, keys, idp))
     assert r.status_code == expected, r.text
     if expected in (401, 403):
         assert r.headers["content-type"] == "application/problem+json"
@@ -117,15 +144,18 @@ async def test_auth_matrix_on_every_write_route(
         assert r.headers["www-authenticate"] == 'Bearer realm="marketlake"'
 
 
-async def test_messages_say_what_is_missing(make_client: Callable[..., Any],
-                                            keys: dict[str, str], idp: Jwks) -> None:
+async def test_messages_say_what_is_missing(
+    make_client: Callable[..., Any], keys: dict[str, str], idp: Jwks
+) -> None:
     async with make_client(api_jwks_url=idp.url, api_jwt_audience="marketlake") as client:
         none = await client.post("/api/v1/instruments", json={"symbol": "X"})
-        weak = await client.post("/api/v1/instruments", json={"symbol": "X"},
-                                 headers=bearer(keys["read"]))
+        weak = await client.post(
+            "/api/v1/instruments", json={"symbol": "X"}, headers=bearer(keys["read"])
+        )
         revoked = await client.get("/api/v1/instruments", headers=bearer(keys["revoked"]))
-        expired = await client.get("/api/v1/instruments",
-                                   headers=bearer(idp.token(expires_in=-120)))
+        expired = await client.get(
+            "/api/v1/instruments", headers=bearer(idp.token(expires_in=-120))
+        )
     assert none.json()["detail"].startswith("this route needs an API key with scope write")
     assert weak.json()["detail"] == "key read-key has scopes read; this route needs write"
     assert "was revoked" in revoked.json()["detail"]
@@ -133,40 +163,50 @@ async def test_messages_say_what_is_missing(make_client: Callable[..., Any],
 
 
 async def test_jwt_without_scope_claims_gets_the_default_scopes(
-        make_client: Callable[..., Any], idp: Jwks) -> None:
-    async with make_client(api_jwks_url=idp.url, api_jwt_audience="marketlake",
-                           api_require_key_for_reads=True) as client:
+    make_client: Callable[..., Any], idp: Jwks
+) -> None:
+    async with make_client(
+        api_jwks_url=idp.url, api_jwt_audience="marketlake", api_require_key_for_reads=True
+    ) as client:
         token = bearer(idp.token())
         read = await client.get("/api/v1/instruments", headers=token)
         write = await client.post("/api/v1/instruments", json={"symbol": "X"}, headers=token)
-        wrong_aud = await client.get("/api/v1/instruments",
-                                     headers=bearer(idp.token(aud="someone-else")))
+        wrong_aud = await client.get(
+            "/api/v1/instruments", headers=bearer(idp.token(aud="someone-else"))
+        )
     assert read.status_code == 200
     assert write.status_code == 403
     assert wrong_aud.status_code == 401
 
 
-async def test_jwt_is_refused_when_no_jwks_is_configured(client: httpx.AsyncClient,
-                                                         idp: Jwks) -> None:
+async def test_jwt_is_refused_when_no_jwks_is_configured(
+    client: httpx.AsyncClient, idp: Jwks
+) -> None:
     r = await client.get("/api/v1/instruments", headers=bearer(idp.token(scope="read")))
     assert r.status_code == 401
     assert "MARKETLAKE_API_JWKS_URL" in r.json()["detail"]
 
 
-async def test_unreachable_jwks_is_401_naming_it(make_client: Callable[..., Any],
-                                                 idp: Jwks) -> None:
+async def test_unreachable_jwks_is_401_naming_it(
+    make_client: Callable[..., Any], idp: Jwks
+) -> None:
     async with make_client(api_jwks_url="http://127.0.0.1:1/jwks.json") as client:
         r = await client.get("/api/v1/instruments", headers=bearer(idp.token(scope="read")))
     assert r.status_code == 401
     assert "http://127.0.0.1:1/jwks.json" in r.json()["detail"]
 
 
-@pytest.mark.parametrize(("headers", "status"), [
-    ({}, 401), ({"X-API-Key": "nonsense"}, 401), ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
-])
-async def test_keyed_reads_need_a_valid_key(make_client: Callable[..., Any],
-                                            keys: dict[str, str], headers: dict[str, str],
-                                            status: int) -> None:
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"X-API-Key": "nonsense"}, 401),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+    ],
+)
+async def test_keyed_reads_need_a_valid_key(
+    make_client: Callable[..., Any], keys: dict[str, str], headers: dict[str, str], status: int
+) -> None:
     async with make_client(api_require_key_for_reads=True) as client:
         refused = await client.get("/api/v1/bars/AAPL", headers=headers)
         allowed = await client.get("/api/v1/bars/AAPL", headers={"X-API-Key": keys["read"]})
@@ -193,11 +233,13 @@ def test_keys_are_stored_hashed_and_shown_once(seeded: Store) -> None:
         verify_key(seeded, plaintext[:-1] + ("A" if plaintext[-1] != "A" else "B"))
 
 
-async def test_admin_creates_and_revokes_keys_over_http(client: httpx.AsyncClient,
-                                                        keys: dict[str, str]) -> None:
+async def test_admin_creates_and_revokes_keys_over_http(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
     admin = bearer(keys["admin"])
-    made = (await client.post("/api/v1/keys", json={"name": "dash", "scopes": ["read"]},
-                              headers=admin)).json()
+    made = (
+        await client.post("/api/v1/keys", json={"name": "dash", "scopes": ["read"]}, headers=admin)
+    ).json()
     assert made["key"].startswith("mlk_")
     assert (await client.get("/api/v1/instruments", headers=bearer(made["key"]))).status_code == 200
     listed = (await client.get("/api/v1/keys", headers=admin)).json()
@@ -211,8 +253,9 @@ async def test_admin_creates_and_revokes_keys_over_http(client: httpx.AsyncClien
     assert bad.json()["param"] == "scopes.0"
 
 
-async def test_rate_limit_answers_429_with_retry_after(make_client: Callable[..., Any],
-                                                       keys: dict[str, str]) -> None:
+async def test_rate_limit_answers_429_with_retry_after(
+    make_client: Callable[..., Any], keys: dict[str, str]
+) -> None:
     async with make_client(api_rate_limit_per_minute=3) as client:
         codes = [(await client.get("/api/v1/health")).status_code for _ in range(5)]
         hits = [await client.get("/api/v1/instruments") for _ in range(4)]
@@ -220,8 +263,9 @@ async def test_rate_limit_answers_429_with_retry_after(make_client: Callable[...
     assert codes == [200] * 5  # health is never limited
     assert [r.status_code for r in hits] == [200, 200, 200, 429]
     assert hits[-1].headers["retry-after"] == "20"
-    assert hits[-1].json()["detail"] == ("rate limit of 3 requests per minute reached; "
-                                         "retry in 20 s")
+    assert hits[-1].json()["detail"] == (
+        "rate limit of 3 requests per minute reached; retry in 20 s"
+    )
     assert keyed.status_code == 200  # a key has its own budget
 
 
@@ -240,12 +284,17 @@ async def test_redis_rate_limit_is_shared_between_apps(make_client: Callable[...
 
     _redis_or_skip()
     prefix = f"marketlake-test-{uuid.uuid4().hex[:8]}:"
-    options = {"bus": "redis://127.0.0.1:6379/0", "api_rate_limit_per_minute": 4,
-               "api_rate_limit_prefix": prefix}
+    options = {
+        "bus": "redis://127.0.0.1:6379/0",
+        "api_rate_limit_per_minute": 4,
+        "api_rate_limit_prefix": prefix,
+    }
     try:
         async with make_client(**options) as one, make_client(**options) as two:
-            codes = [(await (one if i % 2 else two).get("/api/v1/instruments")).status_code
-                     for i in range(6)]
+            codes = [
+                (await (one if i % 2 else two).get("/api/v1/instruments")).status_code
+                for i in range(6)
+            ]
             ready = await one.get("/api/v1/ready")
         assert codes[:4] == [200] * 4
         assert codes[4:] == [429, 429]

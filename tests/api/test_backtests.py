@@ -10,13 +10,20 @@ from marketlake.backtest import get_backtest
 from marketlake.store import Store
 from tests.api.conftest import bearer
 
-BODY = {"strategy": "sma_cross", "params": {"fast": 5, "slow": 20}, "symbols": ["AAPL"],
-        "timeframe": "5m", "start": "2024-03-04", "end": "2024-03-06", "commission_bps": 5}
+BODY = {
+    "strategy": "sma_cross",
+    "params": {"fast": 5, "slow": 20},
+    "symbols": ["AAPL"],
+    "timeframe": "5m",
+    "start": "2024-03-04",
+    "end": "2024-03-06",
+    "commission_bps": 5,
+}
 
 
-async def test_post_runs_stores_and_get_reads_it_back(client: httpx.AsyncClient,
-                                                      keys: dict[str, str],
-                                                      seeded: Store) -> None:
+async def test_post_runs_stores_and_get_reads_it_back(
+    client: httpx.AsyncClient, keys: dict[str, str], seeded: Store
+) -> None:
     r = await client.post("/api/v1/backtests", json=BODY, headers=bearer(keys["write"]))
     assert r.status_code == 201, r.text
     created: dict[str, Any] = r.json()
@@ -33,17 +40,26 @@ async def test_post_runs_stores_and_get_reads_it_back(client: httpx.AsyncClient,
     assert slim.json()["trades"] is None
 
 
-async def test_synthetic_data_needs_no_stored_bars(client: httpx.AsyncClient,
-                                                   keys: dict[str, str]) -> None:
-    body = {"strategy": "buy_and_hold", "symbols": ["ETHUSDT"], "timeframe": "1h",
-            "start": "2024-01-01", "end": "2024-01-03", "synthetic": True, "fractional": True}
+async def test_synthetic_data_needs_no_stored_bars(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    body = {
+        "strategy": "buy_and_hold",
+        "symbols": ["ETHUSDT"],
+        "timeframe": "1h",
+        "start": "2024-01-01",
+        "end": "2024-01-03",
+        "synthetic": True,
+        "fractional": True,
+    }
     r = await client.post("/api/v1/backtests", json=body, headers=bearer(keys["write"]))
     assert r.status_code == 201, r.text
     assert r.json()["stats"]["bars"] == 48
 
 
 async def test_an_unknown_parameter_is_422_listing_the_valid_ones_and_stores_nothing(
-        client: httpx.AsyncClient, keys: dict[str, str], seeded: Store) -> None:
+    client: httpx.AsyncClient, keys: dict[str, str], seeded: Store
+) -> None:
     body = {**BODY, "params": {"fats": 5}}
     r = await client.post("/api/v1/backtests", json=body, headers=bearer(keys["write"]))
     assert r.status_code == 422
@@ -52,26 +68,33 @@ async def test_an_unknown_parameter_is_422_listing_the_valid_ones_and_stores_not
     assert seeded.select_rows("backtests") == []
 
 
-async def test_fast_not_below_slow_and_too_few_bars_are_422(client: httpx.AsyncClient,
-                                                            keys: dict[str, str]) -> None:
-    for params, message in (({"fast": 30, "slow": 20}, "must be smaller than slow"),
-                            ({"fast": 5, "slow": 500}, "needs at least 501 bars")):
-        r = await client.post("/api/v1/backtests", json={**BODY, "params": params},
-                              headers=bearer(keys["write"]))
+async def test_fast_not_below_slow_and_too_few_bars_are_422(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    for params, message in (
+        ({"fast": 30, "slow": 20}, "must be smaller than slow"),
+        ({"fast": 5, "slow": 500}, "needs at least 501 bars"),
+    ):
+        r = await client.post(
+            "/api/v1/backtests", json={**BODY, "params": params}, headers=bearer(keys["write"])
+        )
         assert r.status_code == 422
         assert message in r.json()["detail"]
 
 
-async def test_a_symbol_without_bars_is_404(client: httpx.AsyncClient,
-                                            keys: dict[str, str]) -> None:
-    r = await client.post("/api/v1/backtests", json={**BODY, "symbols": ["MSFT"]},
-                          headers=bearer(keys["write"]))
+async def test_a_symbol_without_bars_is_404(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    r = await client.post(
+        "/api/v1/backtests", json={**BODY, "symbols": ["MSFT"]}, headers=bearer(keys["write"])
+    )
     assert r.status_code == 404
     assert "Ingest some first" in r.json()["detail"]
 
 
-async def test_running_a_backtest_needs_a_write_key(client: httpx.AsyncClient,
-                                                   keys: dict[str, str]) -> None:
+async def test_running_a_backtest_needs_a_write_key(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
     assert (await client.post("/api/v1/backtests", json=BODY)).status_code == 401
     r = await client.post("/api/v1/backtests", json=BODY, headers=bearer(keys["read"]))
     assert r.status_code == 403

@@ -17,8 +17,9 @@ from marketlake.store import Store
 from marketlake.store.base import encode_cursor
 
 
-async def test_json_page_holds_the_store_rows_and_a_cursor(client: httpx.AsyncClient,
-                                                           seeded: Store) -> None:
+async def test_json_page_holds_the_store_rows_and_a_cursor(
+    client: httpx.AsyncClient, seeded: Store
+) -> None:
     r = await client.get("/api/v1/bars/btcusdt", params={"timeframe": "1m", "limit": 3})
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json"
@@ -34,15 +35,16 @@ async def test_json_page_holds_the_store_rows_and_a_cursor(client: httpx.AsyncCl
     assert body["bars"][0]["ts"] == "2024-03-04T00:00:00+00:00"
 
 
-async def test_following_next_cursor_walks_every_bar_once(client: httpx.AsyncClient,
-                                                           seeded: Store) -> None:
+async def test_following_next_cursor_walks_every_bar_once(
+    client: httpx.AsyncClient, seeded: Store
+) -> None:
     seen: list[str] = []
     cursor = None
-    params = {"timeframe": "1m", "limit": 700, "start": "2024-03-04T12:00:00Z",
-              "end": "2024-03-05"}
+    params = {"timeframe": "1m", "limit": 700, "start": "2024-03-04T12:00:00Z", "end": "2024-03-05"}
     while True:
-        r = await client.get("/api/v1/bars/BTCUSDT", params=params | (
-            {"cursor": cursor} if cursor else {}))
+        r = await client.get(
+            "/api/v1/bars/BTCUSDT", params=params | ({"cursor": cursor} if cursor else {})
+        )
         body = r.json()
         seen += [b["ts"] for b in body["bars"]]
         cursor = body["next_cursor"]
@@ -62,14 +64,21 @@ async def test_json_default_page_is_1000_rows(client: httpx.AsyncClient) -> None
 async def test_range_without_bars_is_an_empty_page(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/bars/AAPL", params={"start": "2030-01-01"})
     assert r.status_code == 200
-    assert r.json() == {"symbol": "AAPL", "timeframe": "1m", "count": 0, "next_cursor": None,
-                        "bars": []}
+    assert r.json() == {
+        "symbol": "AAPL",
+        "timeframe": "1m",
+        "count": 0,
+        "next_cursor": None,
+        "bars": [],
+    }
 
 
-@pytest.mark.parametrize("accept", ["text/csv", "application/vnd.apache.arrow.stream",
-                                    "application/vnd.apache.parquet"])
-async def test_accept_header_picks_the_bulk_format(client: httpx.AsyncClient, seeded: Store,
-                                                   accept: str) -> None:
+@pytest.mark.parametrize(
+    "accept", ["text/csv", "application/vnd.apache.arrow.stream", "application/vnd.apache.parquet"]
+)
+async def test_accept_header_picks_the_bulk_format(
+    client: httpx.AsyncClient, seeded: Store, accept: str
+) -> None:
     r = await client.get("/api/v1/bars/AAPL", headers={"Accept": accept})
     assert r.status_code == 200
     assert r.headers["content-type"].split(";")[0] == accept
@@ -88,14 +97,16 @@ async def test_accept_header_picks_the_bulk_format(client: httpx.AsyncClient, se
 
 
 async def test_format_parameter_wins_over_accept(client: httpx.AsyncClient) -> None:
-    r = await client.get("/api/v1/bars/AAPL", params={"format": "csv"},
-                         headers={"Accept": "application/json"})
+    r = await client.get(
+        "/api/v1/bars/AAPL", params={"format": "csv"}, headers={"Accept": "application/json"}
+    )
     assert r.headers["content-type"].startswith("text/csv")
     assert 'filename="AAPL_1m.csv"' in r.headers["content-disposition"]
 
 
 async def test_bulk_page_with_limit_carries_the_cursor_in_a_header(
-        client: httpx.AsyncClient, seeded: Store) -> None:
+    client: httpx.AsyncClient, seeded: Store
+) -> None:
     r = await client.get("/api/v1/bars/AAPL", params={"format": "arrow", "limit": 10})
     table = pa.ipc.open_stream(r.content).read_all()
     expected = seeded.read_bars("AAPL", "1m", limit=10)
@@ -103,18 +114,21 @@ async def test_bulk_page_with_limit_carries_the_cursor_in_a_header(
     assert r.headers["x-next-cursor"] == expected.next_cursor
 
 
-async def test_bulk_stream_from_a_cursor_continues_after_it(client: httpx.AsyncClient,
-                                                            seeded: Store) -> None:
+async def test_bulk_stream_from_a_cursor_continues_after_it(
+    client: httpx.AsyncClient, seeded: Store
+) -> None:
     first = seeded.read_bars("AAPL", "1m", limit=100)
-    r = await client.get("/api/v1/bars/AAPL", params={"format": "arrow",
-                                                      "cursor": first.next_cursor})
+    r = await client.get(
+        "/api/v1/bars/AAPL", params={"format": "arrow", "cursor": first.next_cursor}
+    )
     rest = pa.ipc.open_stream(r.content).read_all()
     assert rest.equals(seeded.read_bars("AAPL", "1m", cursor=first.next_cursor).table)
     assert rest.num_rows == seeded.count_bars("AAPL") - 100
 
 
 async def test_bulk_stream_without_cache_reads_the_store_in_batches(
-        make_client: object, seeded: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_client: object, seeded: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from marketlake.api.routes import bars
 
     monkeypatch.setattr(bars, "BATCH_ROWS", 500)
@@ -122,10 +136,17 @@ async def test_bulk_stream_without_cache_reads_the_store_in_batches(
         r = await client.get("/api/v1/bars/BTCUSDT", params={"format": "parquet"})
         cursor = seeded.read_bars("BTCUSDT", "1m", limit=1000).next_cursor
         r2 = await client.get("/api/v1/bars/BTCUSDT", params={"format": "csv", "cursor": cursor})
-        stock = await client.get("/api/v1/bars/AAPL", params={
-            "format": "arrow", "start": "2024-03-04T15:00:00Z", "end": "2024-03-05T15:00:00Z"})
-    expected = seeded.read_bars("AAPL", "1m", parse_time("2024-03-04T15:00:00Z"),
-                                parse_time("2024-03-05T15:00:00Z")).table
+        stock = await client.get(
+            "/api/v1/bars/AAPL",
+            params={
+                "format": "arrow",
+                "start": "2024-03-04T15:00:00Z",
+                "end": "2024-03-05T15:00:00Z",
+            },
+        )
+    expected = seeded.read_bars(
+        "AAPL", "1m", parse_time("2024-03-04T15:00:00Z"), parse_time("2024-03-05T15:00:00Z")
+    ).table
     assert pa.ipc.open_stream(stock.content).read_all().equals(expected)
     parquet = pq.ParquetFile(io.BytesIO(r.content))
     assert parquet.metadata.num_row_groups == 6  # 2880 rows in batches of 500
@@ -161,20 +182,24 @@ async def test_latest_bar_of_an_empty_timeframe_is_404(client: httpx.AsyncClient
     assert "no 1h bars stored for BTCUSDT" in r.json()["detail"]
 
 
-@pytest.mark.parametrize(("params", "param", "words"), [
-    ({"timeframe": "7x"}, "timeframe", "unknown timeframe '7x'"),
-    ({"start": "2024-03-05", "end": "2024-03-04"}, "start", "must be before end"),
-    ({"start": "yesterday"}, "start", "is not an ISO date"),
-    ({"end": "2024-13-01"}, "end", "is not an ISO date"),
-    ({"limit": "0"}, "limit", "greater than or equal to 1"),
-    ({"limit": "1000001"}, "limit", "less than or equal to 1000000"),
-    ({"limit": "60000"}, "limit", "above 50000 for JSON"),
-    ({"limit": "ten"}, "limit", "valid integer"),
-    ({"cursor": "garbage!"}, "cursor", "is not valid"),
-    ({"format": "xml"}, "format", "'json', 'csv', 'arrow' or 'parquet'"),
-])
+@pytest.mark.parametrize(
+    ("params", "param", "words"),
+    [
+        ({"timeframe": "7x"}, "timeframe", "unknown timeframe '7x'"),
+        ({"start": "2024-03-05", "end": "2024-03-04"}, "start", "must be before end"),
+        ({"start": "yesterday"}, "start", "is not an ISO date"),
+        ({"end": "2024-13-01"}, "end", "is not an ISO date"),
+        ({"limit": "0"}, "limit", "greater than or equal to 1"),
+        ({"limit": "1000001"}, "limit", "less than or equal to 1000000"),
+        ({"limit": "60000"}, "limit", "above 50000 for JSON"),
+        ({"limit": "ten"}, "limit", "valid integer"),
+        ({"cursor": "garbage!"}, "cursor", "is not valid"),
+        ({"format": "xml"}, "format", "'json', 'csv', 'arrow' or 'parquet'"),
+    ],
+)
 async def test_bad_parameters_are_422_naming_the_parameter(
-        client: httpx.AsyncClient, params: dict[str, str], param: str, words: str) -> None:
+    client: httpx.AsyncClient, params: dict[str, str], param: str, words: str
+) -> None:
     r = await client.get("/api/v1/bars/AAPL", params=params)
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
@@ -187,8 +212,9 @@ async def test_bad_parameters_are_422_naming_the_parameter(
 async def test_unknown_symbol_is_404(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/bars/ZZZZ")
     assert r.status_code == 404
-    assert r.json()["detail"] == ("unknown symbol ZZZZ; list known ones with GET "
-                                  "/api/v1/instruments")
+    assert r.json()["detail"] == (
+        "unknown symbol ZZZZ; list known ones with GET /api/v1/instruments"
+    )
 
 
 async def test_malformed_symbol_is_422(client: httpx.AsyncClient) -> None:
@@ -198,14 +224,16 @@ async def test_malformed_symbol_is_422(client: httpx.AsyncClient) -> None:
 
 
 async def test_cursor_of_another_symbol_sorting_after_gives_nothing(
-        client: httpx.AsyncClient) -> None:
+    client: httpx.AsyncClient,
+) -> None:
     cursor = encode_cursor("ZZZ", parse_time("2024-01-01"))
     body = (await client.get("/api/v1/bars/AAPL", params={"cursor": cursor})).json()
     assert body["count"] == 0
 
 
-async def test_a_rendered_page_is_not_served_after_a_write(client: httpx.AsyncClient,
-                                                           seeded: Store) -> None:
+async def test_a_rendered_page_is_not_served_after_a_write(
+    client: httpx.AsyncClient, seeded: Store
+) -> None:
     from tests.conftest import bars_for
 
     params = {"start": "2024-03-06", "limit": 5}
@@ -220,14 +248,26 @@ async def test_a_rendered_page_is_not_served_after_a_write(client: httpx.AsyncCl
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv-page", "arrow-stream"])
-async def test_adjusted_bars_are_the_stored_ones_adjusted(make_client: Callable[..., Any],
-                                                          seeded: Store, fmt: str) -> None:
+async def test_adjusted_bars_are_the_stored_ones_adjusted(
+    make_client: Callable[..., Any], seeded: Store, fmt: str
+) -> None:
     """adjusted=true gives what read_adjusted gives; without it, the bars as traded."""
-    from marketlake.adjust import ACTION_SCHEMA, read_adjusted, write_actions
+    from marketlake.timeseries.adjust import ACTION_SCHEMA, read_adjusted, write_actions
 
     split = datetime(2024, 3, 5, tzinfo=UTC)
-    write_actions(seeded, pa.table({"symbol": ["AAPL"], "ts": [split], "kind": ["split"],
-                                    "value": [4.0], "source": ["test"]}, schema=ACTION_SCHEMA))
+    write_actions(
+        seeded,
+        pa.table(
+            {
+                "symbol": ["AAPL"],
+                "ts": [split],
+                "kind": ["split"],
+                "value": [4.0],
+                "source": ["test"],
+            },
+            schema=ACTION_SCHEMA,
+        ),
+    )
     expected = read_adjusted(seeded, "AAPL", "1m")
     traded = seeded.read_bars("AAPL", "1m").table
     assert not expected.column("close").equals(traded.column("close"))
@@ -238,14 +278,16 @@ async def test_adjusted_bars_are_the_stored_ones_adjusted(make_client: Callable[
             assert closes == expected.column("close").to_pylist()[:5]
             assert r.json()["next_cursor"] is not None
         elif fmt == "csv-page":
-            r = await client.get("/api/v1/bars/AAPL", params={"adjusted": "true",
-                                                              "format": "csv", "limit": 3})
+            r = await client.get(
+                "/api/v1/bars/AAPL", params={"adjusted": "true", "format": "csv", "limit": 3}
+            )
             volumes = [float(line.split(",")[7]) for line in r.text.splitlines()[1:]]
             assert volumes == expected.column("volume").to_pylist()[:3]
             assert "x-next-cursor" in r.headers
         else:
-            r = await client.get("/api/v1/bars/AAPL", params={"adjusted": "true",
-                                                              "format": "arrow"})
+            r = await client.get(
+                "/api/v1/bars/AAPL", params={"adjusted": "true", "format": "arrow"}
+            )
             assert pa.ipc.open_stream(r.content).read_all().equals(expected)
             plain = await client.get("/api/v1/bars/AAPL", params={"format": "arrow"})
             assert pa.ipc.open_stream(plain.content).read_all().equals(traded)

@@ -36,22 +36,29 @@ def test_keys_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[s
         verify_key(opened, made["key"])
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["keys", "create", "x", "--scope", "root"], "scope root is not valid"),
-    (["keys", "revoke", "nobody"], "no active API key 'nobody'"),
-    (["serve", "--workers", "2"], "the embedded DuckDB store can be opened by one process only"),
-    (["serve", "--log-format", "xml"], "--log-format 'xml'"),
-])
-def test_bad_usage_is_one_line_and_an_exit_code(tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str],
-                                                args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["keys", "create", "x", "--scope", "root"], "scope root is not valid"),
+        (["keys", "revoke", "nobody"], "no active API key 'nobody'"),
+        (
+            ["serve", "--workers", "2"],
+            "the embedded DuckDB store can be opened by one process only",
+        ),
+        (["serve", "--log-format", "xml"], "--log-format 'xml'"),
+    ],
+)
+def test_bad_usage_is_one_line_and_an_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     code = cli(["--store", f"duckdb:///{tmp_path}/e.duckdb", *args])
     assert code in (1, 2)
     assert message in capsys.readouterr().err.replace("\n", "")
 
 
-def test_keys_create_twice_with_one_name_conflicts(tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_keys_create_twice_with_one_name_conflicts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = f"duckdb:///{tmp_path}/c.duckdb"
     assert cli(["--store", store, "keys", "create", "ci"]) == 0
     assert cli(["--store", store, "keys", "create", "ci"]) == 1

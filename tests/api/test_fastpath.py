@@ -48,8 +48,10 @@ URLS = [
 
 
 async def _client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client,
+    ):
         yield client
 
 
@@ -60,8 +62,9 @@ def _without_fast_path(app: FastAPI) -> FastAPI:
 
 def _comparable(response: httpx.Response) -> tuple[Any, ...]:
     body: Any = response.content
-    if response.headers["content-type"].startswith(("application/json",
-                                                    "application/problem+json")):
+    if response.headers["content-type"].startswith(
+        ("application/json", "application/problem+json")
+    ):
         body = orjson.loads(body)
         if isinstance(body, dict):
             body.pop("request_id", None)
@@ -70,13 +73,16 @@ def _comparable(response: httpx.Response) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize("auth", [{}, "read", "revoked"])
-async def test_fast_path_answers_like_fastapi(seeded: Store, keys: dict[str, str],
-                                              auth: Any) -> None:
+async def test_fast_path_answers_like_fastapi(
+    seeded: Store, keys: dict[str, str], auth: Any
+) -> None:
     """Every URL, good or bad, gets the same status, headers and body either way."""
     headers = bearer(keys[auth]) if isinstance(auth, str) else {}
     answers: dict[str, list[tuple[Any, ...]]] = {"fast": [], "plain": []}
-    apps = {"fast": create_app(settings(), seeded),
-            "plain": _without_fast_path(create_app(settings(), seeded))}
+    apps = {
+        "fast": create_app(settings(), seeded),
+        "plain": _without_fast_path(create_app(settings(), seeded)),
+    }
     for name, app in apps.items():
         async for client in _client(app):
             for url in URLS:
@@ -87,7 +93,8 @@ async def test_fast_path_answers_like_fastapi(seeded: Store, keys: dict[str, str
 
 
 async def test_well_formed_requests_skip_fastapi_and_others_reach_it(
-        seeded: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeded: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """FastAPI's dependency solver runs only for what the fast path left to it."""
     calls: list[str] = []
     solve = fastapi.routing.solve_dependencies
@@ -109,11 +116,18 @@ async def test_well_formed_requests_skip_fastapi_and_others_reach_it(
 
 
 async def test_every_request_counts_once_against_the_rate_limit_whichever_path_answers(
-        make_client: Any) -> None:
+    make_client: Any,
+) -> None:
     async with make_client(api_rate_limit_per_minute=3) as client:
-        codes = [(await client.get(url)).status_code for url in (
-            "/api/v1/bars/AAPL?limit=2", "/api/v1/bars/AAPL?limit=0",
-            "/api/v1/prices/AAPL/latest", "/api/v1/bars/AAPL?limit=2")]
+        codes = [
+            (await client.get(url)).status_code
+            for url in (
+                "/api/v1/bars/AAPL?limit=2",
+                "/api/v1/bars/AAPL?limit=0",
+                "/api/v1/prices/AAPL/latest",
+                "/api/v1/bars/AAPL?limit=2",
+            )
+        ]
         limited = await client.get("/api/v1/prices/AAPL/latest")
     assert codes == [200, 422, 200, 429]
     assert limited.status_code == 429
@@ -125,8 +139,10 @@ async def test_fast_path_counts_requests_in_the_route_metrics(client: httpx.Asyn
     for _ in range(3):
         assert (await client.get("/api/v1/bars/AAPL?limit=2")).status_code == 200
     metrics = (await client.get("/metrics")).text
-    assert ('marketlake_http_requests_total{method="GET",route="/api/v1/bars/{symbol}",'
-            'status="200"} 3.0') in metrics
+    assert (
+        'marketlake_http_requests_total{method="GET",route="/api/v1/bars/{symbol}",'
+        'status="200"} 3.0'
+    ) in metrics
 
 
 def test_a_route_the_fast_path_cannot_resolve_is_refused_at_start() -> None:

@@ -32,8 +32,9 @@ class Failing(Provider):
     timeframes: ClassVar[tuple[str, ...]] = ()
     mode = "vendor"
 
-    async def fetch_bars(self, symbol: str, timeframe: str | Timeframe, start: datetime,
-                         end: datetime) -> AsyncIterator[pa.Table]:
+    async def fetch_bars(
+        self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
+    ) -> AsyncIterator[pa.Table]:
         if self.mode == "hang":
             await asyncio.sleep(60)
         if self.mode == "bug":
@@ -43,17 +44,24 @@ class Failing(Provider):
 
 
 def _plan(provider: Provider) -> IngestPlan:
-    return IngestPlan(provider, ["AAPL"], Timeframe.parse("1d"), parse_time("2024-03-01"),
-                      parse_time("2024-03-05"))
+    return IngestPlan(
+        provider,
+        ["AAPL"],
+        Timeframe.parse("1d"),
+        parse_time("2024-03-01"),
+        parse_time("2024-03-05"),
+    )
 
 
-@pytest.mark.parametrize(("mode", "status", "error"), [
-    ("vendor", "failed", "AAPL: vendor said no"),
-    ("bug", "failed", "internal error: ZeroDivisionError('oops')"),
-    ("hang", "cancelled", "the server stopped during the job"),
-])
-async def test_jobs_record_how_they_ended(duck: Store, mode: str, status: str,
-                                         error: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "status", "error"),
+    [
+        ("vendor", "failed", "AAPL: vendor said no"),
+        ("bug", "failed", "internal error: ZeroDivisionError('oops')"),
+        ("hang", "cancelled", "the server stopped during the job"),
+    ],
+)
+async def test_jobs_record_how_they_ended(duck: Store, mode: str, status: str, error: str) -> None:
     runner = JobRunner(settings(), ApiMetrics())
     provider = Failing(settings())
     provider.mode = mode
@@ -68,8 +76,9 @@ async def test_jobs_record_how_they_ended(duck: Store, mode: str, status: str,
     assert runner.running == []
 
 
-def test_cache_of_a_shared_store_expires_after_its_ttl(duck: Store,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_of_a_shared_store_expires_after_its_ttl(
+    duck: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(type(duck), "exclusive", False)
     duck.write_bars(bars_for("AAPL"))
     cache = BarCache(max_rows=10_000, ttl_s=60)
@@ -83,7 +92,8 @@ def test_cache_of_a_shared_store_expires_after_its_ttl(duck: Store,
 
 
 def test_a_shared_store_series_used_past_half_its_ttl_reloads_in_the_background(
-        duck: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    duck: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(type(duck), "exclusive", False)
     duck.write_bars(bars_for("AAPL"))
     cache = BarCache(max_rows=10_000, ttl_s=2.0)
@@ -177,8 +187,7 @@ def test_serve_runs_uvicorn_with_the_app(monkeypatch: pytest.MonkeyPatch) -> Non
     assert many["factory"] is True
 
 
-async def test_a_server_app_freezes_the_start_up_objects_out_of_the_collector(
-        duck: Store) -> None:
+async def test_a_server_app_freezes_the_start_up_objects_out_of_the_collector(duck: Store) -> None:
     import gc
 
     from marketlake.api import create_app

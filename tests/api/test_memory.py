@@ -25,11 +25,27 @@ def _fill(uri: str) -> None:
         for lo in range(0, ROWS, 1_000_000):
             i = np.arange(lo, min(ROWS, lo + 1_000_000), dtype=np.int64)
             wave = (i % 1000) / 100.0
-            store.write_bars(normalize_bars(pa.table({
-                "ts": pa.array((1420070400 + i * 60) * 1_000_000, pa.timestamp("us", tz="UTC")),
-                "open": 100 + wave, "high": 101 + wave, "low": 99 + wave, "close": 100.5 + wave,
-                "volume": (1000 + i % 77).astype(float), "trades": i % 50, "vwap": 100.2 + wave,
-            }), symbol="BTCUSDT", timeframe="1m", source="synthetic"))
+            store.write_bars(
+                normalize_bars(
+                    pa.table(
+                        {
+                            "ts": pa.array(
+                                (1420070400 + i * 60) * 1_000_000, pa.timestamp("us", tz="UTC")
+                            ),
+                            "open": 100 + wave,
+                            "high": 101 + wave,
+                            "low": 99 + wave,
+                            "close": 100.5 + wave,
+                            "volume": (1000 + i % 77).astype(float),
+                            "trades": i % 50,
+                            "vwap": 100.2 + wave,
+                        }
+                    ),
+                    symbol="BTCUSDT",
+                    timeframe="1m",
+                    source="synthetic",
+                )
+            )
         store.ensure_instruments(["BTCUSDT"])
 
 
@@ -77,4 +93,5 @@ def test_streaming_5m_rows_keeps_server_memory_flat(tmp_path: Path) -> None:
     # … and building one in memory would take more than its size; streaming takes a batch
     # (plus DuckDB's buffer pool, which keeps the scanned column blocks: about 150 MB here).
     assert peak - before < smallest / 2, (
-        f"peak RSS grew from {before:.0f} to {peak:.0f} MB while streaming {sizes}")
+        f"peak RSS grew from {before:.0f} to {peak:.0f} MB while streaming {sizes}"
+    )

@@ -26,8 +26,9 @@ async def test_ready_checks_the_store(client: httpx.AsyncClient) -> None:
     assert r.json()["checks"]["store"] == "ok (schema 1)"
 
 
-async def test_ready_is_503_when_the_store_is_gone(make_client: Callable[..., Any],
-                                                   seeded: Store) -> None:
+async def test_ready_is_503_when_the_store_is_gone(
+    make_client: Callable[..., Any], seeded: Store
+) -> None:
     async with make_client() as client:
         seeded.close()
         r = await client.get("/api/v1/ready")
@@ -37,82 +38,110 @@ async def test_ready_is_503_when_the_store_is_gone(make_client: Callable[..., An
 
 
 async def test_ready_is_503_when_the_redis_bus_is_unreachable(
-        make_client: Callable[..., Any]) -> None:
+    make_client: Callable[..., Any],
+) -> None:
     async with make_client(bus="redis://127.0.0.1:1/0", api_rate_limit_per_minute=0) as client:
         r = await client.get("/api/v1/ready")
     assert r.status_code == 503
     assert r.json()["detail"].startswith("bus redis://127.0.0.1:1/0: ")
 
 
-async def test_instruments_crud_round_trip(client: httpx.AsyncClient,
-                                           keys: dict[str, str]) -> None:
+async def test_instruments_crud_round_trip(client: httpx.AsyncClient, keys: dict[str, str]) -> None:
     auth = bearer(keys["write"])
     listed = (await client.get("/api/v1/instruments")).json()
     assert [i["symbol"] for i in listed] == ["AAPL", "BTCUSDT"]
-    created = await client.post("/api/v1/instruments", headers=auth, json={
-        "symbol": "msft", "name": "Microsoft", "exchange": "XNAS"})
+    created = await client.post(
+        "/api/v1/instruments",
+        headers=auth,
+        json={"symbol": "msft", "name": "Microsoft", "exchange": "XNAS"},
+    )
     assert created.status_code == 201
     assert created.headers["location"] == "/api/v1/instruments/MSFT"
     assert created.json()["symbol"] == "MSFT"
     again = await client.post("/api/v1/instruments", headers=auth, json={"symbol": "MSFT"})
     assert again.status_code == 409
-    replaced = await client.put("/api/v1/instruments/MSFT", headers=auth, json={
-        "name": "Microsoft Corp.", "exchange": "XNAS", "currency": "USD"})
+    replaced = await client.put(
+        "/api/v1/instruments/MSFT",
+        headers=auth,
+        json={"name": "Microsoft Corp.", "exchange": "XNAS", "currency": "USD"},
+    )
     assert replaced.status_code == 200
     assert (await client.get("/api/v1/instruments/msft")).json() == {
-        "symbol": "MSFT", "name": "Microsoft Corp.", "asset_class": "stock", "exchange": "XNAS",
-        "currency": "USD", "timezone": "America/New_York", "active": True,
-        "auto_registered": False}
-    fresh = await client.put("/api/v1/instruments/ETHUSDT", headers=auth, json={
-        "asset_class": "crypto", "timezone": "UTC"})
+        "symbol": "MSFT",
+        "name": "Microsoft Corp.",
+        "asset_class": "stock",
+        "exchange": "XNAS",
+        "currency": "USD",
+        "timezone": "America/New_York",
+        "active": True,
+        "auto_registered": False,
+    }
+    fresh = await client.put(
+        "/api/v1/instruments/ETHUSDT",
+        headers=auth,
+        json={"asset_class": "crypto", "timezone": "UTC"},
+    )
     assert fresh.status_code == 201
     assert (await client.delete("/api/v1/instruments/MSFT", headers=auth)).status_code == 204
     assert (await client.get("/api/v1/instruments/MSFT")).status_code == 404
     assert (await client.delete("/api/v1/instruments/MSFT", headers=auth)).status_code == 404
 
 
-async def test_delete_with_data_removes_the_bars(client: httpx.AsyncClient, seeded: Store,
-                                                 keys: dict[str, str]) -> None:
-    r = await client.delete("/api/v1/instruments/AAPL", params={"with_data": "true"},
-                            headers=bearer(keys["write"]))
+async def test_delete_with_data_removes_the_bars(
+    client: httpx.AsyncClient, seeded: Store, keys: dict[str, str]
+) -> None:
+    r = await client.delete(
+        "/api/v1/instruments/AAPL", params={"with_data": "true"}, headers=bearer(keys["write"])
+    )
     assert r.status_code == 204
     assert seeded.count_bars("AAPL") == 0
     assert (await client.get("/api/v1/bars/AAPL")).status_code == 404
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"symbol": "bad symbol!"}, "symbol"),
-    ({"symbol": "X", "asset_class": "bond"}, "asset_class"),
-    ({"symbol": "X", "timezone": "Mars/Base"}, "timezone"),
-    ({"symbol": "X", "colour": "red"}, "colour"),
-    ({}, "symbol"),
-])
-async def test_bad_instrument_bodies_are_422(client: httpx.AsyncClient, keys: dict[str, str],
-                                             body: dict[str, Any], param: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"symbol": "bad symbol!"}, "symbol"),
+        ({"symbol": "X", "asset_class": "bond"}, "asset_class"),
+        ({"symbol": "X", "timezone": "Mars/Base"}, "timezone"),
+        ({"symbol": "X", "colour": "red"}, "colour"),
+        ({}, "symbol"),
+    ],
+)
+async def test_bad_instrument_bodies_are_422(
+    client: httpx.AsyncClient, keys: dict[str, str], body: dict[str, Any], param: str
+) -> None:
     r = await client.post("/api/v1/instruments", json=body, headers=bearer(keys["write"]))
     assert r.status_code == 422
     assert r.json()["param"] == param
 
 
-async def test_put_with_a_bad_timezone_is_422(client: httpx.AsyncClient,
-                                              keys: dict[str, str]) -> None:
-    r = await client.put("/api/v1/instruments/AAPL", json={"timezone": "Nowhere/Town"},
-                         headers=bearer(keys["write"]))
+async def test_put_with_a_bad_timezone_is_422(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    r = await client.put(
+        "/api/v1/instruments/AAPL", json={"timezone": "Nowhere/Town"}, headers=bearer(keys["write"])
+    )
     assert r.status_code == 422
     assert r.json()["param"] == "timezone"
     assert "unknown IANA timezone" in r.json()["detail"]
 
 
-async def test_body_that_is_not_json_is_422(client: httpx.AsyncClient,
-                                            keys: dict[str, str]) -> None:
-    r = await client.post("/api/v1/instruments", content=b"{nope",
-                          headers=bearer(keys["write"]) | {"Content-Type": "application/json"})
+async def test_body_that_is_not_json_is_422(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    r = await client.post(
+        "/api/v1/instruments",
+        content=b"{nope",
+        headers=bearer(keys["write"]) | {"Content-Type": "application/json"},
+    )
     assert r.status_code == 422
     assert "JSON" in r.json()["detail"]
 
 
-async def test_prices_are_the_newest_closes_oldest_first(client: httpx.AsyncClient,
-                                                         seeded: Store) -> None:
+async def test_prices_are_the_newest_closes_oldest_first(
+    client: httpx.AsyncClient, seeded: Store
+) -> None:
     body = (await client.get("/api/v1/prices/AAPL", params={"limit": 3})).json()
     table = seeded.read_bars("AAPL", "1m").table
     newest = table.slice(table.num_rows - 3).to_pylist()
@@ -122,8 +151,9 @@ async def test_prices_are_the_newest_closes_oldest_first(client: httpx.AsyncClie
     assert [parse_time(p["ts"]) for p in body["prices"]] == [r["ts"] for r in newest]
 
 
-async def test_prices_without_cache_read_the_store(make_client: Callable[..., Any],
-                                                   seeded: Store) -> None:
+async def test_prices_without_cache_read_the_store(
+    make_client: Callable[..., Any], seeded: Store
+) -> None:
     async with make_client(api_cache_max_rows=0) as client:
         body = (await client.get("/api/v1/prices/BTCUSDT", params={"limit": 2})).json()
         empty = (await client.get("/api/v1/prices/BTCUSDT", params={"timeframe": "1h"})).json()
@@ -133,44 +163,72 @@ async def test_prices_without_cache_read_the_store(make_client: Callable[..., An
     assert empty["prices"] == []
 
 
-async def test_latest_price_is_the_close_of_the_last_bar(client: httpx.AsyncClient,
-                                                         seeded: Store) -> None:
+async def test_latest_price_is_the_close_of_the_last_bar(
+    client: httpx.AsyncClient, seeded: Store
+) -> None:
     newest = seeded.latest_bar("BTCUSDT", "1m")
     assert newest is not None
     body = (await client.get("/api/v1/prices/BTCUSDT/latest")).json()
-    assert body == {"symbol": "BTCUSDT", "price": newest["close"],
-                    "ts": "2024-03-06T00:00:00+00:00", "source": "bar", "timeframe": "1m"}
+    assert body == {
+        "symbol": "BTCUSDT",
+        "price": newest["close"],
+        "ts": "2024-03-06T00:00:00+00:00",
+        "source": "bar",
+        "timeframe": "1m",
+    }
 
 
-async def test_latest_price_prefers_a_newer_trade(client: httpx.AsyncClient,
-                                                  seeded: Store) -> None:
+async def test_latest_price_prefers_a_newer_trade(client: httpx.AsyncClient, seeded: Store) -> None:
     import pyarrow as pa
 
-    seeded.write_trades(pa.table({
-        "symbol": ["BTCUSDT"], "ts": pa.array([parse_time("2024-03-06T00:00:05Z")],
-                                              pa.timestamp("us", tz="UTC")),
-        "price": [70000.5], "size": [0.1], "side": ["buy"], "trade_id": ["t1"],
-        "source": ["test"]}))
+    seeded.write_trades(
+        pa.table(
+            {
+                "symbol": ["BTCUSDT"],
+                "ts": pa.array([parse_time("2024-03-06T00:00:05Z")], pa.timestamp("us", tz="UTC")),
+                "price": [70000.5],
+                "size": [0.1],
+                "side": ["buy"],
+                "trade_id": ["t1"],
+                "source": ["test"],
+            }
+        )
+    )
     body = (await client.get("/api/v1/prices/BTCUSDT/latest")).json()
-    assert body == {"symbol": "BTCUSDT", "price": 70000.5, "ts": "2024-03-06T00:00:05+00:00",
-                    "source": "trade", "timeframe": None}
+    assert body == {
+        "symbol": "BTCUSDT",
+        "price": 70000.5,
+        "ts": "2024-03-06T00:00:05+00:00",
+        "source": "trade",
+        "timeframe": None,
+    }
 
 
-async def test_latest_price_of_a_symbol_without_data_is_404(client: httpx.AsyncClient,
-                                                            keys: dict[str, str]) -> None:
-    await client.post("/api/v1/instruments", json={"symbol": "EMPTY"},
-                      headers=bearer(keys["write"]))
+async def test_latest_price_of_a_symbol_without_data_is_404(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    await client.post(
+        "/api/v1/instruments", json={"symbol": "EMPTY"}, headers=bearer(keys["write"])
+    )
     r = await client.get("/api/v1/prices/EMPTY/latest")
     assert r.status_code == 404
     assert (await client.get("/api/v1/prices/NOPE/latest")).status_code == 404
 
 
-async def test_ingest_run_answers_202_and_the_job_finishes(client: httpx.AsyncClient,
-                                                           seeded: Store,
-                                                           keys: dict[str, str]) -> None:
-    r = await client.post("/api/v1/ingest/run", headers=bearer(keys["write"]), json={
-        "provider": "synthetic", "symbols": ["ethusdt"], "timeframe": "1h",
-        "start": "2024-03-04", "end": "2024-03-05"})
+async def test_ingest_run_answers_202_and_the_job_finishes(
+    client: httpx.AsyncClient, seeded: Store, keys: dict[str, str]
+) -> None:
+    r = await client.post(
+        "/api/v1/ingest/run",
+        headers=bearer(keys["write"]),
+        json={
+            "provider": "synthetic",
+            "symbols": ["ethusdt"],
+            "timeframe": "1h",
+            "start": "2024-03-04",
+            "end": "2024-03-05",
+        },
+    )
     assert r.status_code == 202
     job_id = r.json()["job_id"]
     assert r.json() == {"job_id": job_id, "status": "pending", "url": f"/api/v1/jobs/{job_id}"}
@@ -196,32 +254,60 @@ async def _finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-async def test_ingest_with_a_period_covers_that_period(client: httpx.AsyncClient,
-                                                       keys: dict[str, str]) -> None:
-    r = await client.post("/api/v1/ingest/run", headers=bearer(keys["write"]), json={
-        "provider": "synthetic", "symbols": ["BTCUSDT"], "timeframe": "1d", "period": "3d",
-        "end": "2024-03-10"})
+async def test_ingest_with_a_period_covers_that_period(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    r = await client.post(
+        "/api/v1/ingest/run",
+        headers=bearer(keys["write"]),
+        json={
+            "provider": "synthetic",
+            "symbols": ["BTCUSDT"],
+            "timeframe": "1d",
+            "period": "3d",
+            "end": "2024-03-10",
+        },
+    )
     job = await _finished(client, r.json()["job_id"])
     assert job["params"]["start"] == "2024-03-07T00:00:00+00:00"
     assert job["summary"]["symbols"][0]["fetched"] == 3
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    ({"provider": "nope", "symbols": ["AAPL"], "start": "2024-01-01"}, "provider"),
-    ({"provider": "synthetic", "symbols": ["AAPL"], "timeframe": "9q", "start": "2024-01-01"},
-     "timeframe"),
-    ({"provider": "synthetic", "symbols": [], "start": "2024-01-01"}, "symbols"),
-    ({"provider": "synthetic", "symbols": ["AAPL"]}, "start"),
-    ({"provider": "synthetic", "symbols": ["AAPL"], "start": "2024-02-01", "end": "2024-01-01"},
-     "start"),
-    ({"provider": "synthetic", "symbols": ["AAPL"], "start": "2024-01-01", "period": "1d"},
-     "period"),
-    ({"provider": "synthetic", "symbols": ["AAPL"], "period": "often"}, "period"),
-    ({"provider": "synthetic", "symbols": ["no way"], "start": "2024-01-01"}, "symbol"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"provider": "nope", "symbols": ["AAPL"], "start": "2024-01-01"}, "provider"),
+        (
+            {
+                "provider": "synthetic",
+                "symbols": ["AAPL"],
+                "timeframe": "9q",
+                "start": "2024-01-01",
+            },
+            "timeframe",
+        ),
+        ({"provider": "synthetic", "symbols": [], "start": "2024-01-01"}, "symbols"),
+        ({"provider": "synthetic", "symbols": ["AAPL"]}, "start"),
+        (
+            {
+                "provider": "synthetic",
+                "symbols": ["AAPL"],
+                "start": "2024-02-01",
+                "end": "2024-01-01",
+            },
+            "start",
+        ),
+        (
+            {"provider": "synthetic", "symbols": ["AAPL"], "start": "2024-01-01", "period": "1d"},
+            "period",
+        ),
+        ({"provider": "synthetic", "symbols": ["AAPL"], "period": "often"}, "period"),
+        ({"provider": "synthetic", "symbols": ["no way"], "start": "2024-01-01"}, "symbol"),
+    ],
+)
 async def test_bad_ingest_requests_are_422_and_record_no_job(
-        client: httpx.AsyncClient, seeded: Store, keys: dict[str, str], body: dict[str, Any],
-        param: str) -> None:
+    client: httpx.AsyncClient, seeded: Store, keys: dict[str, str], body: dict[str, Any], param: str
+) -> None:
     r = await client.post("/api/v1/ingest/run", json=body, headers=bearer(keys["write"]))
     assert r.status_code == 422
     assert r.json()["param"] == param
@@ -235,22 +321,46 @@ async def test_unknown_job_is_404(client: httpx.AsyncClient) -> None:
 
 
 def _report(store: Store) -> None:
-    store.insert_row("quality_reports", {
-        "id": "r1", "job_id": None, "scope": json.dumps({"symbols": ["AAPL"], "timeframe": "1m"}),
-        "summary": json.dumps({"findings": 2}), "created_at": parse_time("2024-03-06")})
-    store.insert_row("quality_reports", {
-        "id": "r2", "job_id": "j9", "scope": "{}", "summary": "{}",
-        "created_at": parse_time("2024-03-07")})
+    store.insert_row(
+        "quality_reports",
+        {
+            "id": "r1",
+            "job_id": None,
+            "scope": json.dumps({"symbols": ["AAPL"], "timeframe": "1m"}),
+            "summary": json.dumps({"findings": 2}),
+            "created_at": parse_time("2024-03-06"),
+        },
+    )
+    store.insert_row(
+        "quality_reports",
+        {
+            "id": "r2",
+            "job_id": "j9",
+            "scope": "{}",
+            "summary": "{}",
+            "created_at": parse_time("2024-03-07"),
+        },
+    )
     for i, severity in enumerate(("error", "warning")):
-        store.insert_row("quality_findings", {
-            "report_id": "r1", "rule": "ohlc" if i == 0 else "gaps", "severity": severity,
-            "symbol": "AAPL", "timeframe": "1m", "ts": parse_time(f"2024-03-04T15:0{i}:00Z"),
-            "end_ts": None, "values": json.dumps({"high": 9.5, "low": 10.1}),
-            "message": f"finding {i}"})
+        store.insert_row(
+            "quality_findings",
+            {
+                "report_id": "r1",
+                "rule": "ohlc" if i == 0 else "gaps",
+                "severity": severity,
+                "symbol": "AAPL",
+                "timeframe": "1m",
+                "ts": parse_time(f"2024-03-04T15:0{i}:00Z"),
+                "end_ts": None,
+                "values": json.dumps({"high": 9.5, "low": 10.1}),
+                "message": f"finding {i}",
+            },
+        )
 
 
-async def test_quality_reports_list_newest_first_and_filter(client: httpx.AsyncClient,
-                                                            seeded: Store) -> None:
+async def test_quality_reports_list_newest_first_and_filter(
+    client: httpx.AsyncClient, seeded: Store
+) -> None:
     _report(seeded)
     listed = (await client.get("/api/v1/quality/reports")).json()
     assert [r["id"] for r in listed] == ["r2", "r1"]
@@ -264,11 +374,18 @@ async def test_quality_report_has_its_findings(client: httpx.AsyncClient, seeded
     report = (await client.get("/api/v1/quality/reports/r1")).json()
     assert report["findings_total"] == 2
     assert report["findings"][0] == {
-        "rule": "ohlc", "severity": "error", "symbol": "AAPL", "timeframe": "1m",
-        "ts": "2024-03-04T15:00:00Z", "end_ts": None, "values": {"high": 9.5, "low": 10.1},
-        "message": "finding 0"}
-    warnings = (await client.get("/api/v1/quality/reports/r1",
-                                 params={"severity": "warning"})).json()
+        "rule": "ohlc",
+        "severity": "error",
+        "symbol": "AAPL",
+        "timeframe": "1m",
+        "ts": "2024-03-04T15:00:00Z",
+        "end_ts": None,
+        "values": {"high": 9.5, "low": 10.1},
+        "message": "finding 0",
+    }
+    warnings = (
+        await client.get("/api/v1/quality/reports/r1", params={"severity": "warning"})
+    ).json()
     assert [f["rule"] for f in warnings["findings"]] == ["gaps"]
     metrics = (await client.get("/metrics")).text
     assert 'marketlake_quality_findings{rule="ohlc",severity="error"} 1.0' in metrics
@@ -302,10 +419,14 @@ async def test_metrics_count_requests_by_route_and_status(client: httpx.AsyncCli
     await client.get("/api/v1/bars/AAPL", params={"limit": 5})
     await client.get("/api/v1/bars/ZZZ")
     text = (await client.get("/metrics")).text
-    assert ('marketlake_http_requests_total{method="GET",route="/api/v1/bars/{symbol}",'
-            'status="200"} 1.0') in text
-    assert ('marketlake_http_requests_total{method="GET",route="/api/v1/bars/{symbol}",'
-            'status="404"} 1.0') in text
+    assert (
+        'marketlake_http_requests_total{method="GET",route="/api/v1/bars/{symbol}",'
+        'status="200"} 1.0'
+    ) in text
+    assert (
+        'marketlake_http_requests_total{method="GET",route="/api/v1/bars/{symbol}",'
+        'status="404"} 1.0'
+    ) in text
     assert "marketlake_http_request_duration_seconds_bucket" in text
     assert 'marketlake_store_query_duration_seconds_count{operation="load_series"}' in text
 

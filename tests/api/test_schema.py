@@ -29,35 +29,50 @@ HEADERS: dict[str, str] = {}
 # Server-sent event routes never end by design (live, alerts) or may pace for hours
 # (replay); tests/api/test_stream_routes.py drives them with a reader that stops.
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app()).exclude(
-    path_regex=r"^/api/v1/(stream/live|alerts/stream|replay/)")
+    path_regex=r"^/api/v1/(stream/live|alerts/stream|replay/)"
+)
 
 
 @pytest.mark.slow
 @schema.parametrize()
 # derandomize: the same cases on every run, so a CI result is reproducible; a bug a
 # random run finds (null symbol on POST /alerts/rules) gets its own test where it belongs.
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck),
-          derandomize=True)
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_api_conforms_to_its_openapi_schema(case: Any) -> None:
     # Auth is tested by the matrix in test_auth.py (these calls carry an admin key), and
     # semantic checks (start before end, a real cursor) make some schema-valid input 422.
-    case.call_and_validate(headers=HEADERS,
-                           excluded_checks=[checks.ignored_auth, checks.positive_data_acceptance])
+    case.call_and_validate(
+        headers=HEADERS, excluded_checks=[checks.ignored_auth, checks.positive_data_acceptance]
+    )
 
 
 def test_openapi_documents_every_route_with_problems_and_examples() -> None:
     spec = create_app(api_settings()).openapi()
     paths = spec["paths"]
     assert set(paths) >= {  # the core routes; streaming and backtests add theirs
-        "/api/v1/health", "/api/v1/ready", "/api/v1/instruments", "/api/v1/instruments/{symbol}",
-        "/api/v1/bars/{symbol}", "/api/v1/bars/{symbol}/latest", "/api/v1/prices/{symbol}",
-        "/api/v1/prices/{symbol}/latest", "/api/v1/ingest/run", "/api/v1/jobs",
-        "/api/v1/jobs/{job_id}", "/api/v1/quality/reports", "/api/v1/quality/reports/{report_id}",
-        "/api/v1/keys", "/api/v1/keys/{key_id}"}
+        "/api/v1/health",
+        "/api/v1/ready",
+        "/api/v1/instruments",
+        "/api/v1/instruments/{symbol}",
+        "/api/v1/bars/{symbol}",
+        "/api/v1/bars/{symbol}/latest",
+        "/api/v1/prices/{symbol}",
+        "/api/v1/prices/{symbol}/latest",
+        "/api/v1/ingest/run",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{job_id}",
+        "/api/v1/quality/reports",
+        "/api/v1/quality/reports/{report_id}",
+        "/api/v1/keys",
+        "/api/v1/keys/{key_id}",
+    }
     bars = paths["/api/v1/bars/{symbol}"]["get"]
     assert set(bars["responses"]["200"]["content"]) == {
-        "application/json", "text/csv", "application/vnd.apache.arrow.stream",
-        "application/vnd.apache.parquet"}
+        "application/json",
+        "text/csv",
+        "application/vnd.apache.arrow.stream",
+        "application/vnd.apache.parquet",
+    }
     problem = bars["responses"]["422"]["content"]["application/problem+json"]
     assert problem["schema"] == {"$ref": "#/components/schemas/Problem"}
     assert problem["example"]["status"] == 422

@@ -20,13 +20,13 @@ from marketlake.stream.alerts import RuleSet, parse_rule
 from marketlake.stream.analytics import AnalyticsConfig
 from marketlake.stream.binance import FeedState
 from marketlake.stream.bus import MemoryBus
+from marketlake.stream.bus.redis import RedisBus
 from marketlake.stream.events import ALERTS_TOPIC, Batch, bars_table
 from marketlake.stream.pipeline import Pipeline, persist
-from marketlake.stream.redisbus import RedisBus
 from marketlake.stream.worker import Worker
 from tests.api.conftest import bearer, client_for, settings
-from tests.stream_helpers import T0_US, batches_of, make_trades
-from tests.test_stream_bus import REDIS_URL, redis_prefix  # noqa: F401 - fixture
+from tests.conftest import REDIS_URL
+from tests.stream.helpers import T0_US, batches_of, make_trades
 
 RULE = {"id": "cross-100", "kind": "price_cross", "level": 100.0}
 
@@ -72,8 +72,9 @@ async def test_alerts_are_listed_newest_first_with_filters(duck: Store, tmp_path
         eth = (await client.get("/api/v1/alerts", params={"symbol": "ETHUSDT"})).json()
         since = stored[2]["ts"].isoformat()
         recent = (await client.get("/api/v1/alerts", params={"start": since})).json()
-        bad = await client.get("/api/v1/alerts", params={"start": "2024-03-06",
-                                                          "end": "2024-03-05"})
+        bad = await client.get(
+            "/api/v1/alerts", params={"start": "2024-03-06", "end": "2024-03-05"}
+        )
     assert [a["id"] for a in listed][:3] == [a["id"] for a in stored][:3]
     assert len(listed) == len(stored) > 3
     assert {a["symbol"] for a in eth} == {"ETHUSDT"}
@@ -82,27 +83,40 @@ async def test_alerts_are_listed_newest_first_with_filters(duck: Store, tmp_path
     assert bad.json()["param"] == "start"
 
 
-async def test_rules_are_listed_added_and_deleted(duck: Store, tmp_path: Path,
-                                                 keys: dict[str, str]) -> None:
-    (tmp_path / "alert_rules.yml").write_text("rules:\n  - {id: file-rule, kind: price_above, "
-                                              "threshold: 1}\n")
-    body = {"id": "api-rule", "kind": "pct_change", "window": "5m", "threshold": 2,
-            "symbol": "btcusdt"}
+async def test_rules_are_listed_added_and_deleted(
+    duck: Store, tmp_path: Path, keys: dict[str, str]
+) -> None:
+    (tmp_path / "alert_rules.yml").write_text(
+        "rules:\n  - {id: file-rule, kind: price_above, threshold: 1}\n"
+    )
+    body = {
+        "id": "api-rule",
+        "kind": "pct_change",
+        "window": "5m",
+        "threshold": 2,
+        "symbol": "btcusdt",
+    }
     async with api(duck, tmp_path) as client:
         anonymous = await client.post("/api/v1/alerts/rules", json=body)
         added = await client.post("/api/v1/alerts/rules", json=body, headers=bearer(keys["write"]))
-        again = await client.post("/api/v1/alerts/rules", json=body,
-                                  headers=bearer(keys["write"]))
-        bad = await client.post("/api/v1/alerts/rules", headers=bearer(keys["write"]),
-                                json={"id": "x", "kind": "pct_change", "threshold": "a lot"})
-        nameless = await client.post("/api/v1/alerts/rules", headers=bearer(keys["write"]),
-                                     json={"id": "y", "kind": "price_above", "threshold": 1,
-                                           "symbol": None})
+        again = await client.post("/api/v1/alerts/rules", json=body, headers=bearer(keys["write"]))
+        bad = await client.post(
+            "/api/v1/alerts/rules",
+            headers=bearer(keys["write"]),
+            json={"id": "x", "kind": "pct_change", "threshold": "a lot"},
+        )
+        nameless = await client.post(
+            "/api/v1/alerts/rules",
+            headers=bearer(keys["write"]),
+            json={"id": "y", "kind": "price_above", "threshold": 1, "symbol": None},
+        )
         listed = (await client.get("/api/v1/alerts/rules")).json()
-        deleted = await client.delete("/api/v1/alerts/rules/api-rule",
-                                      headers=bearer(keys["write"]))
-        file_rule = await client.delete("/api/v1/alerts/rules/file-rule",
-                                        headers=bearer(keys["write"]))
+        deleted = await client.delete(
+            "/api/v1/alerts/rules/api-rule", headers=bearer(keys["write"])
+        )
+        file_rule = await client.delete(
+            "/api/v1/alerts/rules/file-rule", headers=bearer(keys["write"])
+        )
         after = (await client.get("/api/v1/alerts/rules")).json()
     assert anonymous.status_code == 401
     assert added.status_code == 201
@@ -111,8 +125,10 @@ async def test_rules_are_listed_added_and_deleted(duck: Store, tmp_path: Path,
     assert again.status_code == 409
     assert nameless.status_code == 422  # not stored as a rule for a symbol called NONE
     assert bad.status_code == 422
-    assert {e["param"] for e in bad.json()["errors"]} >= {"pct_change.threshold",
-                                                          "pct_change.window"}
+    assert {e["param"] for e in bad.json()["errors"]} >= {
+        "pct_change.threshold",
+        "pct_change.window",
+    }
     assert [(r["id"], r["source"]) for r in listed] == [("file-rule", "file"), ("api-rule", "api")]
     assert deleted.status_code == 204
     assert file_rule.status_code == 404
@@ -124,7 +140,8 @@ async def test_portfolio_is_valued_at_the_latest_prices(duck: Store, tmp_path: P
     pipeline = _seed_live(duck)
     (tmp_path / "portfolio.yml").write_text(
         "positions:\n  - {symbol: BTCUSDT, quantity: 2, average_price: 90}\n"
-        "  - {symbol: SOLUSDT, quantity: 1, average_price: 10}\n")
+        "  - {symbol: SOLUSDT, quantity: 1, average_price: 10}\n"
+    )
     async with api(duck, tmp_path) as client:
         body = (await client.get("/api/v1/portfolio")).json()
     price = pipeline.analytics.get("BTCUSDT").price
@@ -153,8 +170,9 @@ async def test_ready_shows_the_feed_connection_state(duck: Store, tmp_path: Path
 @asynccontextmanager
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """``app`` on a real uvicorn server in this event loop; a client pointed at it."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=1
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -166,9 +184,14 @@ async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     await task
 
 
-async def read_events(client: httpx.AsyncClient, url: str, n: int, *,
-                      headers: dict[str, str] | None = None,
-                      started: asyncio.Event | None = None) -> list[tuple[str | None, str, Any]]:
+async def read_events(
+    client: httpx.AsyncClient,
+    url: str,
+    n: int,
+    *,
+    headers: dict[str, str] | None = None,
+    started: asyncio.Event | None = None,
+) -> list[tuple[str | None, str, Any]]:
     """The first ``n`` events of an SSE stream as (id, event, data)."""
     events: list[tuple[str | None, str, Any]] = []
     async with client.stream("GET", url, headers=headers) as response:
@@ -195,39 +218,62 @@ async def test_alert_stream_resumes_after_last_event_id(duck: Store, tmp_path: P
     app = create_app(settings(config_dir=tmp_path), duck, bus)
     async with serving(app) as client:
         started = asyncio.Event()
-        reader = asyncio.create_task(read_events(client, "/api/v1/alerts/stream", 2,
-                                                 started=started))
+        reader = asyncio.create_task(
+            read_events(client, "/api/v1/alerts/stream", 2, started=started)
+        )
         await started.wait()
         await asyncio.sleep(0.05)
         for n in range(3):
             await bus.publish_event(ALERTS_TOPIC, {"symbol": "BTCUSDT", "n": n})
         first, second = await asyncio.wait_for(reader, 5)
         assert (first[1], first[2]["n"], second[2]["n"]) == ("alert", 0, 1)
-        resumed = await asyncio.wait_for(read_events(
-            client, "/api/v1/alerts/stream", 2, headers={"Last-Event-ID": first[0] or ""}), 5)
+        resumed = await asyncio.wait_for(
+            read_events(
+                client, "/api/v1/alerts/stream", 2, headers={"Last-Event-ID": first[0] or ""}
+            ),
+            5,
+        )
         assert [e[2]["n"] for e in resumed] == [1, 2]
         bad = await client.get("/api/v1/alerts/stream", headers={"Last-Event-ID": "1-0"})
         assert bad.status_code == 422
         assert bad.json()["param"] == "Last-Event-ID"
 
 
-async def test_live_stream_sends_trades_and_bars_of_the_asked_symbols(duck: Store,
-                                                                      tmp_path: Path) -> None:
+async def test_live_stream_sends_trades_and_bars_of_the_asked_symbols(
+    duck: Store, tmp_path: Path
+) -> None:
     bus = MemoryBus()
     app = create_app(settings(config_dir=tmp_path), duck, bus)
     trades = make_trades("BTCUSDT", 5)
-    bar = bars_table("BTCUSDT", "1m", "binance", {
-        "ts": [T0_US], "open": [1.0], "high": [2.0], "low": [0.5], "close": [1.5],
-        "volume": [3.0], "trades": [4], "vwap": [1.2]})
+    bar = bars_table(
+        "BTCUSDT",
+        "1m",
+        "binance",
+        {
+            "ts": [T0_US],
+            "open": [1.0],
+            "high": [2.0],
+            "low": [0.5],
+            "close": [1.5],
+            "volume": [3.0],
+            "trades": [4],
+            "vwap": [1.2],
+        },
+    )
     async with serving(app) as client:
         started = asyncio.Event()
-        reader = asyncio.create_task(read_events(
-            client, "/api/v1/stream/live?symbols=btcusdt", 2, started=started))
+        reader = asyncio.create_task(
+            read_events(client, "/api/v1/stream/live?symbols=btcusdt", 2, started=started)
+        )
         await started.wait()
         await asyncio.sleep(0.05)
-        await bus.publish([Batch("trade", "ETHUSDT", make_trades("ETHUSDT", 3)),
-                           Batch("trade", "BTCUSDT", trades),
-                           Batch("bar", "BTCUSDT", bar, "live", final=False)])
+        await bus.publish(
+            [
+                Batch("trade", "ETHUSDT", make_trades("ETHUSDT", 3)),
+                Batch("trade", "BTCUSDT", trades),
+                Batch("bar", "BTCUSDT", bar, "live", final=False),
+            ]
+        )
         (_, kind1, data1), (_, kind2, data2) = await asyncio.wait_for(reader, 5)
     assert kind1 == "trades"
     assert [t["price"] for t in data1["trades"]] == trades.column("price").to_pylist()
@@ -235,10 +281,10 @@ async def test_live_stream_sends_trades_and_bars_of_the_asked_symbols(duck: Stor
     assert (kind2, data2["final"], data2["bars"][0]["close"]) == ("bar", False, 1.5)
 
 
-async def test_replay_streams_bars_metrics_alerts_and_an_end(seeded: Store,
-                                                             tmp_path: Path) -> None:
+async def test_replay_streams_bars_metrics_alerts_and_an_end(seeded: Store, tmp_path: Path) -> None:
     (tmp_path / "alert_rules.yml").write_text(
-        "rules:\n  - {id: any-drop, kind: drawdown_below, threshold: -0.0001}\n")
+        "rules:\n  - {id: any-drop, kind: drawdown_below, threshold: -0.0001}\n"
+    )
     app = create_app(settings(config_dir=tmp_path), seeded, MemoryBus())
     url = "/api/v1/replay/AAPL?timeframe=1m&start=2024-03-04T14:30:00Z&end=2024-03-04T15:00:00Z"
     async with serving(app) as client:
@@ -251,8 +297,9 @@ async def test_replay_streams_bars_metrics_alerts_and_an_end(seeded: Store,
     assert kinds.count("bar") == bars.num_rows > 0
     assert kinds[-1] == "end"
     assert "alert" in kinds
-    assert [e[2]["bar"]["close"] for e in events if e[1] == "bar"] == \
-        bars.column("close").to_pylist()
+    assert [e[2]["bar"]["close"] for e in events if e[1] == "bar"] == bars.column(
+        "close"
+    ).to_pylist()
     assert [e[0] for e in events] == [str(i) for i in range(len(events))]
     assert missing.status_code == 404
     assert monthly.status_code == 422
@@ -266,11 +313,13 @@ def _range(start: str, end: str) -> tuple[Any, Any]:
     return parse_time(start), parse_time(end)
 
 
-async def test_worker_alert_reaches_an_sse_client_and_the_store(duck: Store,
-                                                                tmp_path: Path) -> None:
+async def test_worker_alert_reaches_an_sse_client_and_the_store(
+    duck: Store, tmp_path: Path
+) -> None:
     """Trades in, alert out: the same alert id on the stream and in the alerts table."""
     (tmp_path / "alert_rules.yml").write_text(
-        "rules:\n  - {id: cross-100, kind: price_cross, level: 100.0}\n")
+        "rules:\n  - {id: cross-100, kind: price_cross, level: 100.0}\n"
+    )
     bus = MemoryBus()
     app = create_app(settings(config_dir=tmp_path), duck, bus)
     worker = Worker(settings(config_dir=tmp_path), duck, bus, block_ms=50)
@@ -278,8 +327,9 @@ async def test_worker_alert_reaches_an_sse_client_and_the_store(duck: Store,
     running = asyncio.create_task(worker.run(stop, await bus.consumer("workers", "w")))
     async with serving(app) as client:
         started = asyncio.Event()
-        reader = asyncio.create_task(read_events(client, "/api/v1/alerts/stream", 1,
-                                                 started=started))
+        reader = asyncio.create_task(
+            read_events(client, "/api/v1/alerts/stream", 1, started=started)
+        )
         await started.wait()
         await asyncio.sleep(0.05)
         await bus.publish(batches_of(make_trades("BTCUSDT", 300, seed=1), 100))
@@ -292,17 +342,21 @@ async def test_worker_alert_reaches_an_sse_client_and_the_store(duck: Store,
 
 
 @pytest.mark.redis
-async def test_alert_stream_on_redis_resumes_by_stream_id(duck: Store, tmp_path: Path,
-                                                          redis_prefix: str) -> None:  # noqa: F811
+async def test_alert_stream_on_redis_resumes_by_stream_id(
+    duck: Store, tmp_path: Path, redis_prefix: str
+) -> None:
     bus = RedisBus(REDIS_URL, prefix=redis_prefix)
     app = create_app(settings(config_dir=tmp_path, bus=REDIS_URL), duck, bus)
     first = await bus.publish_event(ALERTS_TOPIC, {"symbol": "BTCUSDT", "n": 0})
     await bus.publish_event(ALERTS_TOPIC, {"symbol": "ETHUSDT", "n": 1})
     await bus.publish_event(ALERTS_TOPIC, {"symbol": "BTCUSDT", "n": 2})
     async with serving(app) as client:
-        events = await asyncio.wait_for(read_events(
-            client, "/api/v1/alerts/stream?symbol=BTCUSDT", 1,
-            headers={"Last-Event-ID": first}), 5)
+        events = await asyncio.wait_for(
+            read_events(
+                client, "/api/v1/alerts/stream?symbol=BTCUSDT", 1, headers={"Last-Event-ID": first}
+            ),
+            5,
+        )
         bad = await client.get("/api/v1/alerts/stream", headers={"Last-Event-ID": "7"})
     assert [e[2]["n"] for e in events] == [2]
     assert events[0][0] not in (None, first)

@@ -17,13 +17,13 @@ from marketlake.errors import (
     ProviderError,
     SymbolNotFoundError,
 )
-from marketlake.mirror import Mirror
-from marketlake.providers.binance import (
+from marketlake.providers.binance.rest import (
     BinanceProvider,
     _extent,
     _parse_klines,
     _read_klines,
 )
+from marketlake.tools.mirror import Mirror
 from tests.providers.vendor import Vendor, collect, make
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
@@ -44,13 +44,17 @@ def vendor() -> Vendor:
 
 
 def paged() -> Vendor:
-    return (vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json")
-            .on(KLINES, "klines_BTCUSDT_1m_page2.json")
-            .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    return (
+        vendor()
+        .on(KLINES, "klines_BTCUSDT_1m_page1.json")
+        .on(KLINES, "klines_BTCUSDT_1m_page2.json")
+        .on(KLINES, "klines_BTCUSDT_1m_page3.json")
+    )
 
 
-async def fetch(v: Vendor, symbol: str = "BTCUSDT", start: datetime = START,
-                end: datetime = END) -> tuple[pa.Table, BinanceProvider, list[float]]:
+async def fetch(
+    v: Vendor, symbol: str = "BTCUSDT", start: datetime = START, end: datetime = END
+) -> tuple[pa.Table, BinanceProvider, list[float]]:
     provider, sleeps = make(BinanceProvider, v)
     tables = await collect(provider, symbol, "1m", start, end)
     table = pa.concat_tables(tables) if tables else pa.table({})
@@ -70,15 +74,29 @@ async def test_klines_become_exact_canonical_rows() -> None:
     table, _, _ = await fetch(paged())
     first, last = table.slice(0, 1).to_pylist()[0], table.slice(6, 1).to_pylist()[0]
     assert first == {
-        "symbol": "BTCUSDT", "timeframe": "1m", "ts": START, "open": 62387.9,
-        "high": 62421.09, "low": 62350.0, "close": 62400.01, "volume": 41.53245,
-        "trades": 1872, "vwap": pytest.approx(2590814.6133952 / 41.53245, rel=1e-15),
+        "symbol": "BTCUSDT",
+        "timeframe": "1m",
+        "ts": START,
+        "open": 62387.9,
+        "high": 62421.09,
+        "low": 62350.0,
+        "close": 62400.01,
+        "volume": 41.53245,
+        "trades": 1872,
+        "vwap": pytest.approx(2590814.6133952 / 41.53245, rel=1e-15),
         "source": "binance",
     }
     assert last["ts"] == datetime(2024, 3, 4, 0, 6, tzinfo=UTC)
     assert (last["volume"], last["trades"], last["vwap"]) == (0.0, 0, None)
     assert table.column("close").to_pylist() == [
-        62400.01, 62431.99, 62301.37, 62350.86, 62380.02, 62311.11, 62333.33]
+        62400.01,
+        62431.99,
+        62301.37,
+        62350.86,
+        62380.02,
+        62311.11,
+        62333.33,
+    ]
 
 
 async def test_an_empty_page_ends_the_fetch_with_no_bars() -> None:
@@ -88,14 +106,16 @@ async def test_an_empty_page_ends_the_fetch_with_no_bars() -> None:
 
 async def test_bars_outside_the_half_open_range_are_cut() -> None:
     v = vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json")
-    table, _, _ = await fetch(v, start=datetime(2024, 3, 4, 0, 1, tzinfo=UTC),
-                              end=datetime(2024, 3, 4, 0, 2, tzinfo=UTC))
+    table, _, _ = await fetch(
+        v, start=datetime(2024, 3, 4, 0, 1, tzinfo=UTC), end=datetime(2024, 3, 4, 0, 2, tzinfo=UTC)
+    )
     assert table.column("ts").to_pylist() == [datetime(2024, 3, 4, 0, 1, tzinfo=UTC)]
 
 
 async def test_unknown_extra_fields_are_ignored() -> None:
-    table, _, _ = await fetch(vendor().on(KLINES, "klines_extra_fields.json")
-                              .on(KLINES, "klines_empty.json"))
+    table, _, _ = await fetch(
+        vendor().on(KLINES, "klines_extra_fields.json").on(KLINES, "klines_empty.json")
+    )
     assert table.column("close").to_pylist() == [62400.01, 62431.99, 62301.37]
 
 
@@ -117,9 +137,11 @@ async def test_an_invalid_interval_is_an_input_error() -> None:
 
 
 async def test_429_waits_retry_after_then_succeeds() -> None:
-    v = (vendor().on(KLINES, "error_too_many_requests.json", status=429,
-                     headers={"Retry-After": "7"})
-         .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    v = (
+        vendor()
+        .on(KLINES, "error_too_many_requests.json", status=429, headers={"Retry-After": "7"})
+        .on(KLINES, "klines_BTCUSDT_1m_page3.json")
+    )
     table, provider, waits = await fetch(v)
     assert table.num_rows == 1
     assert waits == [7.0]
@@ -134,9 +156,11 @@ async def test_418_ban_beyond_the_longest_wait_fails_at_once_saying_when() -> No
 
 
 async def test_used_weight_near_the_limit_waits_for_the_next_minute() -> None:
-    v = (vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json",
-                     headers={"X-MBX-USED-WEIGHT-1m": "5990"})
-         .on(KLINES, "klines_empty.json", headers={"X-MBX-USED-WEIGHT-1m": "2"}))
+    v = (
+        vendor()
+        .on(KLINES, "klines_BTCUSDT_1m_page1.json", headers={"X-MBX-USED-WEIGHT-1m": "5990"})
+        .on(KLINES, "klines_empty.json", headers={"X-MBX-USED-WEIGHT-1m": "2"})
+    )
     _, provider, waits = await fetch(v)
     assert len(waits) == 1
     assert 0.5 <= waits[0] <= 60.5
@@ -156,8 +180,11 @@ async def test_a_5xx_storm_opens_the_breaker_and_later_calls_fail_fast() -> None
 
 
 async def test_backoff_grows_exponentially_with_jitter() -> None:
-    v = (vendor().on(KLINES, status=503, body=b"", times=3)
-         .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    v = (
+        vendor()
+        .on(KLINES, status=503, body=b"", times=3)
+        .on(KLINES, "klines_BTCUSDT_1m_page3.json")
+    )
     _, _, waits = await fetch(v)
     assert len(waits) == 3
     for attempt, wait in enumerate(waits):
@@ -165,8 +192,11 @@ async def test_backoff_grows_exponentially_with_jitter() -> None:
 
 
 async def test_the_breaker_lets_a_trial_call_through_after_its_pause() -> None:
-    v = (vendor().on(KLINES, status=500, body=b"", times=5)
-         .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    v = (
+        vendor()
+        .on(KLINES, status=500, body=b"", times=5)
+        .on(KLINES, "klines_BTCUSDT_1m_page3.json")
+    )
     provider, _ = make(BinanceProvider, v)
     now = [0.0]
     provider.breaker.clock = lambda: now[0]
@@ -179,9 +209,12 @@ async def test_the_breaker_lets_a_trial_call_through_after_its_pause() -> None:
 
 
 async def test_timeouts_and_dropped_connections_are_retried() -> None:
-    v = (vendor().on(KLINES, error=httpx.ReadTimeout)
-         .on(KLINES, error=httpx.RemoteProtocolError)
-         .on(KLINES, "klines_BTCUSDT_1m_page3.json"))
+    v = (
+        vendor()
+        .on(KLINES, error=httpx.ReadTimeout)
+        .on(KLINES, error=httpx.RemoteProtocolError)
+        .on(KLINES, "klines_BTCUSDT_1m_page3.json")
+    )
     table, _, waits = await fetch(v)
     assert table.num_rows == 1
     assert len(waits) == 2
@@ -208,26 +241,39 @@ async def test_describe_knows_the_quote_currency_without_a_request() -> None:
     provider, _ = make(BinanceProvider, v)
     info = await provider.describe("ethbtc")
     assert (info.symbol, info.asset_class, info.currency, info.exchange, info.timezone) == (
-        "ETHBTC", "crypto", "BTC", "BINANCE", "UTC")
+        "ETHBTC",
+        "crypto",
+        "BTC",
+        "BINANCE",
+        "UTC",
+    )
     assert v.requests == []
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    (b'{"code":0,"msg":"ok"}', "should be a JSON array, got dict"),
-    (b'[[1709510400000,"abc","1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
-     "field 'open' of BTCUSDT is not a number"),
-    (b'[[1709510400000,null,"1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
-     "field 'open' of BTCUSDT has 1 empty values"),
-    (b'[7]', "kline 0 of BTCUSDT has 0 fields"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"code":0,"msg":"ok"}', "should be a JSON array, got dict"),
+        (
+            b'[[1709510400000,"abc","1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+            "field 'open' of BTCUSDT is not a number",
+        ),
+        (
+            b'[[1709510400000,null,"1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+            "field 'open' of BTCUSDT has 1 empty values",
+        ),
+        (b"[7]", "kline 0 of BTCUSDT has 0 fields"),
+    ],
+)
 async def test_answers_that_are_not_klines_say_what_is_wrong(body: bytes, message: str) -> None:
     with pytest.raises(ProviderError, match=message):
         await fetch(vendor().on(KLINES, body=body))
 
 
 async def test_numbers_instead_of_decimal_strings_still_parse() -> None:
-    body = (b'[[1709510400000,62387.9,62421.09,62350.0,62400.01,41.5,1709510459999,'
-            b'2590814.6,1,0,0,0]]')
+    body = (
+        b"[[1709510400000,62387.9,62421.09,62350.0,62400.01,41.5,1709510459999,2590814.6,1,0,0,0]]"
+    )
     table, _, _ = await fetch(vendor().on(KLINES, body=body))
     assert table.column("close").to_pylist() == [62400.01]
 
@@ -240,15 +286,23 @@ async def test_an_empty_range_makes_no_request() -> None:
 
 def mirrored_page() -> bytes:
     """A full page of 1000 klines as the mirror renders them in Binance's format."""
-    query = {"symbol": "BTCUSDT", "interval": "1m", "startTime": str(T0),
-             "endTime": str(T0 + 86_400_000), "limit": "1000"}
+    query = {
+        "symbol": "BTCUSDT",
+        "interval": "1m",
+        "startTime": str(T0),
+        "endTime": str(T0 + 86_400_000),
+        "limit": "1000",
+    }
     return Mirror().answer(KLINES, query).body
 
 
-@pytest.mark.parametrize("body", [
-    *((DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes().strip() for n in (1, 2, 3)),
-    mirrored_page(),
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        *((DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes().strip() for n in (1, 2, 3)),
+        mirrored_page(),
+    ],
+)
 def test_plain_pages_read_as_csv_equal_the_json_parse(body: bytes) -> None:
     """The fast reader of Binance's plain layout gives exactly the JSON parser's rows."""
     fast = _read_klines([body], "BTCUSDT", "1m")
@@ -262,8 +316,9 @@ def test_several_pages_read_at_once_equal_each_page_parsed_alone() -> None:
     bodies.append(mirrored_page())
     together = _read_klines(bodies, "BTCUSDT", "1m")
     assert together is not None
-    assert together.equals(pa.concat_tables(
-        [_parse_klines(orjson.loads(body), "BTCUSDT", "1m") for body in bodies]))
+    assert together.equals(
+        pa.concat_tables([_parse_klines(orjson.loads(body), "BTCUSDT", "1m") for body in bodies])
+    )
     spaced = b'[[1709510400000, "1","1","1","1","1",1709510459999,"1",1,"1","1","0"]]'
     one_odd = [*bodies[:2], spaced]
     assert _read_klines(one_odd, "BTCUSDT", "1m") is None
@@ -282,21 +337,27 @@ async def until_it_fails(provider: BinanceProvider, got: list[pa.Table]) -> None
 
 
 async def test_a_wrong_page_after_good_ones_yields_the_good_ones_then_says_what_is_wrong() -> None:
-    bad = (DATA / "klines_BTCUSDT_1m_page2.json").read_bytes().replace(b'"62301.36000000"',
-                                                                      b'"6230x.36"', 1)
-    provider, _ = make(BinanceProvider, vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json")
-                       .on(KLINES, body=bad))
+    bad = (
+        (DATA / "klines_BTCUSDT_1m_page2.json")
+        .read_bytes()
+        .replace(b'"62301.36000000"', b'"6230x.36"', 1)
+    )
+    provider, _ = make(
+        BinanceProvider, vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json").on(KLINES, body=bad)
+    )
     got: list[pa.Table] = []
     with pytest.raises(ProviderError, match="kline field 'open' of BTCUSDT is not a number"):
         await until_it_fails(provider, got)
-    first = _parse_klines(orjson.loads((DATA / "klines_BTCUSDT_1m_page1.json").read_bytes()),
-                          "BTCUSDT", "1m")
+    first = _parse_klines(
+        orjson.loads((DATA / "klines_BTCUSDT_1m_page1.json").read_bytes()), "BTCUSDT", "1m"
+    )
     assert pa.concat_tables(got).equals(first)
 
 
 def test_pages_read_together_keep_the_ones_before_a_wrong_page_and_its_error() -> None:
-    good, odd, bad = ((DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes().strip()
-                      for n in (1, 3, 2))
+    good, odd, bad = (
+        (DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes().strip() for n in (1, 3, 2)
+    )
     provider, _ = make(BinanceProvider, vendor())
     pages: list[httpx.Response | pa.Table] = [
         httpx.Response(200, content=good),
@@ -305,15 +366,21 @@ def test_pages_read_together_keep_the_ones_before_a_wrong_page_and_its_error() -
         httpx.Response(200, content=good),
     ]
     table, error = provider._read_pages(pages, "BTCUSDT", "1m")
-    assert table.equals(pa.concat_tables([_parse_klines(orjson.loads(body), "BTCUSDT", "1m")
-                                          for body in (good, odd)]))
+    assert table.equals(
+        pa.concat_tables(
+            [_parse_klines(orjson.loads(body), "BTCUSDT", "1m") for body in (good, odd)]
+        )
+    )
     assert isinstance(error, ProviderError)
     assert "field 'open' of BTCUSDT is not a number" in error.message
 
 
 async def test_a_failed_request_after_good_pages_yields_them_first() -> None:
-    v = vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json").on(KLINES, status=400,
-                                                                body=b'{"code":-1121,"msg":"x"}')
+    v = (
+        vendor()
+        .on(KLINES, "klines_BTCUSDT_1m_page1.json")
+        .on(KLINES, status=400, body=b'{"code":-1121,"msg":"x"}')
+    )
     provider, _ = make(BinanceProvider, v)
     got: list[pa.Table] = []
     with pytest.raises(SymbolNotFoundError):
@@ -334,16 +401,24 @@ async def test_a_fetch_closed_early_leaves_no_request_running() -> None:
 
 async def test_a_page_that_does_not_move_on_is_an_error_not_an_endless_loop() -> None:
     v = vendor().on(KLINES, "klines_BTCUSDT_1m_page1.json", times=2)
-    with pytest.raises(ProviderError, match=r"binance answered the klines from startTime="
-                                            rf"{T0 + 120_001} with the page before it"):
+    with pytest.raises(
+        ProviderError,
+        match=r"binance answered the klines from startTime="
+        rf"{T0 + 120_001} with the page before it",
+    ):
         await fetch(v)
     assert len(v.requests) == 2
 
 
 async def test_pages_that_are_not_plain_still_page_on() -> None:
     """A page the fetch cannot read off its bytes (spaces) is parsed to find where it ends."""
-    pretty = [orjson.dumps(orjson.loads((DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes()),
-                           option=orjson.OPT_INDENT_2) for n in (1, 2, 3)]
+    pretty = [
+        orjson.dumps(
+            orjson.loads((DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes()),
+            option=orjson.OPT_INDENT_2,
+        )
+        for n in (1, 2, 3)
+    ]
     v = vendor()
     for body in pretty:
         v.on(KLINES, body=body)
@@ -352,19 +427,22 @@ async def test_pages_that_are_not_plain_still_page_on() -> None:
     assert [p["startTime"] for p in v.params] == [str(T0), str(T0 + 120_001), str(T0 + 300_001)]
 
 
-@pytest.mark.parametrize("body", [
-    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0",{"x":1}]]',
-    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"],]',
-    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1"]]',
-    b'[[1709510400000,null,"1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
-    b'[[1709510400000, "1","1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
-    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"]',
-    b'[[1709510400000,["1"],"1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
-    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"],'
-    b'[[1709510460000,"1","1","1","1","1",1709510519999,"1",1,"1","1","0"]]]',
-    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0","0"]]',
-    b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"],'
-    b'[1709510460000,"1","1","1","1","1",1709510519999,"1",1,"1","1"]]',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0",{"x":1}]]',
+        b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"],]',
+        b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1"]]',
+        b'[[1709510400000,null,"1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+        b'[[1709510400000, "1","1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+        b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"]',
+        b'[[1709510400000,["1"],"1","1","1","1",1709510459999,"1",1,"1","1","0"]]',
+        b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"],'
+        b'[[1709510460000,"1","1","1","1","1",1709510519999,"1",1,"1","1","0"]]]',
+        b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0","0"]]',
+        b'[[1709510400000,"1","1","1","1","1",1709510459999,"1",1,"1","1","0"],'
+        b'[1709510460000,"1","1","1","1","1",1709510519999,"1",1,"1","1"]]',
+    ],
+)
 def test_anything_but_the_plain_layout_is_left_to_the_json_parser(body: bytes) -> None:
     assert _read_klines([body], "BTCUSDT", "1m") is None

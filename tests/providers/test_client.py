@@ -16,7 +16,7 @@ import pytest
 
 from marketlake.config import Settings
 from marketlake.errors import ProviderError
-from marketlake.providers.binance import BinanceProvider
+from marketlake.providers.binance.rest import BinanceProvider
 from tests.providers.vendor import Sleeps, payload
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -38,8 +38,9 @@ async def serving(handler: Handler) -> AsyncIterator[str]:
 
 
 def provider_at(url: str, timeout_s: float = 5.0) -> tuple[BinanceProvider, Sleeps]:
-    provider = BinanceProvider(Settings(binance_url=url, rate_limit=False,
-                                        http_timeout_s=timeout_s))
+    provider = BinanceProvider(
+        Settings(binance_url=url, rate_limit=False, http_timeout_s=timeout_s)
+    )
     sleeps = Sleeps()
     provider.sleep = sleeps
     return provider, sleeps
@@ -47,8 +48,7 @@ def provider_at(url: str, timeout_s: float = 5.0) -> tuple[BinanceProvider, Slee
 
 async def fetch(provider: BinanceProvider) -> pa.Table:
     try:
-        return pa.concat_tables([t async for t in provider.fetch_bars("BTCUSDT", "1m", START,
-                                                                       END)])
+        return pa.concat_tables([t async for t in provider.fetch_bars("BTCUSDT", "1m", START, END)])
     finally:
         await provider.aclose()
 
@@ -58,10 +58,11 @@ async def read_request(reader: asyncio.StreamReader) -> None:
 
 
 def answer(body: bytes, length: int | None = None) -> bytes:
-    head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body) if length is None else length}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body) if length is None else length}\r\n\r\n"
+    )
     return head.encode() + body
-
 
 
 async def test_a_refused_connection_is_retried_and_reported_as_one() -> None:
@@ -70,8 +71,11 @@ async def test_a_refused_connection_is_retried_and_reported_as_one() -> None:
         port = sock.getsockname()[1]
     provider, sleeps = provider_at(f"http://127.0.0.1:{port}")
     provider.retry = type(provider.retry)(attempts=3)  # below the breaker's threshold
-    with pytest.raises(ProviderError, match=r"failed 3 times for BTCUSDT: connection failed "
-                                            r"\(ClientConnectorError"):
+    with pytest.raises(
+        ProviderError,
+        match=r"failed 3 times for BTCUSDT: connection failed "
+        r"\(ClientConnectorError",
+    ):
         await fetch(provider)
     assert len(sleeps.waits) == 2
 
@@ -86,8 +90,11 @@ async def test_a_server_that_never_answers_times_out() -> None:
     async with serving(silent) as url:
         provider, sleeps = provider_at(url, timeout_s=0.2)
         provider.retry = type(provider.retry)(attempts=2)
-        with pytest.raises(ProviderError, match=r"failed 2 times for BTCUSDT: timed out after "
-                                                r"0.2 s"):
+        with pytest.raises(
+            ProviderError,
+            match=r"failed 2 times for BTCUSDT: timed out after "
+            r"0.2 s",
+        ):
             await fetch(provider)
     assert len(sleeps.waits) == 1
 
@@ -108,7 +115,8 @@ async def test_a_body_cut_short_is_retried_and_the_next_answer_is_read_whole() -
     assert answers == []
     assert len(sleeps.waits) == 1
     expected = orjson.loads(KLINES)
-    assert table.column("ts").to_pylist() == [START + timedelta(minutes=i)
-                                              for i in range(len(expected))]
+    assert table.column("ts").to_pylist() == [
+        START + timedelta(minutes=i) for i in range(len(expected))
+    ]
     assert table.column("close").to_pylist() == [float(k[4]) for k in expected]
     assert table.column("trades").to_pylist() == [k[8] for k in expected]

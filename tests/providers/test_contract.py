@@ -17,10 +17,10 @@ import pytest
 
 from marketlake.config import Settings
 from marketlake.errors import InputError
-from marketlake.mirror import Mirror, synthetic_source
 from marketlake.providers import PROVIDERS, get_provider
 from marketlake.providers.base import Provider
 from marketlake.schema import BAR_SCHEMA, Timeframe
+from marketlake.tools.mirror import Mirror, synthetic_source
 
 SYMBOL = {"binance": "BTCUSDT"}
 START, END = datetime(2024, 3, 4, tzinfo=UTC), datetime(2024, 3, 7, tzinfo=UTC)
@@ -35,8 +35,10 @@ def source(tmp_path: Path) -> Callable[[str, str, str], Provider]:
         settings = SETTINGS.model_copy(update={"csv_dir": tmp_path})
         bars = synthetic_source(symbol, timeframe, START, END)
         as_file = bars.select(["open", "high", "low", "close", "volume", "trades", "vwap"])
-        pacsv.write_csv(as_file.add_column(0, "ts", bars.column("ts").cast(pa.int64())),
-                        tmp_path / f"{symbol}.csv")
+        pacsv.write_csv(
+            as_file.add_column(0, "ts", bars.column("ts").cast(pa.int64())),
+            tmp_path / f"{symbol}.csv",
+        )
         client = httpx.AsyncClient(transport=Mirror().transport())
         provider = get_provider(name, settings, client)
         provider.clock = lambda: END
@@ -56,7 +58,8 @@ def test_declares_name_timeframes_and_rate_limit(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(PROVIDERS))
 @pytest.mark.parametrize("timeframe", ["1m", "1h", "1d"])
 async def test_yields_canonical_bars_equal_to_the_source(
-        name: str, timeframe: str, source: Callable[[str, str, str], Provider]) -> None:
+    name: str, timeframe: str, source: Callable[[str, str, str], Provider]
+) -> None:
     symbol = SYMBOL.get(name, "AAPL")
     provider = source(name, symbol, timeframe)
     tables = [t async for t in provider.fetch_bars(symbol.lower(), timeframe, START, END)]
@@ -67,8 +70,9 @@ async def test_yields_canonical_bars_equal_to_the_source(
     want = synthetic_source(symbol, timeframe, START, END)
     assert got.column("ts").to_pylist() == want.column("ts").to_pylist()
     for column in ("open", "high", "low", "close", "volume"):
-        assert got.column(column).to_pylist() == pytest.approx(want.column(column).to_pylist(),
-                                                              rel=1e-12), column
+        assert got.column(column).to_pylist() == pytest.approx(
+            want.column(column).to_pylist(), rel=1e-12
+        ), column
     assert set(got.column("symbol").to_pylist()) == {symbol}
     assert set(got.column("timeframe").to_pylist()) == {timeframe}
     assert set(got.column("source").to_pylist()) == {name}
@@ -76,7 +80,8 @@ async def test_yields_canonical_bars_equal_to_the_source(
 
 @pytest.mark.parametrize("name", sorted(PROVIDERS))
 async def test_daily_bars_are_labelled_at_midnight_utc(
-        name: str, source: Callable[[str, str, str], Provider]) -> None:
+    name: str, source: Callable[[str, str, str], Provider]
+) -> None:
     provider = source(name, SYMBOL.get(name, "AAPL"), "1d")
     tables = [t async for t in provider.fetch_bars(SYMBOL.get(name, "AAPL"), "1d", START, END)]
     ts = pa.concat_tables(tables).column("ts").cast(pa.int64()).to_pylist()
@@ -86,7 +91,8 @@ async def test_daily_bars_are_labelled_at_midnight_utc(
 
 @pytest.mark.parametrize("name", sorted(n for n, p in PROVIDERS.items() if p.timeframes))
 async def test_refuses_a_timeframe_it_does_not_offer(
-        name: str, source: Callable[[str, str, str], Provider]) -> None:
+    name: str, source: Callable[[str, str, str], Provider]
+) -> None:
     """Vendors have a fixed list of bar sizes (synthetic and CSV take any)."""
     provider = source(name, "AAPL", "1h")
     with pytest.raises(InputError, match=f"{name} does not offer timeframe 7m"):
@@ -95,7 +101,8 @@ async def test_refuses_a_timeframe_it_does_not_offer(
 
 @pytest.mark.parametrize("name", sorted(PROVIDERS))
 async def test_an_empty_range_yields_no_rows(
-        name: str, source: Callable[[str, str, str], Provider]) -> None:
+    name: str, source: Callable[[str, str, str], Provider]
+) -> None:
     saturday, sunday = datetime(2024, 3, 9, tzinfo=UTC), datetime(2024, 3, 10, tzinfo=UTC)
     provider = source(name, "AAPL", "1h")
     provider.clock = lambda: sunday

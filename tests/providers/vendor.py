@@ -45,16 +45,31 @@ class Vendor:
     requests: list[httpx.Request] = field(default_factory=list)
 
     def on(
-        self, path: str, file: str | None = None, *, params: dict[str, Any] | None = None,
-        status: int = 200, body: bytes | None = None, headers: dict[str, str] | None = None,
-        times: int = 1, error: type[Exception] | None = None,
+        self,
+        path: str,
+        file: str | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+        status: int = 200,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+        error: type[Exception] | None = None,
     ) -> Vendor:
         data = payload(self.provider, file) if file else (body or b"")
         wanted = None if params is None else {k: str(v) for k, v in params.items()}
         content_type = "text/html" if file and file.endswith(".html") else "application/json"
-        self.answers.append(_Answer(path, wanted, status, data,
-                                    {"content-type": content_type, **(headers or {})},
-                                    times, error))
+        self.answers.append(
+            _Answer(
+                path,
+                wanted,
+                status,
+                data,
+                {"content-type": content_type, **(headers or {})},
+                times,
+                error,
+            )
+        )
         return self
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -63,8 +78,9 @@ class Vendor:
         for answer in self.answers:
             if answer.times <= 0 or answer.path != request.url.path:
                 continue
-            if answer.params is not None and any(query.get(k) != v
-                                                 for k, v in answer.params.items()):
+            if answer.params is not None and any(
+                query.get(k) != v for k, v in answer.params.items()
+            ):
                 continue
             answer.times -= 1
             if answer.error is not None:
@@ -93,8 +109,11 @@ class Sleeps:
 
 def make(cls: type[Provider], vendor: Vendor, **settings: Any) -> tuple[Any, Sleeps]:
     """A provider on the scripted vendor that records its sleeps instead of sleeping."""
-    urls = {"yahoo_url": "https://yahoo.test", "alpaca_url": "https://alpaca.test",
-            "binance_url": "https://binance.test"}
+    urls = {
+        "yahoo_url": "https://yahoo.test",
+        "alpaca_url": "https://alpaca.test",
+        "binance_url": "https://binance.test",
+    }
     provider: Any = cls(Settings(**{**urls, **settings}), vendor.client())
     sleeps = Sleeps()
     provider.sleep = sleeps
@@ -102,7 +121,8 @@ def make(cls: type[Provider], vendor: Vendor, **settings: Any) -> tuple[Any, Sle
     return provider, sleeps
 
 
-async def collect(provider: Provider, symbol: str, timeframe: str, start: Any,
-                  end: Any) -> list[Any]:
+async def collect(
+    provider: Provider, symbol: str, timeframe: str, start: Any, end: Any
+) -> list[Any]:
     """Every table a provider yields for one request."""
     return [t async for t in provider.fetch_bars(symbol, timeframe, start, end)]

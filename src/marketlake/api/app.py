@@ -71,15 +71,27 @@ _DOCS_ASSETS = "/static/docs"
 # GET routes answered by :class:`HotRoutes` when the request is well-formed (paths below /api/v1)
 HOT_ROUTES = ("/bars/{symbol}", "/prices/{symbol}", "/prices/{symbol}/latest")
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
-    "HTTPBearer": {"type": "http", "scheme": "bearer",
-                   "description": "An API key or a JWT: `Authorization: Bearer <token>`"},
-    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key",
-                     "description": "An API key"},
+    "HTTPBearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key or a JWT: `Authorization: Bearer <token>`",
+    },
+    "APIKeyHeader": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "An API key",
+    },
 }
 
 
-def create_app(settings: Settings | None = None, store: Store | None = None,
-               bus: Bus | None = None, *, freeze_gc: bool = False) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    store: Store | None = None,
+    bus: Bus | None = None,
+    *,
+    freeze_gc: bool = False,
+) -> FastAPI:
     """A new MarketLake API app; ``store`` and ``bus`` default to opening ``settings.store``
     and ``settings.bus`` on first use (pass the bus of an in-process feed to share it).
 
@@ -92,12 +104,20 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
     settings = settings or Settings()
     metrics = ApiMetrics()
     ctx = ApiContext(
-        settings=settings, metrics=metrics, auth=Authenticator(settings),
+        settings=settings,
+        metrics=metrics,
+        auth=Authenticator(settings),
         cache=BarCache(settings.api_cache_max_rows, settings.api_cache_ttl_s),
-        jobs=JobRunner(settings, metrics), _store=store, _bus=bus,
-        limiter=(make_rate_limiter(settings.bus, settings.api_rate_limit_per_minute,
-                                   settings.api_rate_limit_prefix)
-                 if settings.api_rate_limit_per_minute > 0 else None),
+        jobs=JobRunner(settings, metrics),
+        _store=store,
+        _bus=bus,
+        limiter=(
+            make_rate_limiter(
+                settings.bus, settings.api_rate_limit_per_minute, settings.api_rate_limit_prefix
+            )
+            if settings.api_rate_limit_per_minute > 0
+            else None
+        ),
     )
 
     @asynccontextmanager
@@ -114,24 +134,39 @@ def create_app(settings: Settings | None = None, store: Store | None = None,
         ctx.close_store()
         await ctx.close_bus()
 
-    app = FastAPI(title="MarketLake API", version=__version__, description=DESCRIPTION,
-                  openapi_tags=TAGS, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="MarketLake API",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.ctx = ctx
     for router in API_ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     _mount_site(app, ctx)
     install_error_handlers(app)
-    app.add_middleware(HotRoutes, fastapi_app=app,
-                       routes=hot_routes(API_PREFIX, API_ROUTERS, HOT_ROUTES))
+    app.add_middleware(
+        HotRoutes, fastapi_app=app, routes=hot_routes(API_PREFIX, API_ROUTERS, HOT_ROUTES)
+    )
     if settings.api_cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=settings.api_cors_origins,
-                           allow_methods=["*"], allow_headers=["*"],
-                           expose_headers=["X-Next-Cursor", "X-Request-ID", "Retry-After"])
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics,
-                       access_log=settings.api_access_log)
-    metrics.registry.register(FindingsCollector(lambda: ctx.store.query(
-        "SELECT rule, severity, count(*) AS n FROM quality_findings GROUP BY rule, severity"
-    ).to_pylist()))
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api_cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Next-Cursor", "X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, access_log=settings.api_access_log)
+    metrics.registry.register(
+        FindingsCollector(
+            lambda: ctx.store.query(
+                "SELECT rule, severity, count(*) AS n FROM quality_findings GROUP BY rule, severity"
+            ).to_pylist()
+        )
+    )
     app.openapi = lambda: _openapi(app, open_reads=not settings.api_require_key_for_reads)  # type: ignore[method-assign]
     return app
 
@@ -163,17 +198,22 @@ def _mount_site(app: FastAPI, ctx: ApiContext) -> None:
     @app.get("/docs", include_in_schema=False)
     async def swagger() -> HTMLResponse:
         return get_swagger_ui_html(
-            openapi_url="/openapi.json", title="MarketLake API",
+            openapi_url="/openapi.json",
+            title="MarketLake API",
             swagger_js_url=f"{_DOCS_ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{_DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{_DOCS_ASSETS}/favicon.png")
+            swagger_favicon_url=f"{_DOCS_ASSETS}/favicon.png",
+        )
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        return get_redoc_html(openapi_url="/openapi.json", title="MarketLake API",
-                              redoc_js_url=f"{_DOCS_ASSETS}/redoc.standalone.js",
-                              redoc_favicon_url=f"{_DOCS_ASSETS}/favicon.png",
-                              with_google_fonts=False)
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title="MarketLake API",
+            redoc_js_url=f"{_DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{_DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _openapi(app: FastAPI, *, open_reads: bool) -> dict[str, Any]:
@@ -184,12 +224,18 @@ def _openapi(app: FastAPI, *, open_reads: bool) -> dict[str, Any]:
     """
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                         routes=app.routes, tags=app.openapi_tags)
+    schema = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+    )
     schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
     components = schema["components"].setdefault("schemas", {})
-    _, defs = models_json_schema([(Problem, "serialization")],
-                                 ref_template="#/components/schemas/{model}")
+    _, defs = models_json_schema(
+        [(Problem, "serialization")], ref_template="#/components/schemas/{model}"
+    )
     components.update(defs.get("$defs", {}))
     common = problem_responses(401, 403, 429, 503)
     for path, operations in schema.get("paths", {}).items():
@@ -203,8 +249,11 @@ def _openapi(app: FastAPI, *, open_reads: bool) -> dict[str, Any]:
                 for status, entry in common.items():
                     responses.setdefault(str(status), entry)
                 security: list[dict[str, list[str]]] = [{name: []} for name in SECURITY_SCHEMES]
-                if open_reads and operation is operations.get("get") and (
-                        "keys" not in operation["tags"]):
+                if (
+                    open_reads
+                    and operation is operations.get("get")
+                    and ("keys" not in operation["tags"])
+                ):
                     security = [{}, *security]  # anonymous reads are allowed
                 operation["security"] = security
     for name in ("HTTPValidationError", "ValidationError"):

@@ -38,11 +38,14 @@ class Principal:
         if scope in self.scopes:
             return
         if self.kind == "anonymous":
-            raise AuthError(f"this route needs an API key with scope {scope}: send "
-                            "`Authorization: Bearer <key>` or `X-API-Key: <key>`")
+            raise AuthError(
+                f"this route needs an API key with scope {scope}: send "
+                "`Authorization: Bearer <key>` or `X-API-Key: <key>`"
+            )
         held = ", ".join(sorted(self.scopes)) or "none"
-        raise ForbiddenError(f"{self.kind} {self.name or self.id} has scopes {held}; "
-                             f"this route needs {scope}")
+        raise ForbiddenError(
+            f"{self.kind} {self.name or self.id} has scopes {held}; this route needs {scope}"
+        )
 
 
 ANONYMOUS = Principal("anonymous", "anonymous", frozenset({"read"}))
@@ -62,8 +65,12 @@ class Authenticator:
         self._lock = threading.Lock()
         self._jwks: jwt.PyJWKClient | None = None
         if settings.api_jwks_url:
-            self._jwks = jwt.PyJWKClient(settings.api_jwks_url, cache_keys=True, lifespan=300,
-                                         timeout=int(max(1, settings.http_timeout_s)))
+            self._jwks = jwt.PyJWKClient(
+                settings.api_jwks_url,
+                cache_keys=True,
+                lifespan=300,
+                timeout=int(max(1, settings.http_timeout_s)),
+            )
 
     def anonymous(self) -> Principal:
         return NOBODY if self.settings.api_require_key_for_reads else ANONYMOUS
@@ -102,27 +109,40 @@ class Authenticator:
 
     def _verify_jwt(self, token: str) -> Principal:
         if self._jwks is None:
-            raise AuthError("JWT bearer tokens are not enabled; set MARKETLAKE_API_JWKS_URL or "
-                            "send a MarketLake API key")
+            raise AuthError(
+                "JWT bearer tokens are not enabled; set MARKETLAKE_API_JWKS_URL or "
+                "send a MarketLake API key"
+            )
         try:
             signing_key = self._jwks.get_signing_key_from_jwt(token)
             claims = jwt.decode(
-                token, signing_key.key, algorithms=["RS256", "RS384", "RS512", "ES256", "ES384"],
-                audience=self.settings.api_jwt_audience, issuer=self.settings.api_jwt_issuer,
-                options={"require": ["exp", "sub"], "verify_aud": bool(
-                    self.settings.api_jwt_audience)},
+                token,
+                signing_key.key,
+                algorithms=["RS256", "RS384", "RS512", "ES256", "ES384"],
+                audience=self.settings.api_jwt_audience,
+                issuer=self.settings.api_jwt_issuer,
+                options={
+                    "require": ["exp", "sub"],
+                    "verify_aud": bool(self.settings.api_jwt_audience),
+                },
                 leeway=30,
             )
         except jwt.ExpiredSignatureError:
-            raise AuthError("the JWT has expired; get a fresh token from your identity "
-                            "provider") from None
+            raise AuthError(
+                "the JWT has expired; get a fresh token from your identity provider"
+            ) from None
         except jwt.PyJWKClientError as exc:
-            raise AuthError(f"cannot verify the JWT against {self.settings.api_jwks_url}: "
-                            f"{exc}") from None
+            raise AuthError(
+                f"cannot verify the JWT against {self.settings.api_jwks_url}: {exc}"
+            ) from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"the JWT is not valid: {exc}") from None
-        return Principal(str(claims["sub"]), "jwt", expand_scopes(self._scopes(claims)),
-                         str(claims.get("email") or claims["sub"]))
+        return Principal(
+            str(claims["sub"]),
+            "jwt",
+            expand_scopes(self._scopes(claims)),
+            str(claims.get("email") or claims["sub"]),
+        )
 
     def _scopes(self, claims: dict[str, Any]) -> set[str]:
         found: list[str] = []

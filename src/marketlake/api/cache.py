@@ -65,8 +65,9 @@ class Series:
     def rows(self) -> int:
         return int(self.table.num_rows)
 
-    def page(self, start: datetime | None, end: datetime | None, limit: int | None,
-             cursor: str | None) -> BarPage:
+    def page(
+        self, start: datetime | None, end: datetime | None, limit: int | None, cursor: str | None
+    ) -> BarPage:
         """The rows and cursor ``Store.read_bars`` returns for this one symbol."""
         check_range(start, end)
         if limit is not None and not 1 <= limit <= MAX_LIMIT:
@@ -78,8 +79,9 @@ class Series:
         last = self.table.column("ts")[lo + limit - 1].as_py()
         return BarPage(self.table.slice(lo, limit), encode_cursor(self.symbol, last))
 
-    def _bounds(self, start: datetime | None, end: datetime | None,
-                cursor: str | None) -> tuple[int, int]:
+    def _bounds(
+        self, start: datetime | None, end: datetime | None, cursor: str | None
+    ) -> tuple[int, int]:
         ts = self.ts_us
         lo = 0 if start is None else int(np.searchsorted(ts, to_epoch_us(start), "left"))
         hi = len(ts) if end is None else int(np.searchsorted(ts, to_epoch_us(end), "left"))
@@ -138,8 +140,12 @@ class BarCache:
                 self._drop(key)
                 return None
             self._entries.move_to_end(key)
-            if (key[0] == "series" and not store.exclusive and key not in self._refreshing
-                    and time.monotonic() - entry.loaded >= self.ttl_s / 2):
+            if (
+                key[0] == "series"
+                and not store.exclusive
+                and key not in self._refreshing
+                and time.monotonic() - entry.loaded >= self.ttl_s / 2
+            ):
                 self._refresh_later(store, key)
             return entry
 
@@ -167,16 +173,24 @@ class BarCache:
             self._refresher.shutdown(wait=False, cancel_futures=True)
             self._refresher = None
 
-    def _put(self, key: tuple[Any, ...], value: Any, rows: int, generation: int,
-             loaded: float | None = None) -> None:
+    def _put(
+        self,
+        key: tuple[Any, ...],
+        value: Any,
+        rows: int,
+        generation: int,
+        loaded: float | None = None,
+    ) -> None:
         with self._lock:
             if key in self._entries:
                 self._drop(key)
-            self._entries[key] = _Entry(value, rows, generation,
-                                        time.monotonic() if loaded is None else loaded)
+            self._entries[key] = _Entry(
+                value, rows, generation, time.monotonic() if loaded is None else loaded
+            )
             self._rows += rows
-            while len(self._entries) > 1 and (self._rows > self.max_rows
-                                              or len(self._entries) > MAX_ENTRIES):
+            while len(self._entries) > 1 and (
+                self._rows > self.max_rows or len(self._entries) > MAX_ENTRIES
+            ):
                 self._drop(next(iter(self._entries)))
 
     def _drop(self, key: tuple[Any, ...]) -> None:
@@ -218,8 +232,9 @@ class BarCache:
                     return self._load_series(store, key, symbol, timeframe)
         return None if entry.value is _TOO_BIG else entry.value
 
-    def _load_series(self, store: Store, key: tuple[Any, ...], symbol: str,
-                     timeframe: str) -> Series | None:
+    def _load_series(
+        self, store: Store, key: tuple[Any, ...], symbol: str, timeframe: str
+    ) -> Series | None:
         generation = store.generation
         began = time.monotonic()
         limit = min(self.max_rows, MAX_LIMIT)
@@ -250,8 +265,9 @@ class BarCache:
                     return value
         return entry.value  # type: ignore[no-any-return]
 
-    def remember(self, store: Store, key: tuple[Any, ...], value: Any, *, generation: int,
-                 weight: int = 0) -> None:
+    def remember(
+        self, store: Store, key: tuple[Any, ...], value: Any, *, generation: int, weight: int = 0
+    ) -> None:
         """Keep ``value`` under ``key`` (as ``memo`` would), counting ``weight`` bars' worth
         of memory against ``max_rows``; ``generation`` is the store's before ``value`` was
         read."""

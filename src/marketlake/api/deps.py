@@ -82,6 +82,7 @@ class ApiContext:
 # Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in the thread
 # pool, two thread hops per request for what is an attribute lookup.
 
+
 def context_of(request: Request) -> ApiContext:
     """The :class:`ApiContext` of the app serving ``request``."""
     ctx = request.app.state.ctx
@@ -113,6 +114,7 @@ StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 BusDep = Annotated[Bus, Depends(get_bus)]
 
+
 def credential(request: Request) -> str | None:
     """The token of ``X-API-Key`` or ``Authorization: Bearer``, if any.
 
@@ -142,8 +144,11 @@ def access(scope: str) -> Callable[..., Awaitable[Principal]]:
         else:
             principal = ctx.auth.anonymous()
         if ctx.limiter is not None:
-            caller = (f"{principal.kind}:{principal.id}" if principal.kind != "anonymous"
-                      else f"ip:{request.client.host if request.client else 'unknown'}")
+            caller = (
+                f"{principal.kind}:{principal.id}"
+                if principal.kind != "anonymous"
+                else f"ip:{request.client.host if request.client else 'unknown'}"
+            )
             await ctx.limiter.hit(caller)
         principal.require(scope)
         request.state.principal = principal
@@ -159,8 +164,14 @@ AdminAccess = Annotated[Principal, Depends(access("admin"))]
 
 
 async def symbol_param(
-    symbol: Annotated[str, Path(description="Instrument symbol (case-insensitive)",
-                                examples=["AAPL"], pattern=SYMBOL_PATTERN)],
+    symbol: Annotated[
+        str,
+        Path(
+            description="Instrument symbol (case-insensitive)",
+            examples=["AAPL"],
+            pattern=SYMBOL_PATTERN,
+        ),
+    ],
 ) -> str:
     """The path's symbol, upper-cased and checked."""
     upper = symbol.strip().upper()

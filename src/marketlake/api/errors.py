@@ -57,21 +57,34 @@ class Problem(BaseModel):
 
 
 _SLUGS = {
-    400: "bad-request", 401: "unauthorized", 403: "forbidden", 404: "not-found",
-    405: "method-not-allowed", 409: "conflict", 413: "too-large", 415: "unsupported-media-type",
-    422: "invalid-input", 429: "rate-limited", 500: "internal", 502: "provider-error",
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    409: "conflict",
+    413: "too-large",
+    415: "unsupported-media-type",
+    422: "invalid-input",
+    429: "rate-limited",
+    500: "internal",
+    502: "provider-error",
     503: "unavailable",
 }
 
 EXAMPLES: dict[int, tuple[str, str]] = {
     400: ("Bad Request", "There was an error parsing the body"),
-    401: ("Unauthorized", "this route needs an API key: send `Authorization: Bearer <key>` "
-          "or `X-API-Key: <key>`"),
+    401: (
+        "Unauthorized",
+        "this route needs an API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+    ),
     403: ("Forbidden", "API key 'ci' has scopes read; this route needs write"),
     404: ("Not found", "unknown symbol ZZZZ; list known ones with GET /api/v1/instruments"),
     409: ("Conflict", "instrument AAPL exists already; use PUT /api/v1/instruments/AAPL"),
-    422: ("Invalid input", "query parameter 'limit': Input should be less than or equal to "
-          "1000000"),
+    422: (
+        "Invalid input",
+        "query parameter 'limit': Input should be less than or equal to 1000000",
+    ),
     429: ("Too many requests", "rate limit of 6000 requests per minute reached; retry in 3 s"),
     503: ("Store unavailable", "DuckDB: IO Error: could not read the database file"),
 }
@@ -82,13 +95,21 @@ def problem_type(status: int) -> str:
 
 
 def problem_response(
-    request: Request, status: int, title: str, detail: str, *,
-    param: str | None = None, errors: list[dict[str, str]] | None = None,
+    request: Request,
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    param: str | None = None,
+    errors: list[dict[str, str]] | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
     """A ``application/problem+json`` response for ``request``."""
     body: dict[str, Any] = {
-        "type": problem_type(status), "title": title, "status": status, "detail": detail,
+        "type": problem_type(status),
+        "title": title,
+        "status": status,
+        "detail": detail,
         "instance": request.url.path,
     }
     if param is not None:
@@ -98,8 +119,9 @@ def problem_response(
     request_id = getattr(request.state, "request_id", None)
     if request_id:
         body["request_id"] = request_id
-    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON,
-                    headers=headers)
+    return Response(
+        orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 async def _marketlake_error(request: Request, exc: Exception) -> Response:
@@ -116,8 +138,9 @@ async def _marketlake_error(request: Request, exc: Exception) -> Response:
     errors = None
     if param is not None:
         errors = [{"param": param, "location": _location(request, param), "message": exc.message}]
-    return problem_response(request, status, exc.title, exc.message, param=param,
-                            errors=errors, headers=headers)
+    return problem_response(
+        request, status, exc.title, exc.message, param=param, errors=errors, headers=headers
+    )
 
 
 def _location(request: Request, param: str) -> str:
@@ -138,37 +161,63 @@ def _describe(loc: tuple[Any, ...] | list[Any], message: str) -> dict[str, str]:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = [_describe(tuple(e.get("loc", ())), str(e.get("msg", "invalid")))
-              for e in exc.errors()]
-    first = errors[0] if errors else {"param": "request", "location": "request",
-                                      "message": "invalid request"}
-    where = "request body" if first["location"] == "body" and first["param"] == "body" else (
-        f"{first['location']} parameter '{first['param']}'" if first["location"] != "body"
-        else f"body field '{first['param']}'"
+    errors = [
+        _describe(tuple(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in exc.errors()
+    ]
+    first = (
+        errors[0]
+        if errors
+        else {"param": "request", "location": "request", "message": "invalid request"}
+    )
+    where = (
+        "request body"
+        if first["location"] == "body" and first["param"] == "body"
+        else (
+            f"{first['location']} parameter '{first['param']}'"
+            if first["location"] != "body"
+            else f"body field '{first['param']}'"
+        )
     )
     detail = f"{where}: {first['message']}"
     if len(errors) > 1:
         detail += f" (and {len(errors) - 1} more; see errors)"
-    return problem_response(request, 422, "Invalid input", detail, param=first["param"],
-                            errors=errors)
+    return problem_response(
+        request, 422, "Invalid input", detail, param=first["param"], errors=errors
+    )
 
 
 async def _pydantic_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PydanticValidationError)
-    errors = [{"param": ".".join(str(p) for p in e["loc"]) or "body", "location": "body",
-               "message": e["msg"]} for e in exc.errors()]
+    errors = [
+        {
+            "param": ".".join(str(p) for p in e["loc"]) or "body",
+            "location": "body",
+            "message": e["msg"],
+        }
+        for e in exc.errors()
+    ]
     first = errors[0]
-    return problem_response(request, 422, "Invalid input", f"{first['param']}: {first['message']}",
-                            param=first["param"], errors=errors)
+    return problem_response(
+        request,
+        422,
+        "Invalid input",
+        f"{first['param']}: {first['message']}",
+        param=first["param"],
+        errors=errors,
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     title = HTTPStatus(exc.status_code).phrase
-    detail = str(exc.detail) if exc.detail and exc.detail != title else {
-        404: f"no route {request.url.path}; see /docs for the API",
-        405: f"method {request.method} is not allowed on {request.url.path}",
-    }.get(exc.status_code, title)
+    detail = (
+        str(exc.detail)
+        if exc.detail and exc.detail != title
+        else {
+            404: f"no route {request.url.path}; see /docs for the API",
+            405: f"method {request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, title)
+    )
     headers = dict(exc.headers) if exc.headers else {}
     if exc.status_code == 405:
         headers["Allow"] = ", ".join(_allowed(request)) or headers.get("Allow", "")
@@ -190,9 +239,12 @@ def _allowed(request: Request) -> list[str]:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
     request_id = getattr(request.state, "request_id", "?")
-    return problem_response(request, 500, "Internal error",
-                            f"an unexpected error happened; the server log has it under request "
-                            f"id {request_id}")
+    return problem_response(
+        request,
+        500,
+        "Internal error",
+        f"an unexpected error happened; the server log has it under request id {request_id}",
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -209,11 +261,14 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     out: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         title, detail = EXAMPLES.get(status, (HTTPStatus(status).phrase, HTTPStatus(status).phrase))
-        example = {"type": problem_type(status), "title": title, "status": status,
-                   "detail": detail}
+        example = {"type": problem_type(status), "title": title, "status": status, "detail": detail}
         out[status] = {
             "description": title,
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"},
-                                       "example": example}},
+            "content": {
+                PROBLEM_JSON: {
+                    "schema": {"$ref": "#/components/schemas/Problem"},
+                    "example": example,
+                }
+            },
         }
     return out

@@ -82,11 +82,18 @@ def plan(dependant: Dependant) -> _Plan:
     call = dependant.call
     if not inspect.iscoroutinefunction(call):  # also rules out generators (yield)
         raise Unsupported(f"{call}: not a plain async function")
-    if (dependant.header_params or dependant.cookie_params or dependant.body_params
-            or dependant.websocket_param_name or dependant.http_connection_param_name
-            or dependant.response_param_name or dependant.background_tasks_param_name
-            or dependant.security_scopes_param_name or dependant.own_oauth_scopes
-            or not dependant.use_cache):
+    if (
+        dependant.header_params
+        or dependant.cookie_params
+        or dependant.body_params
+        or dependant.websocket_param_name
+        or dependant.http_connection_param_name
+        or dependant.response_param_name
+        or dependant.background_tasks_param_name
+        or dependant.security_scopes_param_name
+        or dependant.own_oauth_scopes
+        or not dependant.use_cache
+    ):
         raise Unsupported(f"{call}: needs more than the request and its path and query")
     for field in dependant.query_params:
         if _is_sequence(field.field_info.annotation):
@@ -96,9 +103,13 @@ def plan(dependant: Dependant) -> _Plan:
         if sub.name is None:
             raise Unsupported(f"{call}: a dependency without a parameter")
         subs.append((sub.name, plan(sub)))
-    return _Plan(call, _params(dependant.path_params), _params(dependant.query_params),
-                 tuple(subs),
-                 dependant.request_param_name)
+    return _Plan(
+        call,
+        _params(dependant.path_params),
+        _params(dependant.query_params),
+        tuple(subs),
+        dependant.request_param_name,
+    )
 
 
 def _is_sequence(annotation: Any) -> bool:
@@ -111,8 +122,9 @@ def _query_names(p: _Plan) -> set[str]:
     return {q.alias for q in p.query} | {n for _, s in p.dependencies for n in _query_names(s)}
 
 
-def _validate(p: _Plan, path: dict[str, str], query: dict[str, str],
-              out: dict[int, dict[str, Any]]) -> bool:
+def _validate(
+    p: _Plan, path: dict[str, str], query: dict[str, str], out: dict[int, dict[str, Any]]
+) -> bool:
     """Validate every parameter of ``p`` and its dependencies into ``out`` (by plan id);
     False on the first invalid one (FastAPI then answers the request)."""
     values: dict[str, Any] = {}
@@ -132,8 +144,9 @@ def _validate(p: _Plan, path: dict[str, str], query: dict[str, str],
     return all(_validate(sub, path, query, out) for _, sub in p.dependencies)
 
 
-async def _solve(p: _Plan, request: Request, values: dict[int, dict[str, Any]],
-                 cache: dict[Any, Any]) -> Any:
+async def _solve(
+    p: _Plan, request: Request, values: dict[int, dict[str, Any]], cache: dict[Any, Any]
+) -> Any:
     kwargs = dict(values[id(p)])
     for name, sub in p.dependencies:
         if sub.call not in cache:  # FastAPI's use_cache: one call per request
@@ -156,9 +169,12 @@ def hot_routes(prefix: str, routers: Iterable[APIRouter], paths: Iterable[str]) 
     """The GET routes of ``routers`` (included under ``prefix``) whose path is in ``paths``,
     planned; raises :class:`Unsupported` when one cannot take the fast path."""
     wanted = set(paths)
-    found = [_hot(prefix + route.path, route) for router in routers for route in router.routes
-             if isinstance(route, APIRoute) and route.path in wanted
-             and "GET" in (route.methods or ())]
+    found = [
+        _hot(prefix + route.path, route)
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute) and route.path in wanted and "GET" in (route.methods or ())
+    ]
     if len(found) != len(wanted):
         raise Unsupported(f"not one GET route each for {sorted(wanted)}")
     return found
@@ -184,8 +200,11 @@ class HotRoutes:
         self._routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "GET" or (
-                self.fastapi_app.dependency_overrides):
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "GET"
+            or (self.fastapi_app.dependency_overrides)
+        ):
             await self.app(scope, receive, send)
             return
         path = get_route_path(scope)
@@ -200,8 +219,11 @@ class HotRoutes:
         query = dict(pairs)
         values: dict[int, dict[str, Any]] = {}
         path_params = match.groupdict()
-        if (len(query) != len(pairs) or not hot.query_names.issuperset(query)
-                or not _validate(hot.plan, path_params, query, values)):
+        if (
+            len(query) != len(pairs)
+            or not hot.query_names.issuperset(query)
+            or not _validate(hot.plan, path_params, query, values)
+        ):
             await self.app(scope, receive, send)
             return
         scope["route"] = hot.route

@@ -63,8 +63,14 @@ def json_rows(table: pa.Table) -> bytes:
 
 def json_page(symbol: str, timeframe: str, table: pa.Table, next_cursor: str | None) -> bytes:
     """A JSON page: symbol, timeframe, count, next_cursor and the bars."""
-    head = orjson.dumps({"symbol": symbol, "timeframe": timeframe, "count": table.num_rows,
-                         "next_cursor": next_cursor})
+    head = orjson.dumps(
+        {
+            "symbol": symbol,
+            "timeframe": timeframe,
+            "count": table.num_rows,
+            "next_cursor": next_cursor,
+        }
+    )
     return head[:-1] + b',"bars":' + json_rows(table) + b"}"
 
 

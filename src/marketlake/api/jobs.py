@@ -18,7 +18,7 @@ import structlog
 from marketlake.api.observability import ApiMetrics
 from marketlake.config import Settings
 from marketlake.errors import MarketLakeError
-from marketlake.ingest import run_ingest
+from marketlake.ingest.jobs import run_ingest
 from marketlake.providers import get_provider
 from marketlake.providers.base import Provider
 from marketlake.schema import Timeframe, normalize_symbol
@@ -46,8 +46,9 @@ class JobRunner:
         self.metrics = metrics
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def plan(self, provider: str, symbols: list[str], timeframe: str, start: datetime,
-             end: datetime) -> IngestPlan:
+    def plan(
+        self, provider: str, symbols: list[str], timeframe: str, start: datetime, end: datetime
+    ) -> IngestPlan:
         """Check everything a run would trip over, before anything is recorded."""
         source = get_provider(provider, self.settings)
         tf = source.check_request(timeframe, start, end)
@@ -56,16 +57,23 @@ class JobRunner:
 
     def start_record(self, store: Store, plan: IngestPlan) -> str:
         """Record the job as ``pending`` (blocking); return its id."""
-        return store.create_job("ingest", {
-            "provider": plan.provider.name, "symbols": plan.symbols,
-            "timeframe": str(plan.timeframe),
-            "start": plan.start.isoformat(), "end": plan.end.isoformat(), "origin": "api",
-        }).id
+        return store.create_job(
+            "ingest",
+            {
+                "provider": plan.provider.name,
+                "symbols": plan.symbols,
+                "timeframe": str(plan.timeframe),
+                "start": plan.start.isoformat(),
+                "end": plan.end.isoformat(),
+                "origin": "api",
+            },
+        ).id
 
     def launch(self, store: Store, plan: IngestPlan, job_id: str) -> None:
         """Run the recorded job as a task of the running event loop."""
-        task = asyncio.get_running_loop().create_task(self._run(store, plan, job_id),
-                                                      name=f"ingest-{job_id}")
+        task = asyncio.get_running_loop().create_task(
+            self._run(store, plan, job_id), name=f"ingest-{job_id}"
+        )
         self._tasks[job_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job_id, None))
 
@@ -76,8 +84,15 @@ class JobRunner:
     async def _run(self, store: Store, plan: IngestPlan, job_id: str) -> None:
         provider_name = plan.provider.name
         try:
-            result = await run_ingest(store, plan.provider, plan.symbols, plan.timeframe,
-                                      plan.start, plan.end, job_id=job_id)
+            result = await run_ingest(
+                store,
+                plan.provider,
+                plan.symbols,
+                plan.timeframe,
+                plan.start,
+                plan.end,
+                job_id=job_id,
+            )
         except asyncio.CancelledError:
             store.update_job(job_id, status="cancelled", error="the server stopped during the job")
             self.metrics.jobs.labels("cancelled").inc()
@@ -99,8 +114,9 @@ class JobRunner:
                 rows = getattr(symbol, outcome)
                 self.metrics.ingest_rows.labels(provider_name, outcome).inc(rows)
         self.metrics.jobs.labels(result.status).inc()
-        log.info("job_finished", job_id=job_id, status=result.status,
-                 seconds=round(result.seconds, 3))
+        log.info(
+            "job_finished", job_id=job_id, status=result.status, seconds=round(result.seconds, 3)
+        )
 
     async def shutdown(self) -> None:
         """Cancel running jobs (each marks itself cancelled) and wait for them."""

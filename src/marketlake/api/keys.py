@@ -40,9 +40,14 @@ class ApiKey:
         return self.revoked_at is None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "scopes": list(self.scopes),
-                "created_at": self.created_at, "revoked_at": self.revoked_at,
-                "active": self.active}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "active": self.active,
+        }
 
 
 def parse_scopes(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
@@ -53,7 +58,8 @@ def parse_scopes(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
     if unknown or not scopes:
         raise InputError(
             f"scope {', '.join(unknown) or '(none)'} is not valid; use a comma-separated "
-            f"list of {', '.join(SCOPES)}", param="scope",
+            f"list of {', '.join(SCOPES)}",
+            param="scope",
         )
     return tuple(s for s in SCOPES if s in scopes)
 
@@ -76,14 +82,24 @@ def create_key(
         raise InputError("a key needs a name, e.g. `marketlake keys create ci`", param="name")
     parsed = parse_scopes(scopes)
     if any(row["revoked_at"] is None for row in store.select_rows("api_keys", {"name": name})):
-        raise ConflictError(f"an active key named {name!r} exists already; revoke it or pick "
-                            "another name")
+        raise ConflictError(
+            f"an active key named {name!r} exists already; revoke it or pick another name"
+        )
     key_id = secrets.token_hex(5)
     plaintext = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     created = utcnow()
-    store.insert_row("api_keys", {"id": key_id, "name": name, "prefix": key_id,
-                                  "hash": hash_key(plaintext), "scopes": ",".join(parsed),
-                                  "created_at": created, "revoked_at": None})
+    store.insert_row(
+        "api_keys",
+        {
+            "id": key_id,
+            "name": name,
+            "prefix": key_id,
+            "hash": hash_key(plaintext),
+            "scopes": ",".join(parsed),
+            "created_at": created,
+            "revoked_at": None,
+        },
+    )
     return ApiKey(key_id, name, parsed, created), plaintext
 
 
@@ -99,7 +115,8 @@ def revoke_key(store: Store, id_or_name: str) -> ApiKey:
     if not active:
         raise NotFoundError(
             f"no active API key {id_or_name!r}; list keys with `marketlake keys list`"
-            if not rows else f"API key {id_or_name!r} is revoked already"
+            if not rows
+            else f"API key {id_or_name!r} is revoked already"
         )
     row = active[0]
     store.update_rows("api_keys", {"id": row["id"]}, {"revoked_at": utcnow()})
@@ -121,11 +138,15 @@ def verify_key(store: Store, plaintext: str) -> ApiKey:
 def _key_id(plaintext: str) -> str | None:
     if not plaintext.startswith(KEY_PREFIX):
         return None
-    key_id, _, secret = plaintext[len(KEY_PREFIX):].partition("_")
+    key_id, _, secret = plaintext[len(KEY_PREFIX) :].partition("_")
     return key_id if key_id and secret else None
 
 
 def _key(row: dict[str, Any]) -> ApiKey:
-    return ApiKey(id=row["id"], name=row["name"],
-                  scopes=tuple(s for s in str(row["scopes"]).split(",") if s),
-                  created_at=row["created_at"], revoked_at=row["revoked_at"])
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        scopes=tuple(s for s in str(row["scopes"]).split(",") if s),
+        created_at=row["created_at"],
+        revoked_at=row["revoked_at"],
+    )

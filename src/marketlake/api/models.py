@@ -50,7 +50,7 @@ class InstrumentCreate(Instrument):
     @classmethod
     def _upper_symbol(cls, value: object) -> str:
         if not isinstance(value, str):
-            raise ValueError("symbol must be a string such as \"AAPL\"")
+            raise ValueError('symbol must be a string such as "AAPL"')
         try:
             return Instrument(symbol=value).symbol
         except ValidationError as exc:
@@ -112,9 +112,21 @@ class PriceSeries(BaseModel):
 class IngestRequest(BaseModel):
     """An ingest job: provider, symbols, timeframe and a range (start/end or period)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
-        {"provider": "synthetic", "symbols": ["AAPL", "BTCUSDT"], "timeframe": "1m",
-         "start": "2024-03-04", "end": "2024-03-06"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider": "synthetic",
+                    "symbols": ["AAPL", "BTCUSDT"],
+                    "timeframe": "1m",
+                    "start": "2024-03-04",
+                    "end": "2024-03-06",
+                }
+            ]
+        },
+    )
 
     provider: str = Field(examples=["synthetic"])
     symbols: list[str] = Field(min_length=1, max_length=500, examples=[["AAPL", "BTCUSDT"]])
@@ -135,8 +147,10 @@ class JobOut(BaseModel):
 
     id: str = Field(examples=["3f9a1c2b7d4e"])
     kind: str = Field(examples=["ingest"])
-    status: str = Field(examples=["succeeded"], description="pending, running, succeeded, "
-                        "partial, failed or cancelled")
+    status: str = Field(
+        examples=["succeeded"],
+        description="pending, running, succeeded, partial, failed or cancelled",
+    )
     params: dict[str, Any] = Field(examples=[{"provider": "synthetic", "symbols": ["AAPL"]}])
     summary: dict[str, Any] = Field(examples=[{"symbols": [{"symbol": "AAPL", "inserted": 780}]}])
     error: str | None = None
@@ -186,5 +200,6 @@ class KeyOut(BaseModel):
 
 
 class KeyCreated(KeyOut):
-    key: str = Field(description="The key itself; shown only this once",
-                     examples=["mlk_a1b2c3d4e5_Zk3…"])
+    key: str = Field(
+        description="The key itself; shown only this once", examples=["mlk_a1b2c3d4e5_Zk3…"]
+    )

@@ -37,24 +37,43 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "marketlake_http_requests", "HTTP requests by method, route and status",
-            ["method", "route", "status"], registry=self.registry)
+            "marketlake_http_requests",
+            "HTTP requests by method, route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "marketlake_http_request_duration_seconds",
             "Time to the response's last byte, by method, route and status",
-            ["method", "route", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+            ["method", "route", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.store_latency = Histogram(
-            "marketlake_store_query_duration_seconds", "Store calls made by the API, by operation",
-            ["operation"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+            "marketlake_store_query_duration_seconds",
+            "Store calls made by the API, by operation",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.ingest_rows = Counter(
-            "marketlake_ingest_rows", "Rows handled by API-started ingest jobs, by outcome",
-            ["provider", "outcome"], registry=self.registry)
+            "marketlake_ingest_rows",
+            "Rows handled by API-started ingest jobs, by outcome",
+            ["provider", "outcome"],
+            registry=self.registry,
+        )
         self.jobs = Counter(
-            "marketlake_ingest_jobs", "API-started ingest jobs by final status",
-            ["status"], registry=self.registry)
+            "marketlake_ingest_jobs",
+            "API-started ingest jobs by final status",
+            ["status"],
+            registry=self.registry,
+        )
         self.cache = Counter(
-            "marketlake_bar_cache_lookups", "Bar cache lookups by result", ["result"],
-            registry=self.registry)
+            "marketlake_bar_cache_lookups",
+            "Bar cache lookups by result",
+            ["result"],
+            registry=self.registry,
+        )
 
     @contextmanager
     def store_call(self, operation: str) -> Iterator[None]:
@@ -73,9 +92,11 @@ class FindingsCollector(Collector):
         self._query = query
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("marketlake_quality_findings",
-                                   "Stored data-quality findings by rule and severity",
-                                   labels=["rule", "severity"])
+        family = GaugeMetricFamily(
+            "marketlake_quality_findings",
+            "Stored data-quality findings by rule and severity",
+            labels=["rule", "severity"],
+        )
         try:
             rows = self._query()
         except MarketLakeError as exc:
@@ -126,15 +147,24 @@ class ObservabilityMiddleware:
         series = self._series.get((method, template, status))
         if series is None:
             code = str(status)
-            series = (self.metrics.requests.labels(method, template, code),
-                      self.metrics.latency.labels(method, template, code))
+            series = (
+                self.metrics.requests.labels(method, template, code),
+                self.metrics.latency.labels(method, template, code),
+            )
             if len(self._series) < 10_000:  # templates are few; unmatched paths are one label
                 self._series[(method, template, status)] = series
         series[0].inc()
         series[1].observe(seconds)
         if self.access_log:
-            log.info("request", method=method, path=scope["path"], route=template,
-                     status=status, ms=round(seconds * 1000, 2), client=_client(scope))
+            log.info(
+                "request",
+                method=method,
+                path=scope["path"],
+                route=template,
+                status=status,
+                ms=round(seconds * 1000, 2),
+                client=_client(scope),
+            )
 
 
 def route_template(scope: Scope, status: int) -> str:
@@ -176,12 +206,16 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
-    renderer: Any = (structlog.processors.JSONRenderer(serializer=_orjson) if json
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_orjson)
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)),
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         # configured once per server process, before it logs: each logger is built once
         cache_logger_on_first_use=True,

@@ -22,7 +22,8 @@ log = structlog.get_logger("marketlake.api")
 def _exceeded(limit: int, retry_after: float) -> RateLimitError:
     return RateLimitError(
         f"rate limit of {limit} requests per minute reached; retry in "
-        f"{max(1, math.ceil(retry_after))} s", retry_after=retry_after,
+        f"{max(1, math.ceil(retry_after))} s",
+        retry_after=retry_after,
     )
 
 
@@ -57,8 +58,11 @@ class MemoryRateLimiter:
             self._prune(now)
 
     def _prune(self, now: float) -> None:
-        full = [k for k, (t, last) in self._buckets.items()
-                if t + (now - last) * self._rate >= self.limit]
+        full = [
+            k
+            for k, (t, last) in self._buckets.items()
+            if t + (now - last) * self._rate >= self.limit
+        ]
         for key in full:
             del self._buckets[key]
 

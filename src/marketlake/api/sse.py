@@ -20,21 +20,29 @@ from fastapi.responses import StreamingResponse
 Event = tuple[str | None, str, Any]
 SSE_MEDIA_TYPE = "text/event-stream"
 SSE_DOC: dict[int | str, dict[str, Any]] = {
-    200: {"content": {SSE_MEDIA_TYPE: {"schema": {
-        "description": "Each event's data is one JSON object; the route says which events "
-                       "it sends and what they hold"}}},
-          "description": "A stream of server-sent events"}}
+    200: {
+        "content": {
+            SSE_MEDIA_TYPE: {
+                "schema": {
+                    "description": "Each event's data is one JSON object; "
+                    "the route says which events it sends and what they hold"
+                }
+            }
+        },
+        "description": "A stream of server-sent events",
+    }
+}
 
 
 def encode_event(event_id: str | None, event: str, data: Any) -> bytes:
     """One SSE frame."""
     head = f"id: {event_id}\n" if event_id is not None else ""
-    return (f"{head}event: {event}\ndata: ".encode() + orjson.dumps(data, default=str)
-            + b"\n\n")
+    return f"{head}event: {event}\ndata: ".encode() + orjson.dumps(data, default=str) + b"\n\n"
 
 
-async def frames(events: AsyncIterator[Event], keepalive_s: float = 15.0,
-                 retry_ms: int | None = 2000) -> AsyncIterator[bytes]:
+async def frames(
+    events: AsyncIterator[Event], keepalive_s: float = 15.0, retry_ms: int | None = 2000
+) -> AsyncIterator[bytes]:
     """SSE frames of ``events``, with keep-alive comments while nothing happens."""
     if retry_ms is not None:
         yield f"retry: {retry_ms}\n\n".encode()
@@ -66,5 +74,8 @@ async def frames(events: AsyncIterator[Event], keepalive_s: float = 15.0,
 
 def sse_response(events: AsyncIterator[Event], *, keepalive_s: float = 15.0) -> StreamingResponse:
     """A streaming response of ``events`` (no caching, no proxy buffering)."""
-    return StreamingResponse(frames(events, keepalive_s), media_type=SSE_MEDIA_TYPE,
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        frames(events, keepalive_s),
+        media_type=SSE_MEDIA_TYPE,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

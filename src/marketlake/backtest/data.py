@@ -89,7 +89,8 @@ def split_symbols(table: pa.Table) -> list[Bars]:
     names = symbols.dictionary.to_pylist()
     columns: dict[str, Any] = {
         c: np.ascontiguousarray(table.column(c).to_numpy(), dtype=np.float64)
-        for c in (*PRICE_COLUMNS, "volume")}
+        for c in (*PRICE_COLUMNS, "volume")
+    }
     ts = table.column("ts").cast(pa.int64()).to_numpy()
     if len(names) == 1:
         return [Bars(names[0], ts, **columns)]
@@ -97,7 +98,7 @@ def split_symbols(table: pa.Table) -> list[Bars]:
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     out = []
     for code in sorted(range(len(names)), key=lambda c: names[c]):
-        rows = order[bounds[code]:bounds[code + 1]]
+        rows = order[bounds[code] : bounds[code + 1]]
         out.append(Bars(names[code], ts[rows], **{c: v[rows] for c, v in columns.items()}))
     return out
 
@@ -108,20 +109,30 @@ def empty_bars(symbol: str) -> Bars:
     return Bars(symbol, np.empty(0, dtype=np.int64), nothing, nothing, nothing, nothing, nothing)
 
 
-def synthetic_bars(symbols: Sequence[str], timeframe: str | Timeframe, start: datetime,
-                   end: datetime, seed: int = 7) -> pa.Table:
+def synthetic_bars(
+    symbols: Sequence[str],
+    timeframe: str | Timeframe,
+    start: datetime,
+    end: datetime,
+    seed: int = 7,
+) -> pa.Table:
     """Deterministic synthetic bars (the offline mode of ``run-simple`` and the benchmarks)."""
     from marketlake.providers.synthetic import generate_bars
 
     return generate_bars(list(symbols), timeframe, start, end, seed)
 
 
-def load_bars(store: Store, symbols: Sequence[str], timeframe: str | Timeframe,
-              start: datetime | None, end: datetime | None) -> list[Bars]:
+def load_bars(
+    store: Store,
+    symbols: Sequence[str],
+    timeframe: str | Timeframe,
+    start: datetime | None,
+    end: datetime | None,
+) -> list[Bars]:
     """Stored bars of ``symbols`` in ``[start, end)``, rolled up from a finer timeframe if needed.
 
     A symbol without bars at ``timeframe`` in the range is rolled up on the fly
-    (with :func:`marketlake.aggregate.rollup`) from the coarsest stored
+    (with :func:`marketlake.timeseries.aggregate.rollup`) from the coarsest stored
     timeframe that divides ``timeframe``. Raises :class:`NotFoundError` when
     neither exists, saying what to ingest.
     """
@@ -139,18 +150,27 @@ def _as_bars(symbol: str, table: pa.Table) -> Bars:
     """One symbol's bars, ordered by time, as arrays."""
     columns: dict[str, Any] = {
         c: np.ascontiguousarray(table.column(c).to_numpy(), dtype=np.float64)
-        for c in (*PRICE_COLUMNS, "volume")}
+        for c in (*PRICE_COLUMNS, "volume")
+    }
     return Bars(symbol, table.column("ts").cast(pa.int64()).to_numpy(), **columns)
 
 
-def _rolled_up(store: Store, symbol: str, tf: Timeframe, start: datetime | None,
-               end: datetime | None) -> pa.Table:
-    from marketlake.aggregate import rollup
+def _rolled_up(
+    store: Store, symbol: str, tf: Timeframe, start: datetime | None, end: datetime | None
+) -> pa.Table:
+    from marketlake.timeseries.aggregate import rollup
 
-    stored = [str(t) for t in store.query("SELECT DISTINCT timeframe FROM bars WHERE symbol = ?",
-                                          [symbol]).column("timeframe").to_pylist()]
-    sources = sorted((Timeframe.parse(t) for t in stored if divides(Timeframe.parse(t), tf)),
-                     key=lambda t: t.seconds, reverse=True)
+    stored = [
+        str(t)
+        for t in store.query("SELECT DISTINCT timeframe FROM bars WHERE symbol = ?", [symbol])
+        .column("timeframe")
+        .to_pylist()
+    ]
+    sources = sorted(
+        (Timeframe.parse(t) for t in stored if divides(Timeframe.parse(t), tf)),
+        key=lambda t: t.seconds,
+        reverse=True,
+    )
     for source in sources:
         lo = tf.floor(start) if start is not None else None
         hi = tf.next_start(from_epoch_us(to_epoch_us(end) - 1)) if end is not None else None

@@ -69,22 +69,40 @@ class BacktestConfig:
         checks = [
             (self.cash > 0, "cash", f"cash must be positive, got {self.cash}"),
             (self.commission_bps >= 0, "commission", "commission must not be negative"),
-            (self.commission_fixed >= 0, "commission_fixed",
-             "fixed commission must not be negative"),
+            (
+                self.commission_fixed >= 0,
+                "commission_fixed",
+                "fixed commission must not be negative",
+            ),
             (self.slippage_bps >= 0, "slippage", "slippage must not be negative"),
             (self.commission_bps < 10_000, "commission", "commission must be below 10000 bps"),
             (self.slippage_bps < 10_000, "slippage", "slippage must be below 10000 bps"),
-            (self.fill in ("open", "close"), "fill",
-             f"fill must be open or close, got {self.fill!r}"),
-            (self.sizing in ("all_in", "fraction", "units"), "sizing",
-             f"sizing must be all_in, fraction or units, got {self.sizing!r}"),
+            (
+                self.fill in ("open", "close"),
+                "fill",
+                f"fill must be open or close, got {self.fill!r}",
+            ),
+            (
+                self.sizing in ("all_in", "fraction", "units"),
+                "sizing",
+                f"sizing must be all_in, fraction or units, got {self.sizing!r}",
+            ),
             (self.size > 0, "size", f"size must be positive, got {self.size}"),
-            (self.sizing != "fraction" or self.size <= 1, "size",
-             f"a fraction of equity must be at most 1, got {self.size}"),
-            (self.stop_loss_pct is None or 0 < self.stop_loss_pct < 100, "stop_loss",
-             f"stop-loss must be between 0 and 100 %, got {self.stop_loss_pct}"),
-            (self.take_profit_pct is None or self.take_profit_pct > 0, "take_profit",
-             f"take-profit must be positive, got {self.take_profit_pct}"),
+            (
+                self.sizing != "fraction" or self.size <= 1,
+                "size",
+                f"a fraction of equity must be at most 1, got {self.size}",
+            ),
+            (
+                self.stop_loss_pct is None or 0 < self.stop_loss_pct < 100,
+                "stop_loss",
+                f"stop-loss must be between 0 and 100 %, got {self.stop_loss_pct}",
+            ),
+            (
+                self.take_profit_pct is None or self.take_profit_pct > 0,
+                "take_profit",
+                f"take-profit must be positive, got {self.take_profit_pct}",
+            ),
         ]
         for ok, name, message in checks:
             if not ok:
@@ -126,15 +144,21 @@ class BacktestResult:
     def equity_table(self) -> pa.Table:
         """The equity curve: ts, equity and drawdown (a fraction, <= 0)."""
         peak = np.maximum.accumulate(self.equity)
-        return pa.table({
-            "ts": pa.array(self.ts, pa.timestamp("us", tz="UTC")),
-            "equity": self.equity,
-            "drawdown": self.equity / peak - 1.0,
-        })
+        return pa.table(
+            {
+                "ts": pa.array(self.ts, pa.timestamp("us", tz="UTC")),
+                "equity": self.equity,
+                "drawdown": self.equity / peak - 1.0,
+            }
+        )
 
 
-def run(bars: Sequence[Bars], strategy: Strategy, config: BacktestConfig | None = None,
-        timeframe: str = "") -> BacktestResult:
+def run(
+    bars: Sequence[Bars],
+    strategy: Strategy,
+    config: BacktestConfig | None = None,
+    timeframe: str = "",
+) -> BacktestResult:
     """Backtest ``strategy`` on one or more symbols' bars."""
     config = config or BacktestConfig()
     if not bars:
@@ -147,7 +171,9 @@ def run(bars: Sequence[Bars], strategy: Strategy, config: BacktestConfig | None 
             raise InputError(
                 f"{strategy.label()} needs at least {strategy.min_bars()} bars, but "
                 f"{one.symbol} has {len(one)}{f' {timeframe}' if timeframe else ''} bars in the "
-                "range; use a longer range or a smaller timeframe", param="start")
+                "range; use a longer range or a smaller timeframe",
+                param="start",
+            )
         runs.append(simulate(one, strategy.signals(one), config, cash))
     ts, equity = _combine(runs, cash)
     trades = trade_table(runs)
@@ -181,9 +207,16 @@ def simulate(bars: Bars, signals: FloatArray, config: BacktestConfig, cash: floa
     exit_fill = np.where(closed, exit_raw * (1 - side * slip), exit_raw)
     units, before = _size(entry_fill, exit_fill, side, weight, closed, config, cash)
     taken = units > 0
-    columns = {"entry_bar": entry, "exit_bar": exit_, "side": side, "size": units,
-               "entry_price": entry_fill, "exit_price": exit_fill, "reason": reason,
-               "before": before}
+    columns = {
+        "entry_bar": entry,
+        "exit_bar": exit_,
+        "side": side,
+        "size": units,
+        "entry_price": entry_fill,
+        "exit_price": exit_fill,
+        "reason": reason,
+        "before": before,
+    }
     columns = {k: v[taken] for k, v in columns.items()}
     _settle(columns, config)
     equity, held = _equity(bars, columns, cash)
@@ -192,8 +225,9 @@ def simulate(bars: Bars, signals: FloatArray, config: BacktestConfig, cash: floa
     return SymbolRun(bars, equity, held, columns, int((~taken).sum()))
 
 
-def _plan(at: IntArray, target: FloatArray, n: int, fill: Fill) -> tuple[IntArray, IntArray,
-                                                                         FloatArray, FloatArray]:
+def _plan(
+    at: IntArray, target: FloatArray, n: int, fill: Fill
+) -> tuple[IntArray, IntArray, FloatArray, FloatArray]:
     """Entry bar, exit bar (``n``: still open), side and weight of each trade the targets want."""
     previous = np.empty_like(target)
     previous[:1] = 0.0
@@ -209,9 +243,16 @@ def _plan(at: IntArray, target: FloatArray, n: int, fill: Fill) -> tuple[IntArra
     return at[opens], following[opens], np.sign(value[opens]), np.abs(value[opens])
 
 
-def _apply_stops(bars: Bars, config: BacktestConfig, entry: IntArray, exit_: IntArray,
-                 side: FloatArray, entry_fill: FloatArray, exit_raw: FloatArray,
-                 reason: IntArray) -> None:
+def _apply_stops(
+    bars: Bars,
+    config: BacktestConfig,
+    entry: IntArray,
+    exit_: IntArray,
+    side: FloatArray,
+    entry_fill: FloatArray,
+    exit_raw: FloatArray,
+    reason: IntArray,
+) -> None:
     """Cut trades short where a stop-loss or take-profit level is touched (in place)."""
     n = len(bars)
     first = entry if config.fill == "open" else entry + 1
@@ -243,9 +284,15 @@ def _apply_stops(bars: Bars, config: BacktestConfig, entry: IntArray, exit_: Int
     reason[hit_trades] = np.where(is_take, TAKE_PROFIT, STOP_LOSS)
 
 
-def _size(entry_fill: FloatArray, exit_fill: FloatArray, side: FloatArray, weight: FloatArray,
-          closed: np.ndarray[Any, Any], config: BacktestConfig,
-          cash: float) -> tuple[FloatArray, FloatArray]:
+def _size(
+    entry_fill: FloatArray,
+    exit_fill: FloatArray,
+    side: FloatArray,
+    weight: FloatArray,
+    closed: np.ndarray[Any, Any],
+    config: BacktestConfig,
+    cash: float,
+) -> tuple[FloatArray, FloatArray]:
     """Units of each trade and the cash before it.
 
     Each trade's size depends on the cash the previous ones left. With
@@ -287,8 +334,9 @@ def _cash_before(units: FloatArray, gain: FloatArray, fixed: float, cash: float)
     return np.cumsum(change)[:-1]
 
 
-def _size_units(wanted: FloatArray, cost: FloatArray, gain: FloatArray, config: BacktestConfig,
-                cash: float) -> tuple[FloatArray, FloatArray]:
+def _size_units(
+    wanted: FloatArray, cost: FloatArray, gain: FloatArray, config: BacktestConfig, cash: float
+) -> tuple[FloatArray, FloatArray]:
     """Fixed units; an entry the cash cannot pay for is skipped."""
     fixed = config.commission_fixed
     if not config.fractional:
@@ -318,8 +366,9 @@ def _settle(columns: dict[str, np.ndarray[Any, Any]], config: BacktestConfig) ->
     columns["return"] = columns["pnl"] / (units * p)
 
 
-def _equity(bars: Bars, columns: dict[str, np.ndarray[Any, Any]],
-            cash: float) -> tuple[FloatArray, np.ndarray[Any, np.dtype[np.bool_]]]:
+def _equity(
+    bars: Bars, columns: dict[str, np.ndarray[Any, Any]], cash: float
+) -> tuple[FloatArray, np.ndarray[Any, np.dtype[np.bool_]]]:
     """Equity at every bar's close: cash when flat, cash plus open P&L when holding.
 
     The bars split into alternating flat and holding stretches
@@ -346,8 +395,13 @@ def _equity(bars: Bars, columns: dict[str, np.ndarray[Any, Any]],
     return equity, np.repeat(holding, lengths)
 
 
-def _ruin(bars: Bars, columns: dict[str, np.ndarray[Any, Any]], equity: FloatArray,
-          held: np.ndarray[Any, Any], config: BacktestConfig) -> FloatArray:
+def _ruin(
+    bars: Bars,
+    columns: dict[str, np.ndarray[Any, Any]],
+    equity: FloatArray,
+    held: np.ndarray[Any, Any],
+    config: BacktestConfig,
+) -> FloatArray:
     """Equity reached zero: close everything at that bar's close and stop trading."""
     at = int(np.argmax(equity <= 0))
     keep = columns["entry_bar"] <= at
@@ -384,35 +438,39 @@ def trade_table(runs: list[SymbolRun]) -> pa.Table:
         closed = c["reason"] != OPEN
         exit_ts = ts[np.minimum(c["exit_bar"], n - 1)]
         end = np.where(closed, exit_ts, ts[-1])
-        parts.append({
-            "symbol": np.full(len(c["size"]), len(parts), dtype=np.int32),
-            "side": (c["side"] < 0).astype(np.int8),
-            "size": c["size"],
-            "entry_time": ts[c["entry_bar"]],
-            "entry_price": c["entry_price"],
-            "exit_time": exit_ts,
-            "closed": closed,
-            "exit_price": c["exit_price"],
-            "pnl": c["pnl"],
-            "return_pct": c["return"] * 100,
-            "fees": c["fees"],
-            "duration_s": (end - ts[c["entry_bar"]]) / 1e6,
-            "exit_reason": c["reason"].astype(np.int8),
-        })
+        parts.append(
+            {
+                "symbol": np.full(len(c["size"]), len(parts), dtype=np.int32),
+                "side": (c["side"] < 0).astype(np.int8),
+                "size": c["size"],
+                "entry_time": ts[c["entry_bar"]],
+                "entry_price": c["entry_price"],
+                "exit_time": exit_ts,
+                "closed": closed,
+                "exit_price": c["exit_price"],
+                "pnl": c["pnl"],
+                "return_pct": c["return"] * 100,
+                "fees": c["fees"],
+                "duration_s": (end - ts[c["entry_bar"]]) / 1e6,
+                "exit_reason": c["reason"].astype(np.int8),
+            }
+        )
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(merged["entry_time"], kind="stable")
     merged = {k: v[order] for k, v in merged.items()}
     stamp = pa.timestamp("us", tz="UTC")
-    return pa.table({
-        "symbol": _labels(merged["symbol"], [r.bars.symbol for r in runs]),
-        "side": _labels(merged["side"], ["long", "short"]),
-        "size": merged["size"],
-        "entry_time": pa.array(merged["entry_time"], stamp),
-        "entry_price": merged["entry_price"],
-        "exit_time": pa.array(merged["exit_time"], stamp, mask=~merged["closed"]),
-        **{k: merged[k] for k in ("exit_price", "pnl", "return_pct", "fees", "duration_s")},
-        "exit_reason": _labels(merged["exit_reason"], list(EXIT_REASONS)),
-    })
+    return pa.table(
+        {
+            "symbol": _labels(merged["symbol"], [r.bars.symbol for r in runs]),
+            "side": _labels(merged["side"], ["long", "short"]),
+            "size": merged["size"],
+            "entry_time": pa.array(merged["entry_time"], stamp),
+            "entry_price": merged["entry_price"],
+            "exit_time": pa.array(merged["exit_time"], stamp, mask=~merged["closed"]),
+            **{k: merged[k] for k in ("exit_price", "pnl", "return_pct", "fees", "duration_s")},
+            "exit_reason": _labels(merged["exit_reason"], list(EXIT_REASONS)),
+        }
+    )
 
 
 def _labels(codes: np.ndarray[Any, Any], names: list[str]) -> pa.Array:
@@ -431,4 +489,6 @@ def _check_affordable(runs: list[SymbolRun], config: BacktestConfig) -> None:
             want, fix = "one whole unit", "allow fractional units (--fractional)"
         raise InputError(
             f"the cash ({config.cash:,.2f}) never paid for {want} of {symbol} (about "
-            f"{price:,.2f} each), so no trade was made; raise the cash or {fix}", param="cash")
+            f"{price:,.2f} each), so no trade was made; raise the cash or {fix}",
+            param="cash",
+        )

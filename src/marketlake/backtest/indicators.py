@@ -85,8 +85,9 @@ def rolling_std(values: FloatArray, window: int) -> FloatArray:
     return np.asarray(out, dtype=np.float64)
 
 
-def bollinger(values: FloatArray, window: int, k: float) -> tuple[FloatArray, FloatArray,
-                                                                  FloatArray]:
+def bollinger(
+    values: FloatArray, window: int, k: float
+) -> tuple[FloatArray, FloatArray, FloatArray]:
     """(lower, middle, upper) bands: SMA ∓ ``k`` population deviations (TA-Lib ``BBANDS``)."""
     middle = sma(values, window)
     width = k * rolling_std(values, window)

@@ -47,8 +47,9 @@ def decimate(values: FloatArray, limit: int) -> IntArray:
     padded[n:] = values[-1]
     grid = padded.reshape(buckets, size)
     offsets = np.arange(buckets) * size
-    picks = np.concatenate([offsets, offsets + grid.argmin(axis=1),
-                            offsets + grid.argmax(axis=1), [n - 1]])
+    picks = np.concatenate(
+        [offsets, offsets + grid.argmin(axis=1), offsets + grid.argmax(axis=1), [n - 1]]
+    )
     return np.unique(np.minimum(picks, n - 1))
 
 
@@ -62,8 +63,10 @@ def write_report(result: BacktestResult, path: str | Path) -> Path:
 
 def render_html(result: BacktestResult) -> str:
     """The whole report as one HTML document."""
-    title = (f"{result.strategy.label()} on {', '.join(result.symbols)}"
-             f"{' ' + result.timeframe if result.timeframe else ''}")
+    title = (
+        f"{result.strategy.label()} on {', '.join(result.symbols)}"
+        f"{' ' + result.timeframe if result.timeframe else ''}"
+    )
     equity = result.equity
     drawdown = (equity / np.maximum.accumulate(equity) - 1) * 100
     parts = [
@@ -71,8 +74,10 @@ def render_html(result: BacktestResult) -> str:
         f"<style>{_CSS}</style></head><body><h1>Backtest: {_e(title)}</h1>",
         _config(result),
         "<h2>Statistics</h2><div class='stats'>",
-        *(f"<div><span>{_e(label)}</span><b>{_e(format_stat(key, result.stats[key]))}</b></div>"
-          for key, label in STAT_LABELS.items()),
+        *(
+            f"<div><span>{_e(label)}</span><b>{_e(format_stat(key, result.stats[key]))}</b></div>"
+            for key, label in STAT_LABELS.items()
+        ),
         "</div><h2>Equity</h2>",
         chart(result.ts, equity, color="#2563eb", height=240),
         "<h2>Drawdown (%)</h2>",
@@ -109,30 +114,45 @@ class _Frame:
         out = []
         for v in np.linspace(self.lo, self.hi, 5):
             y = float(self.y(v))
-            out.append(f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{y:.1f}' y2='{y:.1f}' "
-                       f"stroke='#e4e7eb'/><text x='{LEFT - 6}' y='{y + 4:.1f}' "
-                       f"text-anchor='end'>{_number(float(v))}</text>")
+            out.append(
+                f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{y:.1f}' y2='{y:.1f}' "
+                f"stroke='#e4e7eb'/><text x='{LEFT - 6}' y='{y + 4:.1f}' "
+                f"text-anchor='end'>{_number(float(v))}</text>"
+            )
         with_time = (self.t1 - self.t0) < 5 * 86_400e6
         for t in np.linspace(self.t0, self.t1, 6):
             label = iso_us(int(t))[: 16 if with_time else 10].replace("T", " ")
-            out.append(f"<text x='{float(self.x(t)):.1f}' y='{self.height - 6}' "
-                       f"text-anchor='middle'>{label}</text>")
+            out.append(
+                f"<text x='{float(self.x(t)):.1f}' y='{self.height - 6}' "
+                f"text-anchor='middle'>{label}</text>"
+            )
         return out
 
 
-def chart(ts: IntArray, values: FloatArray, *, color: str, height: int, fill: bool = False,
-          markers: str = "") -> str:
+def chart(
+    ts: IntArray,
+    values: FloatArray,
+    *,
+    color: str,
+    height: int,
+    fill: bool = False,
+    markers: str = "",
+) -> str:
     """One line chart as inline SVG; ``markers`` is extra SVG drawn on top."""
     frame = _Frame(ts, values, height)
     keep = decimate(values, MAX_POINTS)
     xs, ys = frame.x(ts[keep]), frame.y(values[keep])
     points = " ".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs.tolist(), ys.tolist(), strict=True))
-    body = [f"<svg width='{WIDTH}' height='{height}' viewBox='0 0 {WIDTH} {height}'>",
-            *frame.axes()]
+    body = [
+        f"<svg width='{WIDTH}' height='{height}' viewBox='0 0 {WIDTH} {height}'>",
+        *frame.axes(),
+    ]
     if fill:
         base = float(frame.y(0.0))
-        body.append(f"<polygon points='{xs[0]:.1f},{base:.1f} {points} {xs[-1]:.1f},{base:.1f}'"
-                    f" fill='{color}' fill-opacity='0.25' stroke='none'/>")
+        body.append(
+            f"<polygon points='{xs[0]:.1f},{base:.1f} {points} {xs[-1]:.1f},{base:.1f}'"
+            f" fill='{color}' fill-opacity='0.25' stroke='none'/>"
+        )
     body.append(f"<polyline points='{points}' fill='none' stroke='{color}' stroke-width='1.2'/>")
     body.append(markers)
     body.append("</svg>")
@@ -149,42 +169,70 @@ def _price_chart(result: BacktestResult, symbol: str) -> str:
     sides = trades["side"][shown]
     closed = exits < len(bars)
     ex, ey = frame.x(bars.ts[entries]), frame.y(trades["entry_price"][shown])
-    marks = [f"<path d='M{x:.1f},{y + (6 if s > 0 else -6):.1f} l-4,{-7 if s > 0 else 7} h8 z' "
-             f"fill='{'#16a34a' if s > 0 else '#dc2626'}'/>"
-             for x, y, s in zip(ex.tolist(), ey.tolist(), sides.tolist(), strict=True)]
+    marks = [
+        f"<path d='M{x:.1f},{y + (6 if s > 0 else -6):.1f} l-4,{-7 if s > 0 else 7} h8 z' "
+        f"fill='{'#16a34a' if s > 0 else '#dc2626'}'/>"
+        for x, y, s in zip(ex.tolist(), ey.tolist(), sides.tolist(), strict=True)
+    ]
     xx = frame.x(bars.ts[exits[closed]])
     xy = frame.y(trades["exit_price"][shown][closed])
-    marks += [f"<circle cx='{x:.1f}' cy='{y:.1f}' r='2.5' fill='none' stroke='#111827'/>"
-              for x, y in zip(xx.tolist(), xy.tolist(), strict=True)]
+    marks += [
+        f"<circle cx='{x:.1f}' cy='{y:.1f}' r='2.5' fill='none' stroke='#111827'/>"
+        for x, y in zip(xx.tolist(), xy.tolist(), strict=True)
+    ]
     note = ""
     if len(trades["size"]) > MAX_MARKERS:
-        note = (f"<p class='note'>markers for the last {MAX_MARKERS} of {len(trades['size'])} "
-                "trades</p>")
-    legend = ("<p class='note'>▲ long entry · ▼ short entry · ○ exit</p>")
-    return chart(bars.ts, bars.close, color="#374151", height=260, markers="".join(marks)) + \
-        legend + note
+        note = (
+            f"<p class='note'>markers for the last {MAX_MARKERS} of {len(trades['size'])} "
+            "trades</p>"
+        )
+    legend = "<p class='note'>▲ long entry · ▼ short entry · ○ exit</p>"
+    return (
+        chart(bars.ts, bars.close, color="#374151", height=260, markers="".join(marks))
+        + legend
+        + note
+    )
 
 
 def _trade_table(result: BacktestResult) -> str:
     trades = result.trades
-    head = ("symbol", "side", "size", "entry_time", "entry_price", "exit_time", "exit_price",
-            "pnl", "return_pct", "exit_reason")
+    head = (
+        "symbol",
+        "side",
+        "size",
+        "entry_time",
+        "entry_price",
+        "exit_time",
+        "exit_price",
+        "pnl",
+        "return_pct",
+        "exit_reason",
+    )
     rows = trades.slice(0, MAX_TRADE_ROWS).select(list(head)).to_pylist()
-    out = [f"<h2>Trades ({trades.num_rows})</h2><table><tr>",
-           *(f"<th>{_e(h)}</th>" for h in head), "</tr>"]
-    out.extend("<tr>" + "".join(f"<td>{_e(_cell(row[h]))}</td>" for h in head) + "</tr>"
-               for row in rows)
+    out = [
+        f"<h2>Trades ({trades.num_rows})</h2><table><tr>",
+        *(f"<th>{_e(h)}</th>" for h in head),
+        "</tr>",
+    ]
+    out.extend(
+        "<tr>" + "".join(f"<td>{_e(_cell(row[h]))}</td>" for h in head) + "</tr>" for row in rows
+    )
     out.append("</table>")
     if trades.num_rows > MAX_TRADE_ROWS:
-        out.append(f"<p class='note'>the first {MAX_TRADE_ROWS} of {trades.num_rows} trades; "
-                   "`marketlake backtest run --json` lists them all</p>")
+        out.append(
+            f"<p class='note'>the first {MAX_TRADE_ROWS} of {trades.num_rows} trades; "
+            "`marketlake backtest run --json` lists them all</p>"
+        )
     return "".join(out)
 
 
 def _config(result: BacktestResult) -> str:
     items = {"strategy": result.strategy.label(), **result.config.as_dict()}
-    return "<p class='note'>" + " · ".join(f"{_e(k)}: {_e(str(v))}" for k, v in items.items()
-                                            if v is not None) + "</p>"
+    return (
+        "<p class='note'>"
+        + " · ".join(f"{_e(k)}: {_e(str(v))}" for k, v in items.items() if v is not None)
+        + "</p>"
+    )
 
 
 def _cell(value: Any) -> str:

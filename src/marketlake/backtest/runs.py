@@ -69,9 +69,17 @@ def run_backtest(
         bars = load_bars(store, names, tf, start, end)
     result = engine.run(bars, chosen, config, tf)
     if save and store is not None:
-        request = {"kind": "run", "strategy": chosen.name, "params": chosen.params(),
-                   "symbols": names, "timeframe": tf, "start": _iso(start), "end": _iso(end),
-                   "source": "synthetic" if synthetic else "store", "config": config.as_dict()}
+        request = {
+            "kind": "run",
+            "strategy": chosen.name,
+            "params": chosen.params(),
+            "symbols": names,
+            "timeframe": tf,
+            "start": _iso(start),
+            "end": _iso(end),
+            "source": "synthetic" if synthetic else "store",
+            "config": config.as_dict(),
+        }
         result.id = save_result(store, request, result)
     return result
 
@@ -80,12 +88,20 @@ def save_result(store: Store, request: dict[str, Any], result: BacktestResult) -
     """Store one backtest; return its id."""
     now = utcnow()
     row_id = uuid.uuid4().hex[:12]
-    store.insert_row("backtests", {
-        "id": row_id, "status": "succeeded", "params": _dumps(request),
-        "stats": _dumps(result.stats), "trades": _dumps(trade_columns(result.trades)),
-        "equity": _dumps(equity_points(result)), "error": None,
-        "created_at": now, "finished_at": now,
-    })
+    store.insert_row(
+        "backtests",
+        {
+            "id": row_id,
+            "status": "succeeded",
+            "params": _dumps(request),
+            "stats": _dumps(result.stats),
+            "trades": _dumps(trade_columns(result.trades)),
+            "equity": _dumps(equity_points(result)),
+            "error": None,
+            "created_at": now,
+            "finished_at": now,
+        },
+    )
     return row_id
 
 
@@ -93,11 +109,20 @@ def save_sweep(store: Store, request: dict[str, Any], rows: list[dict[str, Any]]
     """Store the result rows of a parameter sweep as one backtest record; return its id."""
     now = utcnow()
     row_id = uuid.uuid4().hex[:12]
-    store.insert_row("backtests", {
-        "id": row_id, "status": "succeeded", "params": _dumps({"kind": "sweep", **request}),
-        "stats": _dumps(rows), "trades": None, "equity": None, "error": None,
-        "created_at": now, "finished_at": now,
-    })
+    store.insert_row(
+        "backtests",
+        {
+            "id": row_id,
+            "status": "succeeded",
+            "params": _dumps({"kind": "sweep", **request}),
+            "stats": _dumps(rows),
+            "trades": None,
+            "equity": None,
+            "error": None,
+            "created_at": now,
+            "finished_at": now,
+        },
+    )
     return row_id
 
 
@@ -105,16 +130,18 @@ def get_backtest(store: Store, backtest_id: str) -> dict[str, Any]:
     """A stored backtest as a dict: id, status, request, stats, trades, equity, times."""
     rows = store.select_rows("backtests", {"id": backtest_id})
     if not rows:
-        raise NotFoundError(f"unknown backtest {backtest_id!r}; list stored ones with "
-                            "`marketlake backtest list`")
+        raise NotFoundError(
+            f"unknown backtest {backtest_id!r}; list stored ones with `marketlake backtest list`"
+        )
     return _record(rows[0])
 
 
 def list_backtests(store: Store, limit: int = 50) -> list[dict[str, Any]]:
     """The newest stored backtests (without their trades and equity)."""
     rows = store.select_rows("backtests", order_by="created_at", descending=True, limit=limit)
-    return [{k: v for k, v in _record(row).items() if k not in ("trades", "equity")}
-            for row in rows]
+    return [
+        {k: v for k, v in _record(row).items() if k not in ("trades", "equity")} for row in rows
+    ]
 
 
 def trade_columns(trades: pa.Table) -> dict[str, Any]:
@@ -151,16 +178,16 @@ def _iso_times(column: pa.ChunkedArray) -> list[str | None]:
 
 def iso_strings(us: np.ndarray[Any, Any]) -> list[str]:
     """ISO 8601 UTC texts of epoch microseconds, whole seconds unless some need more."""
-    stamps = np.datetime_as_string(us.astype("datetime64[us]"),
-                                   unit="us" if (us % 1_000_000).any() else "s")
+    stamps = np.datetime_as_string(
+        us.astype("datetime64[us]"), unit="us" if (us % 1_000_000).any() else "s"
+    )
     text: list[str] = np.char.add(stamps, "Z").tolist()
     return text
 
 
 def significant(values: np.ndarray[Any, Any], digits: int = 12) -> np.ndarray[Any, Any]:
     """``values`` rounded to ``digits`` significant digits, so that JSON stays short."""
-    magnitude = np.floor(np.log10(np.abs(values), where=values != 0,
-                                  out=np.zeros(len(values))))
+    magnitude = np.floor(np.log10(np.abs(values), where=values != 0, out=np.zeros(len(values))))
     with np.errstate(over="ignore", invalid="ignore"):
         scale = 10.0 ** (digits - 1 - magnitude)
         rounded = np.round(values * scale) / scale
@@ -182,10 +209,17 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
 
     columns = load(row["trades"])
     trades = None if columns is None else trade_records(columns)
-    return {"id": row["id"], "status": row["status"], "request": load(row["params"]),
-            "stats": load(row["stats"]), "trades": trades,
-            "equity": load(row["equity"]), "error": row["error"],
-            "created_at": row["created_at"], "finished_at": row["finished_at"]}
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "request": load(row["params"]),
+        "stats": load(row["stats"]),
+        "trades": trades,
+        "equity": load(row["equity"]),
+        "error": row["error"],
+        "created_at": row["created_at"],
+        "finished_at": row["finished_at"],
+    }
 
 
 def _dumps(value: Any) -> str:

@@ -68,8 +68,9 @@ STAT_LABELS: dict[str, str] = {
 }
 
 
-def compute_stats(ts: IntArray, equity: FloatArray, initial_cash: float, trades: pa.Table,
-                  runs: list[SymbolRun]) -> dict[str, Any]:
+def compute_stats(
+    ts: IntArray, equity: FloatArray, initial_cash: float, trades: pa.Table, runs: list[SymbolRun]
+) -> dict[str, Any]:
     """Every statistic of :data:`STAT_LABELS`, JSON-ready (floats, ints, strings, None)."""
     years = (float(ts[-1]) - float(ts[0])) / US_PER_YEAR
     closed = pc.not_equal(trades.column("exit_reason"), "open")
@@ -83,8 +84,10 @@ def compute_stats(ts: IntArray, equity: FloatArray, initial_cash: float, trades:
         "final_equity": float(equity[-1]),
         "equity_peak": float(equity.max()),
         "total_return_pct": (float(equity[-1]) / initial_cash - 1) * 100,
-        "buy_hold_return_pct": float(np.mean([r.bars.close[-1] / r.bars.close[0] - 1
-                                              for r in runs])) * 100,
+        "buy_hold_return_pct": float(
+            np.mean([r.bars.close[-1] / r.bars.close[0] - 1 for r in runs])
+        )
+        * 100,
     }
     out.update(_risk(equity, initial_cash, years, ts))
     out["exposure_pct"] = float(np.mean([r.held.mean() for r in runs])) * 100
@@ -105,7 +108,9 @@ def _risk(equity: FloatArray, initial: float, years: float, ts: IntArray) -> dic
     max_dd = float(work.min())
     out: dict[str, Any] = {
         "cagr_pct": None if cagr is None else cagr * 100,
-        "volatility_ann_pct": None, "sharpe": None, "sortino": None,
+        "volatility_ann_pct": None,
+        "sharpe": None,
+        "sortino": None,
         "calmar": cagr / -max_dd if cagr is not None and max_dd < 0 else None,
         "max_drawdown_pct": max_dd * 100,
         "max_drawdown_days": _longest_drawdown(work, ts) / US_PER_DAY,
@@ -131,9 +136,11 @@ def _ratios(equity: FloatArray, years: float, scratch: FloatArray) -> dict[str, 
     losses = np.minimum(returns, 0.0, out=returns)
     downside = float(np.sqrt(float(np.einsum("i,i->", losses, losses)) / n))
     scale = float(np.sqrt(n / years))
-    return {"volatility_ann_pct": std * scale * 100,
-            "sharpe": mean / std * scale if std > 0 else None,
-            "sortino": mean / downside * scale if downside > 0 else None}
+    return {
+        "volatility_ann_pct": std * scale * 100,
+        "sharpe": mean / std * scale if std > 0 else None,
+        "sortino": mean / downside * scale if downside > 0 else None,
+    }
 
 
 def _longest_drawdown(drawdown: FloatArray, ts: IntArray) -> float:
@@ -157,15 +164,17 @@ def _trade_stats(done: pa.Table) -> dict[str, Any]:
     if not len(pnl):
         return out
     losses = float(-pnl[pnl < 0].sum())
-    out.update({
-        "win_rate_pct": float((pnl > 0).mean()) * 100,
-        "profit_factor": float(pnl[pnl > 0].sum()) / losses if losses > 0 else None,
-        "expectancy": float(pnl.mean()),
-        "avg_trade_pct": float(ret.mean()),
-        "best_trade_pct": float(ret.max()),
-        "worst_trade_pct": float(ret.min()),
-        "avg_trade_days": float(done.column("duration_s").to_numpy().mean()) / 86_400,
-    })
+    out.update(
+        {
+            "win_rate_pct": float((pnl > 0).mean()) * 100,
+            "profit_factor": float(pnl[pnl > 0].sum()) / losses if losses > 0 else None,
+            "expectancy": float(pnl.mean()),
+            "avg_trade_pct": float(ret.mean()),
+            "best_trade_pct": float(ret.max()),
+            "worst_trade_pct": float(ret.min()),
+            "avg_trade_days": float(done.column("duration_s").to_numpy().mean()) / 86_400,
+        }
+    )
     return out
 
 

@@ -79,8 +79,12 @@ class Strategy(ABC):
     def parameters(cls) -> list[Parameter]:
         """The typed parameters of this strategy, in declaration order."""
         hints = typing.get_type_hints(cls)
-        return [Parameter(f.name, hints[f.name], typing.cast(Scalar, f.default),
-                          f.metadata.get("help", "")) for f in dataclasses.fields(cls)]
+        return [
+            Parameter(
+                f.name, hints[f.name], typing.cast(Scalar, f.default), f.metadata.get("help", "")
+            )
+            for f in dataclasses.fields(cls)
+        ]
 
     @classmethod
     def from_params(cls, params: Mapping[str, object]) -> Strategy:
@@ -92,8 +96,11 @@ class Strategy(ABC):
         unknown = [name for name in params if name not in known]
         if unknown:
             valid = ", ".join(p.describe() for p in known.values()) or "none"
-            raise InputError(f"unknown parameter {unknown[0]!r} for strategy {cls.name}; "
-                             f"valid parameters: {valid}", param=unknown[0])
+            raise InputError(
+                f"unknown parameter {unknown[0]!r} for strategy {cls.name}; "
+                f"valid parameters: {valid}",
+                param=unknown[0],
+            )
         values = {name: coerce(known[name], value) for name, value in params.items()}
         return cls(**values)
 
@@ -142,8 +149,9 @@ def _positive(strategy: Strategy, *names: str, minimum: float = 1) -> None:
     for name in names:
         value = getattr(strategy, name)
         if value < minimum:
-            raise InputError(f"{strategy.name}: {name} must be at least {minimum}, got {value}",
-                             param=name)
+            raise InputError(
+                f"{strategy.name}: {name} must be at least {minimum}, got {value}", param=name
+            )
 
 
 def _events(up: np.ndarray[Any, Any], down: np.ndarray[Any, Any]) -> FloatArray:
@@ -168,8 +176,10 @@ class SmaCross(Strategy):
     def check(self) -> None:
         _positive(self, "fast", "slow")
         if self.fast >= self.slow:
-            raise InputError(f"sma_cross: fast ({self.fast}) must be smaller than slow "
-                             f"({self.slow})", param="fast")
+            raise InputError(
+                f"sma_cross: fast ({self.fast}) must be smaller than slow ({self.slow})",
+                param="fast",
+            )
 
     def min_bars(self) -> int:
         return self.slow + 1
@@ -193,8 +203,11 @@ class RsiReversion(Strategy):
     def check(self) -> None:
         _positive(self, "period", minimum=2)
         if not 0 < self.lower < self.upper < 100:
-            raise InputError(f"rsi_reversion: need 0 < lower < upper < 100, got lower="
-                             f"{self.lower} and upper={self.upper}", param="lower")
+            raise InputError(
+                f"rsi_reversion: need 0 < lower < upper < 100, got lower="
+                f"{self.lower} and upper={self.upper}",
+                param="lower",
+            )
 
     def min_bars(self) -> int:
         return self.period + 2
@@ -223,8 +236,9 @@ class BollingerBreakout(Strategy):
         return self.period + 1
 
     def signals(self, bars: Bars) -> FloatArray:
-        lower, middle, upper = bars.memo(("bbands", self.period, self.k),
-                                         lambda: ind.bollinger(bars.close, self.period, self.k))
+        lower, middle, upper = bars.memo(
+            ("bbands", self.period, self.k), lambda: ind.bollinger(bars.close, self.period, self.k)
+        )
         close = bars.close
         with np.errstate(invalid="ignore"):
             long_leg = _hold(close > upper, close < middle)
@@ -268,8 +282,10 @@ def get_strategy(name: str, params: Mapping[str, object] | None = None) -> Strat
     """The built-in strategy ``name`` with ``params``; unknown names list the valid ones."""
     cls = STRATEGIES.get(name.strip().lower().replace("-", "_"))
     if cls is None:
-        raise InputError(f"unknown strategy {name!r}; choose one of: "
-                         f"{', '.join(sorted(STRATEGIES))}", param="strategy")
+        raise InputError(
+            f"unknown strategy {name!r}; choose one of: {', '.join(sorted(STRATEGIES))}",
+            param="strategy",
+        )
     return cls.from_params(params or {})
 
 

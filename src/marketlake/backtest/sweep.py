@@ -50,19 +50,26 @@ def parse_grid(strategy: str, specs: Sequence[str]) -> dict[str, list[Scalar]]:
         name, sep, text = spec.partition("=")
         name = name.strip()
         if not sep or not name or not text.strip():
-            raise InputError(f"--param {spec!r}: write NAME=VALUE, NAME=START:STOP:STEP or "
-                             "NAME=V1,V2,…", param="param")
+            raise InputError(
+                f"--param {spec!r}: write NAME=VALUE, NAME=START:STOP:STEP or NAME=V1,V2,…",
+                param="param",
+            )
         if name not in known:
             valid = ", ".join(p.describe() for p in known.values()) or "none"
-            raise InputError(f"unknown parameter {name!r} for strategy {cls.name}; valid "
-                             f"parameters: {valid}", param=name)
+            raise InputError(
+                f"unknown parameter {name!r} for strategy {cls.name}; valid parameters: {valid}",
+                param=name,
+            )
         grid[name] = _values(known[name], text.strip())
     total = 1
     for values in grid.values():
         total *= len(values)
     if total > MAX_COMBINATIONS:
-        raise InputError(f"the grid has {total:,} combinations; at most {MAX_COMBINATIONS:,} "
-                         "are allowed — use coarser steps", param="param")
+        raise InputError(
+            f"the grid has {total:,} combinations; at most {MAX_COMBINATIONS:,} "
+            "are allowed — use coarser steps",
+            param="param",
+        )
     return grid
 
 
@@ -71,25 +78,28 @@ def _values(spec: Parameter, text: str) -> list[Scalar]:
         return [coerce(spec, part) for part in text.split(",")]
     parts = text.split(":")
     if len(parts) != 3:
-        raise InputError(f"--param {spec.name}={text}: a range is START:STOP:STEP",
-                         param=spec.name)
+        raise InputError(f"--param {spec.name}={text}: a range is START:STOP:STEP", param=spec.name)
     try:
         start, stop, step = (Decimal(p.strip()) for p in parts)
     except InvalidOperation:
-        raise InputError(f"--param {spec.name}={text}: START, STOP and STEP must be numbers",
-                         param=spec.name) from None
+        raise InputError(
+            f"--param {spec.name}={text}: START, STOP and STEP must be numbers", param=spec.name
+        ) from None
     if step <= 0 or stop < start:
-        raise InputError(f"--param {spec.name}={text}: need STEP > 0 and STOP >= START",
-                         param=spec.name)
+        raise InputError(
+            f"--param {spec.name}={text}: need STEP > 0 and STOP >= START", param=spec.name
+        )
     count = int((stop - start) / step) + 1
     if count > MAX_COMBINATIONS:
-        raise InputError(f"--param {spec.name}={text} has {count:,} values; use a coarser step",
-                         param=spec.name)
+        raise InputError(
+            f"--param {spec.name}={text} has {count:,} values; use a coarser step", param=spec.name
+        )
     return [coerce(spec, str(start + i * step)) for i in range(count)]
 
 
-def combinations(strategy: str, grid: Mapping[str, Sequence[Scalar]]
-                 ) -> tuple[list[dict[str, Scalar]], list[dict[str, Any]]]:
+def combinations(
+    strategy: str, grid: Mapping[str, Sequence[Scalar]]
+) -> tuple[list[dict[str, Scalar]], list[dict[str, Any]]]:
     """Valid parameter sets of the grid, and the invalid ones with why (e.g. fast >= slow)."""
     names = list(grid)
     valid, skipped = [], []
@@ -104,16 +114,25 @@ def combinations(strategy: str, grid: Mapping[str, Sequence[Scalar]]
     return valid, skipped
 
 
-def run_sweep(bars: Sequence[Bars], strategy: str, grid: Mapping[str, Sequence[Scalar]],
-              config: BacktestConfig | None = None, *, jobs: int | None = None,
-              progress: Progress | None = None) -> SweepResult:
+def run_sweep(
+    bars: Sequence[Bars],
+    strategy: str,
+    grid: Mapping[str, Sequence[Scalar]],
+    config: BacktestConfig | None = None,
+    *,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> SweepResult:
     """Backtest every valid combination of ``grid``; ``jobs`` processes (default: all cores)."""
     get_strategy(strategy)  # an unknown name fails here, not once per combination
     config = config or BacktestConfig()
     todo, skipped = combinations(strategy, grid)
     if not todo:
-        raise InputError("no valid parameter combination in the grid"
-                         + (f" (e.g. {skipped[0]['reason']})" if skipped else ""), param="param")
+        raise InputError(
+            "no valid parameter combination in the grid"
+            + (f" (e.g. {skipped[0]['reason']})" if skipped else ""),
+            param="param",
+        )
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
     if jobs == 1:
         outcomes = []
@@ -122,8 +141,9 @@ def run_sweep(bars: Sequence[Bars], strategy: str, grid: Mapping[str, Sequence[S
             if progress:
                 progress(i + 1, len(todo))
     else:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init,
-                                 initargs=(list(bars),)) as pool:
+        with ProcessPoolExecutor(
+            jobs, mp_context=get_context("spawn"), initializer=_init, initargs=(list(bars),)
+        ) as pool:
             futures = [pool.submit(_work, strategy, params, config) for params in todo]
             for i, _ in enumerate(as_completed(futures)):
                 if progress:
@@ -136,19 +156,22 @@ def run_sweep(bars: Sequence[Bars], strategy: str, grid: Mapping[str, Sequence[S
     return SweepResult(rows, skipped)
 
 
-def sort_rows(rows: list[dict[str, Any]], key: str, *, ascending: bool = False
-              ) -> list[dict[str, Any]]:
+def sort_rows(
+    rows: list[dict[str, Any]], key: str, *, ascending: bool = False
+) -> list[dict[str, Any]]:
     """Rows ordered by statistic ``key`` (best first by default); undefined values last."""
     if key not in STAT_LABELS:
-        raise InputError(f"cannot sort by {key!r}; use one of: {', '.join(STAT_LABELS)}",
-                         param="sort")
+        raise InputError(
+            f"cannot sort by {key!r}; use one of: {', '.join(STAT_LABELS)}", param="sort"
+        )
     present = [r for r in rows if r.get(key) is not None]
     missing = [r for r in rows if r.get(key) is None]
     return sorted(present, key=lambda r: r[key], reverse=not ascending) + missing
 
 
-def _one(bars: Sequence[Bars], strategy: str, params: dict[str, Scalar],
-         config: BacktestConfig) -> dict[str, Any]:
+def _one(
+    bars: Sequence[Bars], strategy: str, params: dict[str, Scalar], config: BacktestConfig
+) -> dict[str, Any]:
     """The statistics of one combination, or its parameters and why it could not run."""
     try:
         result = engine.run(bars, get_strategy(strategy, params), config)

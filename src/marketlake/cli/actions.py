@@ -8,7 +8,7 @@ import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, show_table
-from marketlake.cli.timeopts import resolve_range
+from marketlake.timeseries.times import resolve_range
 
 
 def actions(
@@ -25,17 +25,25 @@ def actions(
     store = state(ctx).store
     store.instrument(symbol)
     begin, stop = resolve_range(start, end, None, required=False)
-    from marketlake.adjust import read_actions
+    from marketlake.timeseries.adjust import read_actions
 
     rows = read_actions(store, symbol, begin, stop).to_pylist()
     for row in rows:
         row["ex_date"] = row["ts"].date().isoformat()
     if not rows and not as_json:
-        console.print(f"no corporate actions stored for {symbol.upper()}; they come with "
-                      "`marketlake ingest yahoo`", highlight=False)
+        console.print(
+            f"no corporate actions stored for {symbol.upper()}; they come with "
+            "`marketlake ingest yahoo`",
+            highlight=False,
+        )
         return
-    show_table(rows, ("ex_date", "kind", "value", "source"),
-               title=f"{symbol.upper()} corporate actions", as_json=as_json, numeric=("value",))
+    show_table(
+        rows,
+        ("ex_date", "kind", "value", "source"),
+        title=f"{symbol.upper()} corporate actions",
+        as_json=as_json,
+        numeric=("value",),
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -8,21 +8,36 @@ import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, show_table
-from marketlake.cli.timeopts import resolve_range
+from marketlake.timeseries.times import resolve_range
 
-COLUMNS = ("symbol", "timeframe", "source", "source_bars", "bars", "inserted", "replaced",
-           "duplicates", "first", "last", "partial")
+COLUMNS = (
+    "symbol",
+    "timeframe",
+    "source",
+    "source_bars",
+    "bars",
+    "inserted",
+    "replaced",
+    "duplicates",
+    "first",
+    "last",
+    "partial",
+)
 
 
 def aggregate(
     ctx: typer.Context,
-    symbols: Annotated[list[str] | None, typer.Argument(
-        help="Symbols (default: every symbol with bars at --from).")] = None,
+    symbols: Annotated[
+        list[str] | None,
+        typer.Argument(help="Symbols (default: every symbol with bars at --from)."),
+    ] = None,
     source: Annotated[str, typer.Option("--from", help="Timeframe to roll up.")] = "1m",
-    to: Annotated[str, typer.Option(
-        "--to", help="Comma-separated coarser timeframes, e.g. 5m,1h,1d,1w,1mo.")] = "5m,1h,1d",
-    start: Annotated[str | None, typer.Option(
-        help="Only buckets with source bars from this ISO date/time.")] = None,
+    to: Annotated[
+        str, typer.Option("--to", help="Comma-separated coarser timeframes, e.g. 5m,1h,1d,1w,1mo.")
+    ] = "5m,1h,1d",
+    start: Annotated[
+        str | None, typer.Option(help="Only buckets with source bars from this ISO date/time.")
+    ] = None,
     end: Annotated[str | None, typer.Option(help="... and before this one.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -34,15 +49,23 @@ def aggregate(
     st = state(ctx)
     begin, stop = resolve_range(start, end, None, required=False)
     targets = [t.strip() for t in to.split(",") if t.strip()]
-    from marketlake.aggregate import aggregate_store
+    from marketlake.ingest.rollups import aggregate_store
 
     results = aggregate_store(st.store, symbols or None, source, targets, begin, stop)
     rows = [r.as_dict() for r in results]
-    show_table(rows, COLUMNS, title=f"Roll-ups from {source}", as_json=as_json,
-               numeric=("source_bars", "bars", "inserted", "replaced", "duplicates"))
+    show_table(
+        rows,
+        COLUMNS,
+        title=f"Roll-ups from {source}",
+        as_json=as_json,
+        numeric=("source_bars", "bars", "inserted", "replaced", "duplicates"),
+    )
     if not as_json and any(r.partial for r in results):
-        console.print("[dim]partial: the last bar's bucket (or session) has not ended yet; it "
-                      "is recomputed when new bars arrive[/]", highlight=False)
+        console.print(
+            "[dim]partial: the last bar's bucket (or session) has not ended yet; it "
+            "is recomputed when new bars arrive[/]",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -15,12 +15,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketlake.cli.app import State, state
 from marketlake.cli.output import console, emit_json, err_console, error, show_table
-from marketlake.cli.timeopts import resolve_range
 from marketlake.errors import InputError
 from marketlake.providers import PROVIDERS, get_provider
+from marketlake.timeseries.times import resolve_range
 
 if TYPE_CHECKING:
-    from marketlake.ingest import IngestResult, ProgressCallback
+    from marketlake.ingest.jobs import IngestResult, ProgressCallback
     from marketlake.providers import Provider
 
 
@@ -86,8 +86,11 @@ def ingest(
             task = tasks[symbol]
             bars.update(task, completed=done, rows=bars.tasks[task].fields["rows"] + rows)
 
-        result = asyncio.run(_ingest(st, source, symbols, timeframe, begin, stop, resume,
-                                     refresh, concurrency, progress))
+        result = asyncio.run(
+            _ingest(
+                st, source, symbols, timeframe, begin, stop, resume, refresh, concurrency, progress
+            )
+        )
     if not quiet or as_json:
         print_ingest(result, as_json=as_json)
     if result.status != "succeeded":
@@ -97,17 +100,32 @@ def ingest(
 
 
 async def _ingest(
-    st: State, source: Provider, symbols: list[str], timeframe: str, begin: datetime,
-    stop: datetime, resume: bool, refresh: bool, concurrency: int | None,
+    st: State,
+    source: Provider,
+    symbols: list[str],
+    timeframe: str,
+    begin: datetime,
+    stop: datetime,
+    resume: bool,
+    refresh: bool,
+    concurrency: int | None,
     progress: ProgressCallback,
 ) -> IngestResult:
-    from marketlake.ingest import run_ingest
+    from marketlake.ingest.jobs import run_ingest
 
     try:
         return await run_ingest(
-            st.store, source, symbols, timeframe, begin, stop, resume=resume, refresh=refresh,
+            st.store,
+            source,
+            symbols,
+            timeframe,
+            begin,
+            stop,
+            resume=resume,
+            refresh=refresh,
             concurrency=st.settings.ingest_concurrency if concurrency is None else concurrency,
-            batch_rows=st.settings.ingest_batch_rows, progress=progress,
+            batch_rows=st.settings.ingest_batch_rows,
+            progress=progress,
         )
     finally:
         await source.aclose()
@@ -116,21 +134,42 @@ async def _ingest(
 def print_ingest(result: IngestResult, *, as_json: bool) -> None:
     """The job summary: one row per symbol, then one line per failed symbol saying why."""
     if as_json:
-        emit_json({"job_id": result.job_id, "status": result.status,
-                   "seconds": round(result.seconds, 3),
-                   "symbols": [asdict(s) for s in result.symbols]})
+        emit_json(
+            {
+                "job_id": result.job_id,
+                "status": result.status,
+                "seconds": round(result.seconds, 3),
+                "symbols": [asdict(s) for s in result.symbols],
+            }
+        )
         return
-    rows = [{**asdict(s), "seconds": round(s.seconds, 2), "ok": "yes" if s.ok else "FAILED"}
-            for s in result.symbols]
+    rows = [
+        {**asdict(s), "seconds": round(s.seconds, 2), "ok": "yes" if s.ok else "FAILED"}
+        for s in result.symbols
+    ]
     optional = [c for c in ("replaced", "dropped") if any(r[c] for r in rows)]  # rarely set
-    columns = ("symbol", "fetched", "inserted", "duplicates", "conflicts", *optional,
-               "seconds", "ok")
-    show_table(rows, columns, title=f"Ingest job {result.job_id}: {result.status} "
-               f"({result.rows:,} bars in {result.seconds:.1f} s)", numeric=columns[1:-1])
+    columns = (
+        "symbol",
+        "fetched",
+        "inserted",
+        "duplicates",
+        "conflicts",
+        *optional,
+        "seconds",
+        "ok",
+    )
+    show_table(
+        rows,
+        columns,
+        title=f"Ingest job {result.job_id}: {result.status} "
+        f"({result.rows:,} bars in {result.seconds:.1f} s)",
+        numeric=columns[1:-1],
+    )
     for symbol in result.symbols:
         if symbol.error:
-            console.print(f"[red]{symbol.symbol}[/]: {symbol.error}", highlight=False,
-                          soft_wrap=True)
+            console.print(
+                f"[red]{symbol.symbol}[/]: {symbol.error}", highlight=False, soft_wrap=True
+            )
 
 
 def bars(
@@ -167,7 +206,7 @@ def bars(
     begin, stop = resolve_range(start, end, None, required=False)
     st.store.instrument(symbol)
     if adjusted:
-        from marketlake.adjust import read_adjusted
+        from marketlake.timeseries.adjust import read_adjusted
 
         table = read_adjusted(st.store, symbol, timeframe, begin, stop, limit=limit)
     else:

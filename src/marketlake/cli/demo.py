@@ -69,7 +69,7 @@ def demo(
         f"[bold]1/5[/] loading {days} days of synthetic 1-minute bars for "
         f"{len(DEMO_INSTRUMENTS)} symbols into {st.settings.store}"
     )
-    from marketlake.ingest import run_ingest
+    from marketlake.ingest.jobs import run_ingest
     from marketlake.providers.synthetic import SyntheticProvider
 
     provider = SyntheticProvider(st.settings)
@@ -78,8 +78,13 @@ def demo(
     _quality_and_rollups(st, symbols, as_json=as_json)
     columns = ("symbol", "timeframe", "bars", "first", "last")
     if as_json:
-        emit_json({"job_id": result.job_id, "status": result.status,
-                   "bars": [{c: row[c] for c in columns} for row in store.bar_summary()]})
+        emit_json(
+            {
+                "job_id": result.job_id,
+                "status": result.status,
+                "bars": [{c: row[c] for c in columns} for row in store.bar_summary()],
+            }
+        )
     else:
         show_table(store.bar_summary(), columns, title="Stored bars", numeric=("bars",))
     if not as_json:
@@ -106,9 +111,14 @@ def _sample_backtest(st: State) -> None:
     from marketlake.errors import MarketLakeError
 
     try:  # fractional units: 10,000 of cash buys a fraction of a bitcoin
-        result = run_backtest(st.store, "sma_cross", {"fast": 10, "slow": 30},
-                              symbols=["BTCUSDT"], timeframe="1h",
-                              config=BacktestConfig(fractional=True))
+        result = run_backtest(
+            st.store,
+            "sma_cross",
+            {"fast": 10, "slow": 30},
+            symbols=["BTCUSDT"],
+            timeframe="1h",
+            config=BacktestConfig(fractional=True),
+        )
     except MarketLakeError as exc:
         warn(f"5/5 sample backtest skipped: {exc.message}")
         return
@@ -139,17 +149,20 @@ def _dashboard_key(st: State) -> str:
 
 def _quality_and_rollups(st: State, symbols: list[str], *, as_json: bool = False) -> None:
     """Steps 2 and 3 of the demo: validate the minutes, then roll them up."""
-    from marketlake.aggregate import aggregate_store
-    from marketlake.checks import validate_store
-    from marketlake.quality import QualityPolicy
+    from marketlake.ingest.rollups import aggregate_store
+    from marketlake.quality.checks import validate_store
+    from marketlake.quality.policy import QualityPolicy
 
     say = err_console if as_json else console  # --json keeps stdout for the JSON
     began = time.perf_counter()
-    report = validate_store(st.store, symbols, ["1m"],
-                            policy=QualityPolicy.from_settings(st.settings))
-    say.print(f"[bold]2/5[/] validated {report.rows:,} bars in "
-              f"{time.perf_counter() - began:.1f}s: {report.errors} errors, "
-              f"{report.warnings} warnings (report {report.id})")
+    report = validate_store(
+        st.store, symbols, ["1m"], policy=QualityPolicy.from_settings(st.settings)
+    )
+    say.print(
+        f"[bold]2/5[/] validated {report.rows:,} bars in "
+        f"{time.perf_counter() - began:.1f}s: {report.errors} errors, "
+        f"{report.warnings} warnings (report {report.id})"
+    )
     if not as_json:
         show_table(
             [{**s.as_dict(), "score": f"{100 * (s.score or 0):.2f}%"} for s in report.series],
@@ -160,9 +173,11 @@ def _quality_and_rollups(st: State, symbols: list[str], *, as_json: bool = False
     began = time.perf_counter()
     rolled = aggregate_store(st.store, symbols, "1m", st.settings.rollup_timeframes)
     partial = sorted({f"{r.symbol} {r.timeframe}" for r in rolled if r.partial})
-    say.print(f"[bold]3/5[/] rolled up to {', '.join(st.settings.rollup_timeframes)} in "
-              f"{time.perf_counter() - began:.1f}s ({sum(r.bars for r in rolled):,} bars; "
-              f"still forming: {', '.join(partial) or 'none'})")
+    say.print(
+        f"[bold]3/5[/] rolled up to {', '.join(st.settings.rollup_timeframes)} in "
+        f"{time.perf_counter() - began:.1f}s ({sum(r.bars for r in rolled):,} bars; "
+        f"still forming: {', '.join(partial) or 'none'})"
+    )
     say.print("[bold]4/5[/] summary")
 
 
@@ -178,8 +193,17 @@ def run_simple(
     from marketlake.cli.backtest import print_result
 
     start, end = demo_range(days)
-    result = run_backtest(None, "sma_cross", {"fast": fast, "slow": slow}, symbols=[symbol],
-                          timeframe="1h", start=start, end=end, synthetic=True, save=False)
+    result = run_backtest(
+        None,
+        "sma_cross",
+        {"fast": fast, "slow": slow},
+        symbols=[symbol],
+        timeframe="1h",
+        start=start,
+        end=end,
+        synthetic=True,
+        save=False,
+    )
     print_result(result, as_json=as_json)
 
 

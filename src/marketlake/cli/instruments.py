@@ -71,7 +71,7 @@ def show(
     data = instrument.model_dump()
     data["auto_registered"] = store.is_auto_registered(symbol)
     coverage = [row for row in store.bar_summary() if row["symbol"] == instrument.symbol]
-    from marketlake.quality import latest_scores
+    from marketlake.quality.policy import latest_scores
 
     quality = latest_scores(store, instrument.symbol)
     if as_json:
@@ -90,11 +90,15 @@ def show(
     if not quality:
         console.print(f"[dim]no quality report yet: `marketlake validate {instrument.symbol}`[/]")
         return
-    rows = [{**q, "score": "" if q["score"] is None else f"{100 * q['score']:.2f}%"}
-            for q in quality]
-    show_table(rows, ("timeframe", "score", "expected", "missing", "errors", "warnings",
-                      "report_id"), title="Quality (latest report per timeframe)",
-               numeric=("score", "expected", "missing", "errors", "warnings"))
+    rows = [
+        {**q, "score": "" if q["score"] is None else f"{100 * q['score']:.2f}%"} for q in quality
+    ]
+    show_table(
+        rows,
+        ("timeframe", "score", "expected", "missing", "errors", "warnings", "report_id"),
+        title="Quality (latest report per timeframe)",
+        numeric=("score", "expected", "missing", "errors", "warnings"),
+    )
 
 
 @group.command("rm")

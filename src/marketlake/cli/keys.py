@@ -9,8 +9,9 @@ import typer
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
 
-keys_group = typer.Typer(help="API keys for the REST API (stored hashed; shown once).",
-                         no_args_is_help=True)
+keys_group = typer.Typer(
+    help="API keys for the REST API (stored hashed; shown once).", no_args_is_help=True
+)
 
 
 @keys_group.command("create")
@@ -32,12 +33,17 @@ def keys_create(
     if as_json:
         emit_json(key.as_dict() | {"key": plaintext})
         return
-    console.print(f"created key [bold]{key.name}[/] (id {key.id}) with scopes "
-                  f"{', '.join(key.scopes)}", highlight=False)
+    console.print(
+        f"created key [bold]{key.name}[/] (id {key.id}) with scopes {', '.join(key.scopes)}",
+        highlight=False,
+    )
     console.print("store it now, it is not shown again:", style="yellow")
     console.print(plaintext, highlight=False, soft_wrap=True)
-    console.print("send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
-                  style="dim", highlight=False)
+    console.print(
+        "send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+        style="dim",
+        highlight=False,
+    )
 
 
 @keys_group.command("list")
@@ -49,10 +55,16 @@ def keys_list(
     """List keys (never their secrets)."""
     from marketlake.api.keys import list_keys
 
-    rows = [k.as_dict() | {"scopes": ",".join(k.scopes)}
-            for k in list_keys(state(ctx).store, include_revoked=not active)]
-    show_table(rows, ("id", "name", "scopes", "created_at", "revoked_at"), title="API keys",
-               as_json=as_json)
+    rows = [
+        k.as_dict() | {"scopes": ",".join(k.scopes)}
+        for k in list_keys(state(ctx).store, include_revoked=not active)
+    ]
+    show_table(
+        rows,
+        ("id", "name", "scopes", "created_at", "revoked_at"),
+        title="API keys",
+        as_json=as_json,
+    )
 
 
 @keys_group.command("revoke")

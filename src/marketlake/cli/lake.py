@@ -9,17 +9,20 @@ import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import emit_json, show_table
-from marketlake.cli.timeopts import resolve_range
 from marketlake.errors import InputError
 from marketlake.store import open_store
+from marketlake.timeseries.times import resolve_range
 
-lake_group = typer.Typer(help="Maintain a Parquet lake written by `marketlake export`.",
-                         no_args_is_help=True)
+lake_group = typer.Typer(
+    help="Maintain a Parquet lake written by `marketlake export`.", no_args_is_help=True
+)
 
-Symbols = Annotated[str | None, typer.Option(
-    "--symbols", "-s", help="Comma-separated symbols (default: all).")]
-TimeframeOpt = Annotated[str | None, typer.Option(
-    "--timeframe", "-t", help="Only this timeframe (default: all).")]
+Symbols = Annotated[
+    str | None, typer.Option("--symbols", "-s", help="Comma-separated symbols (default: all).")
+]
+TimeframeOpt = Annotated[
+    str | None, typer.Option("--timeframe", "-t", help="Only this timeframe (default: all).")
+]
 Start = Annotated[str | None, typer.Option(help="From (inclusive), ISO date or time, UTC.")]
 End = Annotated[str | None, typer.Option(help="To (exclusive).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -64,11 +67,15 @@ def export(
     from marketlake.store.lake import export_lake
 
     begin, stop = resolve_range(start, end, None, required=False)
-    summary = export_lake(state(ctx).store, to, symbols=_symbols(symbols), timeframe=timeframe,
-                          start=begin, end=stop)
+    summary = export_lake(
+        state(ctx).store, to, symbols=_symbols(symbols), timeframe=timeframe, start=begin, end=stop
+    )
     result = summary.as_dict()
-    _show({k: result[k] for k in ("files", "bars", "trades", "instruments")},
-          f"exported to {to}", as_json)
+    _show(
+        {k: result[k] for k in ("files", "bars", "trades", "instruments")},
+        f"exported to {to}",
+        as_json,
+    )
 
 
 def import_lake(
@@ -87,11 +94,18 @@ def import_lake(
     from marketlake.store.lake import import_lake as run
 
     if not directory.is_dir():
-        raise InputError(f"{directory} is not a directory; give the --to folder of an export",
-                         param="dir")
+        raise InputError(
+            f"{directory} is not a directory; give the --to folder of an export", param="dir"
+        )
     begin, stop = resolve_range(start, end, None, required=False)
-    summary = run(state(ctx).store, directory, symbols=_symbols(symbols), timeframe=timeframe,
-                  start=begin, end=stop)
+    summary = run(
+        state(ctx).store,
+        directory,
+        symbols=_symbols(symbols),
+        timeframe=timeframe,
+        start=begin,
+        end=stop,
+    )
     result = summary.as_dict()
     keys = ("files", "bars", "trades", "instruments", "inserted", "duplicates", "conflicts")
     _show({k: result[k] for k in keys}, f"imported {directory}", as_json)
@@ -132,8 +146,9 @@ def copy(
         raise InputError("--from and --to name the same store", param="to")
     begin, stop = resolve_range(start, end, None, required=False)
     with open_store(source) as src, open_store(target) as dst:
-        result = copy_store(src, dst, symbols=_symbols(symbols), timeframe=timeframe,
-                            start=begin, end=stop)
+        result = copy_store(
+            src, dst, symbols=_symbols(symbols), timeframe=timeframe, start=begin, end=stop
+        )
     _show(result, "copied", as_json)
 
 

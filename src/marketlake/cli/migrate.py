@@ -25,8 +25,12 @@ def timescale_options(settings: Settings) -> TimescaleOptions:
 
 def migrate(
     ctx: typer.Context,
-    check: Annotated[bool, typer.Option(
-        "--check", help="Only report the schema version; exit 1 if a migration is due.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Only report the schema version; exit 1 if a migration is due."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create or upgrade the store's tables to this MarketLake's schema version (idempotent).
@@ -51,15 +55,22 @@ def migrate(
             version = pgmigrate.current_version(uri)
             row = {"store": uri, "before": version, "after": version, "layout": "postgresql"}
         else:
-            report = pgmigrate.migrate(uri, timescale=st.settings.timescale,
-                                       timescale_options=timescale_options(st.settings))
+            report = pgmigrate.migrate(
+                uri,
+                timescale=st.settings.timescale,
+                timescale_options=timescale_options(st.settings),
+            )
             layout = "timescaledb hypertables" if report.timescale else "monthly partitions"
-            row = {"store": uri, "before": report.before, "after": report.after,
-                   "layout": layout}
+            row = {"store": uri, "before": report.before, "after": report.after, "layout": layout}
     row["store"] = _masked(str(row["store"]))
     row["target"] = SCHEMA_VERSION
-    show_table([row], ("store", "before", "after", "target", "layout"), title="migrate",
-               as_json=as_json, numeric=("before", "after", "target"))
+    show_table(
+        [row],
+        ("store", "before", "after", "target", "layout"),
+        title="migrate",
+        as_json=as_json,
+        numeric=("before", "after", "target"),
+    )
     if check and row["after"] != SCHEMA_VERSION:
         raise typer.Exit(1)
 

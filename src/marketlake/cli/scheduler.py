@@ -13,7 +13,7 @@ from marketlake.cli.output import console, error, show_table
 from marketlake.schema import utcnow
 
 if TYPE_CHECKING:
-    from marketlake.scheduler import Runner, ScheduledJob
+    from marketlake.ingest.scheduler import Runner, ScheduledJob
 
 
 def scheduler(
@@ -33,7 +33,7 @@ def scheduler(
 
     Example: `marketlake scheduler --list`, then `marketlake scheduler` (Ctrl-C stops it).
     """
-    from marketlake.scheduler import (
+    from marketlake.ingest.scheduler import (
         SCHEDULE_FILE,
         Runner,
         build_scheduler,
@@ -45,10 +45,16 @@ def scheduler(
     jobs = load_schedule(config or st.settings.config_dir / SCHEDULE_FILE)
     if list_jobs:
         upcoming = next_runs(jobs, utcnow())
-        rows = [{**job.model_dump(), "symbols": " ".join(job.symbols),
-                 "next_run": upcoming[job.name]} for job in jobs]
-        show_table(rows, ("name", "cron", "provider", "symbols", "timeframe", "next_run"),
-                   title="Ingestion schedule", as_json=as_json)
+        rows = [
+            {**job.model_dump(), "symbols": " ".join(job.symbols), "next_run": upcoming[job.name]}
+            for job in jobs
+        ]
+        show_table(
+            rows,
+            ("name", "cron", "provider", "symbols", "timeframe", "next_run"),
+            title="Ingestion schedule",
+            as_json=as_json,
+        )
         return
     runner = Runner(st.store, st.settings)
     if once:
@@ -70,13 +76,22 @@ def _run_once(runner: Runner, jobs: list[ScheduledJob], *, as_json: bool) -> Non
     rows: list[dict[str, Any]] = []
     for job in jobs:
         rows.extend(
-            {"job": job.name, "ingest_job": result.job_id, "status": result.status,
-             "bars": result.rows,
-             "errors": "; ".join(f"{s.symbol}: {s.error}" for s in result.symbols if s.error)}
+            {
+                "job": job.name,
+                "ingest_job": result.job_id,
+                "status": result.status,
+                "bars": result.rows,
+                "errors": "; ".join(f"{s.symbol}: {s.error}" for s in result.symbols if s.error),
+            }
             for result in runner.run(job) or []
         )
-    show_table(rows, ("job", "ingest_job", "status", "bars", "errors"), title="Scheduled runs",
-               as_json=as_json, numeric=("bars",))
+    show_table(
+        rows,
+        ("job", "ingest_job", "status", "bars", "errors"),
+        title="Scheduled runs",
+        as_json=as_json,
+        numeric=("bars",),
+    )
     failed = [r["job"] for r in rows if r["status"] != "succeeded"]
     if failed:
         error(f"jobs with failures: {', '.join(sorted(set(failed)))}")

@@ -16,8 +16,15 @@ from marketlake.store import Store
 FACTORY = "marketlake.api.app:app_from_env"
 
 
-def run_server(settings: Settings, *, host: str, port: int, workers: int = 1,
-               store: Store | None = None, log_format: str = "json") -> None:
+def run_server(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int = 1,
+    store: Store | None = None,
+    log_format: str = "json",
+) -> None:
     """Serve the API until interrupted; ``store`` (one worker only) is reused as is."""
     import uvicorn
 
@@ -27,12 +34,22 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 1,
     if workers > 1 and settings.store.startswith("duckdb:"):
         raise ConfigError(
             f"--workers {workers}: the embedded DuckDB store can be opened by one process only; "
-            "use --workers 1, or a PostgreSQL store (MARKETLAKE_STORE=postgresql://…) for more")
+            "use --workers 1, or a PostgreSQL store (MARKETLAKE_STORE=postgresql://…) for more"
+        )
     configure_logging(settings.log_level, json=log_format == "json")
-    console.print(f"MarketLake serving on [bold]http://{host}:{port}/[/]  (API docs at "
-                  f"http://{host}:{port}/docs; Ctrl-C stops)", highlight=False)
-    options = {"host": host, "port": port, "log_config": None, "access_log": False,
-               "proxy_headers": True, "server_header": False}
+    console.print(
+        f"MarketLake serving on [bold]http://{host}:{port}/[/]  (API docs at "
+        f"http://{host}:{port}/docs; Ctrl-C stops)",
+        highlight=False,
+    )
+    options = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": True,
+        "server_header": False,
+    }
     if workers > 1:
         os.environ["MARKETLAKE_STORE"] = settings.store
         os.environ["MARKETLAKE_LOG_JSON"] = "1" if log_format == "json" else "0"
@@ -45,18 +62,28 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Bind address (MARKETLAKE_API_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (MARKETLAKE_API_PORT).")] = None,
-    workers: Annotated[int | None, typer.Option(
-        help="Worker processes (MARKETLAKE_API_WORKERS); more than 1 needs PostgreSQL.")] = None,
-    log_format: Annotated[str, typer.Option(
-        "--log-format", help="json (one JSON object per line) or console.")] = "json",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Worker processes (MARKETLAKE_API_WORKERS); more than 1 needs PostgreSQL."
+        ),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="json (one JSON object per line) or console.")
+    ] = "json",
 ) -> None:
     """Serve the REST API under /api/v1, /metrics, /docs and the dashboard at /."""
     if log_format not in ("json", "console"):
         raise ConfigError(f"--log-format {log_format!r}: use json or console")
     st = state(ctx)
     settings = st.settings
-    run_server(settings, host=host or settings.api_host, port=port or settings.api_port,
-               workers=workers or settings.api_workers, log_format=log_format)
+    run_server(
+        settings,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers or settings.api_workers,
+        log_format=log_format,
+    )
 
 
 def register(app: typer.Typer) -> None:

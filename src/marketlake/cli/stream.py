@@ -12,9 +12,9 @@ import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
-from marketlake.cli.timeopts import resolve_range
 from marketlake.config import Settings
 from marketlake.errors import ConfigError, InputError
+from marketlake.timeseries.times import resolve_range
 
 if TYPE_CHECKING:
     from marketlake.stream.binance import FeedState
@@ -22,17 +22,36 @@ if TYPE_CHECKING:
 # The stream modules (websockets, redis, httpx …) are imported inside the commands:
 # every other command starts faster without them.
 
-Duration = Annotated[float | None, typer.Option(
-    "--duration", help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM).")]
+Duration = Annotated[
+    float | None,
+    typer.Option(
+        "--duration", help="Stop after this many seconds (default: run until Ctrl-C or SIGTERM)."
+    ),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-_FEED_COLUMNS = ("feed", "state", "messages", "trades", "bars", "malformed", "unknown",
-                 "reconnects", "planned_reconnects", "stalls", "backfilled_bars",
-                 "last_message_age_s", "last_error")
+_FEED_COLUMNS = (
+    "feed",
+    "state",
+    "messages",
+    "trades",
+    "bars",
+    "malformed",
+    "unknown",
+    "reconnects",
+    "planned_reconnects",
+    "stalls",
+    "backfilled_bars",
+    "last_message_age_s",
+    "last_error",
+)
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def _metrics_server(port: int, *collectors: Any) -> None:
@@ -41,17 +60,24 @@ def _metrics_server(port: int, *collectors: Any) -> None:
     try:
         serve_metrics(port, *collectors)
     except OSError as exc:
-        raise ConfigError(f"cannot serve Prometheus metrics on port {port}: {exc}; set "
-                          "MARKETLAKE_METRICS_PORT to a free port, or 0 for none") from None
+        raise ConfigError(
+            f"cannot serve Prometheus metrics on port {port}: {exc}; set "
+            "MARKETLAKE_METRICS_PORT to a free port, or 0 for none"
+        ) from None
 
 
 def stream(
     ctx: typer.Context,
     provider: Annotated[str, typer.Argument(help="Live feed: binance.")],
     symbols: Annotated[list[str], typer.Argument(help="Symbols, e.g. BTCUSDT ETHUSDT.")],
-    window: Annotated[list[str] | None, typer.Option(
-        "--window", help="Only connect in this UTC window, HH:MM-HH:MM (repeatable); default: "
-        "config/ingestion_schedule.yml, or always.")] = None,
+    window: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--window",
+            help="Only connect in this UTC window, HH:MM-HH:MM (repeatable); default: "
+            "config/ingestion_schedule.yml, or always.",
+        ),
+    ] = None,
     duration: Duration = None,
     as_json: AsJson = False,
 ) -> None:
@@ -62,14 +88,17 @@ def stream(
     from marketlake.stream.bus import MemoryBus, open_bus
     from marketlake.stream.live import feed_class, run_stream
     from marketlake.stream.prometheus import FeedCollector
-    from marketlake.stream.schedule import Schedule
+    from marketlake.stream.windows import Schedule
     from marketlake.stream.worker import install_stop_signals
 
     st = state(ctx)
     settings = st.settings
     feed_class(provider)
-    schedule = (Schedule.parse(window) if window
-                else Schedule.load(settings.config_dir / "ingestion_schedule.yml"))
+    schedule = (
+        Schedule.parse(window)
+        if window
+        else Schedule.load(settings.config_dir / "ingestion_schedule.yml")
+    )
     bus = open_bus(settings)
     store = st.store if isinstance(bus, MemoryBus) else None
     _logging(settings)
@@ -81,8 +110,11 @@ def stream(
         latest[:] = [feed]
         if feed.state != shown["state"] and not as_json:
             shown["state"] = feed.state
-            console.print(f"[bold]{feed.feed}[/] {feed.state}"
-                          + (f" ({feed.last_error})" if feed.last_error else ""), highlight=False)
+            console.print(
+                f"[bold]{feed.feed}[/] {feed.state}"
+                + (f" ({feed.last_error})" if feed.last_error else ""),
+                highlight=False,
+            )
 
     async def main() -> Any:
         stop = asyncio.Event()
@@ -90,16 +122,29 @@ def stream(
         if duration is not None:
             asyncio.get_running_loop().call_later(duration, stop.set)
         try:
-            return await run_stream(settings, bus, provider, symbols, stop=stop, store=store,
-                                    schedule=schedule, on_status=on_status)
+            return await run_stream(
+                settings,
+                bus,
+                provider,
+                symbols,
+                stop=stop,
+                store=store,
+                schedule=schedule,
+                on_status=on_status,
+            )
         finally:
             await bus.close()
 
     result = asyncio.run(main())
     feed = result.feed.as_dict()
-    worker = None if result.worker is None else {
-        k: getattr(result.worker, k) for k in ("events", "trades_inserted", "bars_inserted",
-                                               "alerts")}
+    worker = (
+        None
+        if result.worker is None
+        else {
+            k: getattr(result.worker, k)
+            for k in ("events", "trades_inserted", "bars_inserted", "alerts")
+        }
+    )
     if as_json:
         emit_json({"feed": feed, "worker": worker})
         return
@@ -120,28 +165,46 @@ def worker(
     entries in flight, acknowledges them and exits.
     """
     from marketlake.stream.bus import MemoryBus, open_bus
+    from marketlake.stream.bus.redis import RedisBus
     from marketlake.stream.prometheus import WorkerCollector, redis_backlog
-    from marketlake.stream.redisbus import RedisBus
     from marketlake.stream.worker import GROUP, Worker, run_worker
 
     st = state(ctx)
     settings = st.settings
     bus = open_bus(settings)
     if isinstance(bus, MemoryBus):
-        raise InputError("`marketlake worker` consumes a shared bus: set MARKETLAKE_BUS="
-                         "redis://HOST:6379/0 (with memory://, `marketlake stream` runs the "
-                         "worker in its own process)", param="bus")
+        raise InputError(
+            "`marketlake worker` consumes a shared bus: set MARKETLAKE_BUS="
+            "redis://HOST:6379/0 (with memory://, `marketlake stream` runs the "
+            "worker in its own process)",
+            param="bus",
+        )
     _logging(settings)
     job = Worker(settings, st.store, bus, name=name)
     assert isinstance(bus, RedisBus)
-    _metrics_server(settings.metrics_port, WorkerCollector(
-        lambda: job.stats.lag_s, redis_backlog(bus.uri, bus.raw_keys(), GROUP)))
+    _metrics_server(
+        settings.metrics_port,
+        WorkerCollector(lambda: job.stats.lag_s, redis_backlog(bus.uri, bus.raw_keys(), GROUP)),
+    )
     if not as_json:
-        console.print(f"worker {job.stats.name} consuming {bus.uri} "
-                      f"({len(job.pipeline.engine.rules.rules)} alert rules)", highlight=False)
+        console.print(
+            f"worker {job.stats.name} consuming {bus.uri} "
+            f"({len(job.pipeline.engine.rules.rules)} alert rules)",
+            highlight=False,
+        )
     stats = asyncio.run(run_worker(job, duration_s=duration))
-    row = {k: getattr(stats, k) for k in ("name", "rounds", "entries", "events",
-                                          "trades_inserted", "bars_inserted", "alerts")}
+    row = {
+        k: getattr(stats, k)
+        for k in (
+            "name",
+            "rounds",
+            "entries",
+            "events",
+            "trades_inserted",
+            "bars_inserted",
+            "alerts",
+        )
+    }
     if as_json:
         emit_json(row)
     else:
@@ -154,9 +217,13 @@ def replay(
     timeframe: Annotated[str, typer.Option("--timeframe", "-t", help="Bar size.")] = "1m",
     start: Annotated[str | None, typer.Option(help="From (inclusive), ISO date or time.")] = None,
     end: Annotated[str | None, typer.Option(help="To (exclusive).")] = None,
-    speed: Annotated[float, typer.Option(
-        help="Times real time, 0.01 to 1,000,000 (60: a 1m bar per second); "
-        "0: as fast as possible.")] = 0.0,
+    speed: Annotated[
+        float,
+        typer.Option(
+            help="Times real time, 0.01 to 1,000,000 (60: a 1m bar per second); "
+            "0: as fast as possible."
+        ),
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Send stored bars through the live analytics and alerts; print metrics and alerts.
@@ -170,8 +237,9 @@ def replay(
     counts = {"bars": 0, "alerts": 0}
 
     async def main() -> None:
-        async for event in replay_events(st.store, st.settings, symbol, timeframe, begin, stop,
-                                         speed=speed):
+        async for event in replay_events(
+            st.store, st.settings, symbol, timeframe, begin, stop, speed=speed
+        ):
             counts["bars" if event["type"] == "bar" else "alerts"] += 1
             if as_json:
                 sys.stdout.write(json.dumps(event) + "\n")
@@ -188,17 +256,29 @@ def _print_replay(event: dict[str, Any]) -> None:
         console.print(f"[bold yellow]ALERT[/] {event['ts']} {event['message']}", highlight=False)
         return
     m = event["metrics"]
-    console.print(f"{event['ts']}  close {event['bar']['close']:<12.6g} "
-                  f"ret {_pct(m['return'])}  vol {_pct(m['volatility'])}  "
-                  f"dd {_pct(m['drawdown'])}  mdd {_pct(m['max_drawdown'])}", highlight=False)
+    console.print(
+        f"{event['ts']}  close {event['bar']['close']:<12.6g} "
+        f"ret {_pct(m['return'])}  vol {_pct(m['volatility'])}  "
+        f"dd {_pct(m['drawdown'])}  mdd {_pct(m['max_drawdown'])}",
+        highlight=False,
+    )
 
 
 def _pct(value: float | None) -> str:
     return "     -  " if value is None else f"{value * 100:+7.2f}%"
 
 
-METRIC_COLUMNS = ("price", "return", "volatility", "drawdown", "max_drawdown",
-                  "rolling_max_drawdown", "vwap", "volume", "unrealized_pnl")
+METRIC_COLUMNS = (
+    "price",
+    "return",
+    "volatility",
+    "drawdown",
+    "max_drawdown",
+    "rolling_max_drawdown",
+    "vwap",
+    "volume",
+    "unrealized_pnl",
+)
 
 
 def metrics(
@@ -224,22 +304,49 @@ def metrics(
     prices = {s: v["price"] for s, v in per_symbol.items() if v.get("price") is not None}
     portfolio = Portfolio.load(st.settings.config_dir / "portfolio.yml").valuation(prices)
     if as_json:
-        emit_json({"metrics": list(per_symbol.values()), "feeds": feeds, "workers": workers,
-                   "portfolio": portfolio})
+        emit_json(
+            {
+                "metrics": list(per_symbol.values()),
+                "feeds": feeds,
+                "workers": workers,
+                "portfolio": portfolio,
+            }
+        )
         return
-    show_table(per_symbol.values(), ("symbol", "ts", *METRIC_COLUMNS), title="Metrics",
-               numeric=METRIC_COLUMNS)
+    show_table(
+        per_symbol.values(),
+        ("symbol", "ts", *METRIC_COLUMNS),
+        title="Metrics",
+        numeric=METRIC_COLUMNS,
+    )
     if feeds:
         show_table(feeds, _FEED_COLUMNS, title="Feeds")
     if workers:
-        show_table(workers, ("name", "state", "events", "alerts", "lag_s", "rules_error"),
-                   title="Workers")
+        show_table(
+            workers, ("name", "state", "events", "alerts", "lag_s", "rules_error"), title="Workers"
+        )
     if portfolio["positions"]:
-        show_table(portfolio["positions"], ("symbol", "quantity", "average_price", "price",
-                                            "market_value", "unrealized_pnl",
-                                            "unrealized_pnl_pct"), title="Portfolio",
-                   numeric=("quantity", "average_price", "price", "market_value",
-                            "unrealized_pnl", "unrealized_pnl_pct"))
+        show_table(
+            portfolio["positions"],
+            (
+                "symbol",
+                "quantity",
+                "average_price",
+                "price",
+                "market_value",
+                "unrealized_pnl",
+                "unrealized_pnl_pct",
+            ),
+            title="Portfolio",
+            numeric=(
+                "quantity",
+                "average_price",
+                "price",
+                "market_value",
+                "unrealized_pnl",
+                "unrealized_pnl_pct",
+            ),
+        )
 
 
 async def _statuses(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -8,15 +8,14 @@ from marketlake.config import Settings
 from marketlake.errors import InputError
 from marketlake.providers.alpaca import AlpacaProvider
 from marketlake.providers.base import Provider
-from marketlake.providers.binance import BinanceProvider
-from marketlake.providers.csv import CsvProvider
+from marketlake.providers.binance.rest import BinanceProvider
+from marketlake.providers.csv.reader import CsvProvider
 from marketlake.providers.synthetic import SyntheticProvider
 from marketlake.providers.yahoo import YahooProvider
 
 PROVIDERS: dict[str, type[Provider]] = {
-    provider.name: provider for provider in (
-        SyntheticProvider, CsvProvider, YahooProvider, AlpacaProvider, BinanceProvider
-    )
+    provider.name: provider
+    for provider in (SyntheticProvider, CsvProvider, YahooProvider, AlpacaProvider, BinanceProvider)
 }
 
 

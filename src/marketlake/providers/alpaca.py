@@ -35,8 +35,17 @@ from marketlake.providers.base import session_labels
 from marketlake.providers.http import HttpProvider, Params
 from marketlake.schema import BAR_SCHEMA, TS_TYPE, Instrument, Timeframe
 
-_TIMEFRAMES = {"1m": "1Min", "5m": "5Min", "15m": "15Min", "30m": "30Min", "1h": "1Hour",
-               "4h": "4Hour", "1d": "1Day", "1w": "1Week", "1mo": "1Month"}
+_TIMEFRAMES = {
+    "1m": "1Min",
+    "5m": "5Min",
+    "15m": "15Min",
+    "30m": "30Min",
+    "1h": "1Hour",
+    "4h": "4Hour",
+    "1d": "1Day",
+    "1w": "1Week",
+    "1mo": "1Month",
+}
 _REQUIRED = {"t": "time", "o": "open", "h": "high", "l": "low", "c": "close", "v": "volume"}
 _OPTIONAL = {"n": ("trades", pa.int64()), "vw": ("vwap", pa.float64())}
 _STOCK_ZONE, _CRYPTO_ZONE = "America/New_York", "America/Chicago"
@@ -74,20 +83,35 @@ class AlpacaProvider(HttpProvider):
         names = [s.upper() for s in symbols]
         kinds = {is_crypto(s) for s in names}
         if len(kinds) != 1:
-            raise InputError("alpaca serves stocks and crypto pairs on different endpoints; "
-                             "ingest them in separate jobs", param="symbols")
+            raise InputError(
+                "alpaca serves stocks and crypto pairs on different endpoints; "
+                "ingest them in separate jobs",
+                param="symbols",
+            )
         path = "/v1beta3/crypto/us/bars" if kinds == {True} else "/v2/stocks/bars"
-        async for table in self._pages(path, {"symbols": ",".join(names)}, timeframe, start,
-                                       end, ",".join(names)):
+        async for table in self._pages(
+            path, {"symbols": ",".join(names)}, timeframe, start, end, ",".join(names)
+        ):
             yield table
 
-    async def _pages(self, path: str, extra: Params, timeframe: str | Timeframe,
-                     start: datetime, end: datetime, label: str) -> AsyncGenerator[pa.Table, None]:
+    async def _pages(
+        self,
+        path: str,
+        extra: Params,
+        timeframe: str | Timeframe,
+        start: datetime,
+        end: datetime,
+        label: str,
+    ) -> AsyncGenerator[pa.Table, None]:
         tf = self.check_timeframe(timeframe)
         crypto = path.startswith("/v1beta3/crypto")
         params: dict[str, str | int | float] = {
-            **extra, "timeframe": _TIMEFRAMES[str(tf)], "start": _rfc3339(start),
-            "end": _rfc3339(end), "limit": self.page_limit}
+            **extra,
+            "timeframe": _TIMEFRAMES[str(tf)],
+            "start": _rfc3339(start),
+            "end": _rfc3339(end),
+            "limit": self.page_limit,
+        }
         if not crypto:
             if not self.headers():
                 raise ConfigError(
@@ -113,16 +137,23 @@ class AlpacaProvider(HttpProvider):
         key, secret = self.settings.alpaca_key_id, self.settings.alpaca_secret_key
         if key is None or secret is None:
             return {}
-        return {"APCA-API-KEY-ID": key.get_secret_value(),
-                "APCA-API-SECRET-KEY": secret.get_secret_value()}
+        return {
+            "APCA-API-KEY-ID": key.get_secret_value(),
+            "APCA-API-SECRET-KEY": secret.get_secret_value(),
+        }
 
     async def describe(self, symbol: str) -> Instrument | None:
         symbol = symbol.upper()
         if is_crypto(symbol):
-            return Instrument(symbol=symbol, name=symbol, asset_class="crypto",
-                              exchange="ALPACA", currency=symbol.split("/")[1], timezone="UTC")
-        return Instrument(symbol=symbol, asset_class="stock", currency="USD",
-                          timezone=_STOCK_ZONE)
+            return Instrument(
+                symbol=symbol,
+                name=symbol,
+                asset_class="crypto",
+                exchange="ALPACA",
+                currency=symbol.split("/")[1],
+                timezone="UTC",
+            )
+        return Instrument(symbol=symbol, asset_class="stock", currency="USD", timezone=_STOCK_ZONE)
 
     def vendor_error(self, status: int, payload: Any, symbol: str) -> MarketLakeError:
         message = str(payload.get("message", payload)) if isinstance(payload, dict) else payload
@@ -130,8 +161,10 @@ class AlpacaProvider(HttpProvider):
             bad = message.partition(":")[2].strip() or symbol
             return SymbolNotFoundError(f"no such symbol at alpaca: {bad} ({message})")
         if "subscription does not permit" in message:
-            return InputError(f"alpaca: {message}; use the iex feed "
-                              "(MARKETLAKE_ALPACA_FEED=iex) or an older range")
+            return InputError(
+                f"alpaca: {message}; use the iex feed "
+                "(MARKETLAKE_ALPACA_FEED=iex) or an older range"
+            )
         if status in (400, 422):
             return InputError(f"alpaca rejected the request for {symbol}: {message}")
         return ProviderError(f"alpaca answered HTTP {status} for {symbol}: {message}")
@@ -152,8 +185,11 @@ def _parse_bars(payload: Any, label: str, timeframe: str) -> pa.Table:
         groups = {str(symbol): items or [] for symbol, items in bars.items()}
     else:
         raise ProviderError(f"alpaca 'bars' for {label} is a {type(bars).__name__}")
-    tables = [_parse_symbol_bars(items, symbol.upper(), timeframe)
-              for symbol, items in sorted(groups.items()) if items]
+    tables = [
+        _parse_symbol_bars(items, symbol.upper(), timeframe)
+        for symbol, items in sorted(groups.items())
+        if items
+    ]
     return pa.concat_tables(tables) if tables else BAR_SCHEMA.empty_table()
 
 
@@ -167,16 +203,25 @@ def _parse_symbol_bars(items: list[Any], symbol: str, timeframe: str) -> pa.Tabl
     fields = {struct.type.field(i).name: struct.field(i) for i in range(struct.type.num_fields)}
     for key, meaning in _REQUIRED.items():
         if key not in fields or fields[key].null_count:
-            raise ProviderError(f"alpaca bar of {symbol} lacks field {key!r} ({meaning}); "
-                                "the response format changed")
+            raise ProviderError(
+                f"alpaca bar of {symbol} lacks field {key!r} ({meaning}); "
+                "the response format changed"
+            )
     n = len(items)
     columns: dict[str, Any] = {
         "symbol": pa.array([symbol] * n, pa.string()),
         "timeframe": pa.array([timeframe] * n, pa.string()),
         "ts": _cast(fields["t"], TS_TYPE, "t", symbol),
-        **{name: _cast(fields[key], pa.float64(), key, symbol)
-           for key, name in (("o", "open"), ("h", "high"), ("l", "low"), ("c", "close"),
-                             ("v", "volume"))},
+        **{
+            name: _cast(fields[key], pa.float64(), key, symbol)
+            for key, name in (
+                ("o", "open"),
+                ("h", "high"),
+                ("l", "low"),
+                ("c", "close"),
+                ("v", "volume"),
+            )
+        },
     }
     for key, (name, typ) in _OPTIONAL.items():
         columns[name] = _cast(fields[key], typ, key, symbol) if key in fields else pa.nulls(n, typ)

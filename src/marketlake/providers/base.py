@@ -23,10 +23,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from marketlake.adjust import ACTION_SCHEMA
 from marketlake.config import Settings
 from marketlake.errors import InputError
 from marketlake.schema import TS_TYPE, Instrument, Timeframe, utcnow
+from marketlake.timeseries.adjust import ACTION_SCHEMA
 
 
 class Provider(ABC):
@@ -56,8 +56,9 @@ class Provider(ABC):
             )
         return tf
 
-    def check_request(self, timeframe: str | Timeframe, start: datetime,
-                      end: datetime) -> Timeframe:
+    def check_request(
+        self, timeframe: str | Timeframe, start: datetime, end: datetime
+    ) -> Timeframe:
         """Refuse what this provider cannot serve before any request (timeframe, history)."""
         return self.check_timeframe(timeframe)
 

@@ -115,7 +115,10 @@ class RateLimiter:
     """A token bucket: ``per_minute`` requests a minute, bursts of up to ``burst``."""
 
     def __init__(
-        self, per_minute: float, burst: int = 10, clock: Clock = time.monotonic,
+        self,
+        per_minute: float,
+        burst: int = 10,
+        clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.rate_per_s = per_minute / 60.0
@@ -287,8 +290,7 @@ class HttpProvider(Provider):
             f"{self.name} failed {self.retry.attempts} times for {symbol}: {problem.reason}"
         )
 
-    async def _attempt(self, url: str, params: Params,
-                       symbol: str) -> httpx.Response | _Retryable:
+    async def _attempt(self, url: str, params: Params, symbol: str) -> httpx.Response | _Retryable:
         self.requests += 1
         try:
             response = await self.client.get(url, params=dict(params), headers=self.headers())

@@ -212,7 +212,7 @@ def generate_bars(
     seed: int = 7,
 ) -> pa.Table:
     """Bars of every symbol at ``timeframe`` in ``[start, end)``, ordered by (symbol, ts)."""
-    from marketlake.aggregate import rollup
+    from marketlake.timeseries.aggregate import rollup
 
     tf = Timeframe.parse(timeframe)
     names = [symbols] if isinstance(symbols, str) else list(symbols)

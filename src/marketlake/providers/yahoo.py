@@ -18,7 +18,7 @@ What the provider does with it:
   up to today. The store keeps bars as traded, so the provider reads the splits
   from the bar to today (one small ``interval=1mo`` request, sent alongside the
   bars' request, when the range ends in the past) and undoes them. Splits and
-  dividends are kept as corporate actions; :mod:`marketlake.adjust` adjusts on read.
+  dividends are kept as corporate actions; :mod:`marketlake.timeseries.adjust` adjusts on read.
 """
 
 from __future__ import annotations
@@ -35,16 +35,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from marketlake.adjust import ACTION_SCHEMA, adjustment_factors, cutoff
 from marketlake.errors import InputError, MarketLakeError, ProviderError, SymbolNotFoundError
 from marketlake.providers.base import session_labels
 from marketlake.providers.http import HttpProvider, Params
 from marketlake.schema import BAR_SCHEMA, TS_TYPE, Instrument, Timeframe, to_epoch_us
+from marketlake.timeseries.adjust import ACTION_SCHEMA, adjustment_factors, cutoff
 
-_INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "60m", "1d": "1d",
-              "1w": "1wk", "1mo": "1mo"}
-_ASSET_CLASSES = {"EQUITY": "stock", "ETF": "etf", "MUTUALFUND": "etf", "INDEX": "index",
-                  "CRYPTOCURRENCY": "crypto", "CURRENCY": "fx", "FUTURE": "future"}
+_INTERVALS = {
+    "1m": "1m",
+    "5m": "5m",
+    "15m": "15m",
+    "30m": "30m",
+    "1h": "60m",
+    "1d": "1d",
+    "1w": "1wk",
+    "1mo": "1mo",
+}
+_ASSET_CLASSES = {
+    "EQUITY": "stock",
+    "ETF": "etf",
+    "MUTUALFUND": "etf",
+    "INDEX": "index",
+    "CRYPTOCURRENCY": "crypto",
+    "CURRENCY": "fx",
+    "FUTURE": "future",
+}
 _QUOTE_FIELDS = ("open", "high", "low", "close", "volume")
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) MarketLake/0.1 (+https://github.com/marketlake)"
 
@@ -107,9 +122,15 @@ class YahooProvider(HttpProvider):
                 with contextlib.suppress(asyncio.CancelledError, MarketLakeError):
                     await later
 
-    async def _pages(self, symbol: str, tf: Timeframe, chunks: list[tuple[datetime, datetime]],
-                     later: asyncio.Future[_Chart] | None, start: datetime,
-                     end: datetime) -> AsyncGenerator[pa.Table, None]:
+    async def _pages(
+        self,
+        symbol: str,
+        tf: Timeframe,
+        chunks: list[tuple[datetime, datetime]],
+        later: asyncio.Future[_Chart] | None,
+        start: datetime,
+        end: datetime,
+    ) -> AsyncGenerator[pa.Table, None]:
         """The bars of each request of ``chunks``, with the splits of ``later`` if any."""
         for chunk_start, chunk_end in chunks:
             chart = await self._chart(symbol, _INTERVALS[str(tf)], chunk_start, chunk_end)
@@ -118,8 +139,9 @@ class YahooProvider(HttpProvider):
             table = _canonical(symbol, tf, chart, full.events)
             self._actions[symbol] = [_parse_events(full.events, symbol, _zone(full.meta))]
             ts = table.column("ts").cast(pa.int64())
-            inside = pc.and_(pc.greater_equal(ts, to_epoch_us(start)),
-                             pc.less(ts, to_epoch_us(end)))
+            inside = pc.and_(
+                pc.greater_equal(ts, to_epoch_us(start)), pc.less(ts, to_epoch_us(end))
+            )
             table = table.filter(inside)
             if table.num_rows:
                 yield table
@@ -128,18 +150,24 @@ class YahooProvider(HttpProvider):
         """Yahoo answers the default client user agents with 429; send a browser-like one."""
         return {"User-Agent": USER_AGENT}
 
-    def check_request(self, timeframe: str | Timeframe, start: datetime,
-                      end: datetime) -> Timeframe:
+    def check_request(
+        self, timeframe: str | Timeframe, start: datetime, end: datetime
+    ) -> Timeframe:
         tf = self.check_timeframe(timeframe)
         _check_history(tf, LIMITS.get(str(tf), _NO_LIMIT), start, self.clock())
         return tf
 
     async def _chart(self, symbol: str, interval: str, start: datetime, end: datetime) -> _Chart:
-        params: Params = {"period1": int(start.timestamp()), "period2": int(end.timestamp()),
-                          "interval": interval, "includePrePost": "false",
-                          "events": "div,splits"}
-        payload = await self.get_json(f"/v8/finance/chart/{quote(symbol, safe='')}", params,
-                                      symbol=symbol)
+        params: Params = {
+            "period1": int(start.timestamp()),
+            "period2": int(end.timestamp()),
+            "interval": interval,
+            "includePrePost": "false",
+            "events": "div,splits",
+        }
+        payload = await self.get_json(
+            f"/v8/finance/chart/{quote(symbol, safe='')}", params, symbol=symbol
+        )
         chart = _parse_chart(payload, symbol, self.vendor_error)
         self._instruments[symbol] = _parse_meta(chart.meta, symbol)
         return chart
@@ -160,8 +188,13 @@ def _canonical(symbol: str, tf: Timeframe, chart: _Chart, events: dict[str, Any]
     bars = chart.bars
     splits = _parse_events({"splits": events.get("splits")}, symbol, zone).to_pylist()
     cuts = [cutoff(s["ts"], Timeframe.parse("1m"), zone) for s in splits]
-    price, volume = adjustment_factors(bars.column("ts"), cuts, ["split"] * len(cuts),
-                                       [s["value"] for s in splits], [None] * len(cuts))
+    price, volume = adjustment_factors(
+        bars.column("ts"),
+        cuts,
+        ["split"] * len(cuts),
+        [s["value"] for s in splits],
+        [None] * len(cuts),
+    )
     columns = {name: bars.column(name) for name in BAR_SCHEMA.names}
     for name in ("open", "high", "low", "close"):
         columns[name] = pc.divide(columns[name], pa.array(price))
@@ -189,8 +222,9 @@ def _check_history(tf: Timeframe, limit: RangeLimit, start: datetime, now: datet
     )
 
 
-def _chunks(start: datetime, end: datetime,
-            span: timedelta | None) -> list[tuple[datetime, datetime]]:
+def _chunks(
+    start: datetime, end: datetime, span: timedelta | None
+) -> list[tuple[datetime, datetime]]:
     if span is None:
         return [(start, end)]
     out = []
@@ -222,8 +256,9 @@ def _parse_chart(payload: Any, symbol: str, to_error: Any) -> _Chart:
     result = chart["result"][0]
     meta = result.get("meta") or {}
     if "exchangeTimezoneName" not in meta:
-        raise ProviderError(f"yahoo chart of {symbol} lacks meta.exchangeTimezoneName; "
-                            "the response format changed")
+        raise ProviderError(
+            f"yahoo chart of {symbol} lacks meta.exchangeTimezoneName; the response format changed"
+        )
     stamps = result.get("timestamp") or []
     events = result.get("events") or {}
     if not stamps:
@@ -241,8 +276,13 @@ def _parse_chart(payload: Any, symbol: str, to_error: Any) -> _Chart:
     return _bars(symbol, meta, stamps, columns, events)
 
 
-def _bars(symbol: str, meta: dict[str, Any], stamps: list[int],
-          columns: dict[str, pa.Array], events: dict[str, Any]) -> _Chart:
+def _bars(
+    symbol: str,
+    meta: dict[str, Any],
+    stamps: list[int],
+    columns: dict[str, pa.Array],
+    events: dict[str, Any],
+) -> _Chart:
     valid = np.ones(len(stamps), dtype=bool)
     for column in columns.values():
         valid &= ~column.is_null().to_numpy(zero_copy_only=False)

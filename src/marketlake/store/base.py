@@ -144,12 +144,16 @@ def check_keys(symbols: Sequence[str], timeframes: Sequence[str]) -> None:
     """Bars to write must carry canonical symbols (upper case) and timeframe strings."""
     for symbol in set(symbols):
         if normalize_symbol(symbol) != symbol:
-            raise SchemaError(f"bar symbol {symbol!r} is not canonical; write "
-                              f"{normalize_symbol(symbol)!r} (normalize_bars does it)")
+            raise SchemaError(
+                f"bar symbol {symbol!r} is not canonical; write "
+                f"{normalize_symbol(symbol)!r} (normalize_bars does it)"
+            )
     for timeframe in set(timeframes):
         if str(Timeframe.parse(timeframe)) != timeframe:
-            raise SchemaError(f"bar timeframe {timeframe!r} is not canonical; write "
-                              f"{str(Timeframe.parse(timeframe))!r}")
+            raise SchemaError(
+                f"bar timeframe {timeframe!r} is not canonical; write "
+                f"{str(Timeframe.parse(timeframe))!r}"
+            )
 
 
 class Store(ABC):
@@ -214,13 +218,16 @@ class Store(ABC):
         with self.transaction():
             return self._write_series(groups, on_conflict)
 
-    def _write_series(self, groups: list[Group], on_conflict: OnConflict
-                      ) -> dict[tuple[str, str], WriteResult]:
+    def _write_series(
+        self, groups: list[Group], on_conflict: OnConflict
+    ) -> dict[tuple[str, str], WriteResult]:
         """Write (symbol, timeframe, rows) groups inside the caller's transaction. This
         default writes them one by one; a backend that can classify many series in one
         pass overrides it."""
-        return {(symbol, timeframe): self.write_bars(rows, on_conflict=on_conflict)
-                for symbol, timeframe, rows in groups}
+        return {
+            (symbol, timeframe): self.write_bars(rows, on_conflict=on_conflict)
+            for symbol, timeframe, rows in groups
+        }
 
     @abstractmethod
     def write_trades(self, table: pa.Table) -> WriteResult:
@@ -307,15 +314,23 @@ class Store(ABC):
         known = {i.symbol for i in self.list_instruments()}
         new = [s for s in dict.fromkeys(normalize_symbol(s) for s in symbols) if s not in known]
         now = utcnow()
-        self.insert_rows("instruments", [
-            {**default_instrument(symbol).model_dump(), "auto_registered": True,
-             "created_at": now, "updated_at": now} for symbol in new])
+        self.insert_rows(
+            "instruments",
+            [
+                {
+                    **default_instrument(symbol).model_dump(),
+                    "auto_registered": True,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for symbol in new
+            ],
+        )
         return new
 
     def auto_registered(self) -> set[str]:
         """The symbols registered with defaults when first seen, and not refined since."""
-        return {row["symbol"] for row in self.select_rows("instruments",
-                                                          {"auto_registered": True})}
+        return {row["symbol"] for row in self.select_rows("instruments", {"auto_registered": True})}
 
     # -- bars ---------------------------------------------------------------------------
 
@@ -529,8 +544,9 @@ class Store(ABC):
     ) -> None:
         self.set_checkpoints(provider, timeframe, {symbol: last_ts}, job_id)
 
-    def set_checkpoints(self, provider: str, timeframe: str, last: dict[str, datetime],
-                        job_id: str | None = None) -> None:
+    def set_checkpoints(
+        self, provider: str, timeframe: str, last: dict[str, datetime], job_id: str | None = None
+    ) -> None:
         """Set the checkpoints of several symbols (symbol → last bar time) at once."""
         if not last:
             return
@@ -542,11 +558,20 @@ class Store(ABC):
                 f"AND symbol IN ({', '.join('?' * len(symbols))})",
                 [provider, timeframe, *symbols],
             )
-            self.insert_rows("checkpoints", [
-                {"provider": provider, "symbol": symbol, "timeframe": timeframe,
-                 "last_ts": ts, "job_id": job_id, "updated_at": now}
-                for symbol, ts in symbols.items()
-            ])
+            self.insert_rows(
+                "checkpoints",
+                [
+                    {
+                        "provider": provider,
+                        "symbol": symbol,
+                        "timeframe": timeframe,
+                        "last_ts": ts,
+                        "job_id": job_id,
+                        "updated_at": now,
+                    }
+                    for symbol, ts in symbols.items()
+                ],
+            )
 
     def get_checkpoint(self, provider: str, symbol: str, timeframe: str) -> datetime | None:
         rows = self.select_rows(
@@ -564,8 +589,7 @@ class Store(ABC):
             [values[c] for c in columns],
         )
 
-    def insert_rows(self, table: str, rows: Sequence[dict[str, Any]], *,
-                    chunk: int = 200) -> None:
+    def insert_rows(self, table: str, rows: Sequence[dict[str, Any]], *, chunk: int = 200) -> None:
         """Insert many rows with the same keys, ``chunk`` rows per statement."""
         if not rows:
             return
@@ -573,9 +597,11 @@ class Store(ABC):
         quoted = ", ".join(f'"{c}"' for c in columns)  # quality_findings has a "values" column
         one = f"({', '.join('?' * len(columns))})"
         for lo in range(0, len(rows), chunk):
-            part = rows[lo: lo + chunk]
-            self.execute(f"INSERT INTO {table} ({quoted}) VALUES {', '.join([one] * len(part))}",
-                         [row[c] for row in part for c in columns])
+            part = rows[lo : lo + chunk]
+            self.execute(
+                f"INSERT INTO {table} ({quoted}) VALUES {', '.join([one] * len(part))}",
+                [row[c] for row in part for c in columns],
+            )
 
     def update_rows(self, table: str, where: dict[str, Any], values: dict[str, Any]) -> int:
         columns = _columns(table, values)

@@ -207,22 +207,26 @@ class DuckDBStore(Store):
         groups = split_groups(table, self.max_fast_groups)
         if groups is not None:
             return sum(self._merge(groups, on_conflict).values(), WriteResult())
-        check_keys(pc.unique(table.column("symbol")).to_pylist(),
-                   pc.unique(table.column("timeframe")).to_pylist())
+        check_keys(
+            pc.unique(table.column("symbol")).to_pylist(),
+            pc.unique(table.column("timeframe")).to_pylist(),
+        )
         with self.transaction(), self._writing():
             return layout.merge_many(self._con, self._ids, table, on_conflict)
 
-    def _write_series(self, groups: list[Group], on_conflict: OnConflict
-                      ) -> dict[tuple[str, str], WriteResult]:
+    def _write_series(
+        self, groups: list[Group], on_conflict: OnConflict
+    ) -> dict[tuple[str, str], WriteResult]:
         """``max_fast_groups`` series at a time, each chunk classified in one pass."""
         results: dict[tuple[str, str], WriteResult] = {}
         step = max(1, self.max_fast_groups)
         for lo in range(0, len(groups), step):
-            results |= self._merge(groups[lo: lo + step], on_conflict)
+            results |= self._merge(groups[lo : lo + step], on_conflict)
         return results
 
-    def _merge(self, groups: list[Group], on_conflict: OnConflict
-               ) -> dict[tuple[str, str], WriteResult]:
+    def _merge(
+        self, groups: list[Group], on_conflict: OnConflict
+    ) -> dict[tuple[str, str], WriteResult]:
         check_keys([g[0] for g in groups], [g[1] for g in groups])
         with self.transaction(), self._writing():
             return layout.merge_groups(self._con, self._ids, groups, on_conflict)
@@ -265,12 +269,21 @@ class DuckDBStore(Store):
                         break
         return pa.concat_tables(tables) if tables else BAR_SCHEMA.empty_table()
 
-    def _series_rows(self, sid: int, start: datetime | None, end: datetime | None,
-                     after: datetime | None, limit: int | None) -> pa.Table:
+    def _series_rows(
+        self,
+        sid: int,
+        start: datetime | None,
+        end: datetime | None,
+        after: datetime | None,
+        limit: int | None,
+    ) -> pa.Table:
         sql = f"SELECT ts, {layout.VALUE_LIST}, src FROM bar_data WHERE sid = ?"
         params: list[Any] = [sid]
-        for clause, value in ((" AND ts >= ?", start), (" AND ts < ?", end),
-                              (" AND ts > ?", after)):
+        for clause, value in (
+            (" AND ts >= ?", start),
+            (" AND ts < ?", end),
+            (" AND ts > ?", after),
+        ):
             if value is not None:
                 sql += clause
                 params.append(value)
@@ -320,8 +333,9 @@ class DuckDBStore(Store):
                     "QUALIFY row_number() OVER (PARTITION BY source, symbol, trade_id) = 1"
                 )
                 n_batch, existing = layout._counts(
-                    con, "SELECT count(*), count(*) FILTER (WHERE t.trade_id IS NOT NULL) "
-                    "FROM ml_tbatch i LEFT JOIN trades t USING (source, symbol, trade_id)"
+                    con,
+                    "SELECT count(*), count(*) FILTER (WHERE t.trade_id IS NOT NULL) "
+                    "FROM ml_tbatch i LEFT JOIN trades t USING (source, symbol, trade_id)",
                 )
                 con.execute(
                     "INSERT INTO trades SELECT i.* FROM ml_tbatch i ANTI JOIN trades t "
@@ -330,6 +344,6 @@ class DuckDBStore(Store):
             finally:
                 con.unregister("ml_trades")
                 con.execute("DROP TABLE IF EXISTS ml_tbatch")
-        return WriteResult(inserted=n_batch - existing,
-                           duplicates=table.num_rows - n_batch + existing)
-
+        return WriteResult(
+            inserted=n_batch - existing, duplicates=table.num_rows - n_batch + existing
+        )

@@ -110,10 +110,11 @@ class SeriesIds:
         first = max(self._series.values(), default=-1) + 1
         rows = [(first + i, symbol, timeframe) for i, (symbol, timeframe) in enumerate(new)]
         for lo in range(0, len(rows), 500):  # a statement per 500 new series
-            part = rows[lo: lo + 500]
+            part = rows[lo : lo + 500]
             marks = ", ".join(["(?, ?, ?)"] * len(part))
-            self._con.execute(f"INSERT INTO bar_series VALUES {marks}",
-                              [value for row in part for value in row])
+            self._con.execute(
+                f"INSERT INTO bar_series VALUES {marks}", [value for row in part for value in row]
+            )
         self._series.update({(symbol, timeframe): sid for sid, symbol, timeframe in rows})
         return [self._series[key] for key in keys]
 
@@ -222,8 +223,9 @@ class _Group:
     repeats: Repeats
 
 
-def merge_groups(con: duckdb.DuckDBPyConnection, ids: SeriesIds, groups: list[Group],
-                 on_conflict: OnConflict) -> dict[tuple[str, str], WriteResult]:
+def merge_groups(
+    con: duckdb.DuckDBPyConnection, ids: SeriesIds, groups: list[Group], on_conflict: OnConflict
+) -> dict[tuple[str, str], WriteResult]:
     """Write (symbol, timeframe) groups idempotently, classifying each group's rows in
     NumPy against the stored rows of its series and time range (see the module
     docstring). Whatever the number of groups, the stored rows are fetched with one
@@ -300,8 +302,12 @@ def series_column(ids: SeriesIds, table: pa.Table) -> pa.Array:
     codes = sym.indices.to_numpy().astype(np.int64) * len(timeframes) + tf.indices.to_numpy()
     lookup = np.zeros(len(symbols) * len(timeframes), dtype=np.int32)
     used = np.unique(codes)
-    lookup[used] = ids.series_ids([(symbols[code // len(timeframes)],
-                                    timeframes[code % len(timeframes)]) for code in used.tolist()])
+    lookup[used] = ids.series_ids(
+        [
+            (symbols[code // len(timeframes)], timeframes[code % len(timeframes)])
+            for code in used.tolist()
+        ]
+    )
     return pa.array(lookup[codes])
 
 
@@ -309,8 +315,9 @@ _SAME = " AND ".join(f"i.{c} IS NOT DISTINCT FROM b.{c}" for c in BAR_VALUES)
 _FIRSTS = " AND ".join(f"{c} IS NOT DISTINCT FROM first_value({c}) OVER w" for c in BAR_VALUES)
 
 
-def merge_many(con: duckdb.DuckDBPyConnection, ids: SeriesIds, table: pa.Table,
-               on_conflict: OnConflict) -> WriteResult:
+def merge_many(
+    con: duckdb.DuckDBPyConnection, ids: SeriesIds, table: pa.Table, on_conflict: OnConflict
+) -> WriteResult:
     """Write a batch of many series idempotently with SQL joins on (sid, ts)."""
     rows = physical(table, series_column(ids, table), ids.source_ids(table.column("source")))
     numbered = rows.append_column("ml_row", pa.array(np.arange(len(rows))))
@@ -332,8 +339,9 @@ def _merge_sql(con: duckdb.DuckDBPyConnection, on_conflict: OnConflict) -> Write
         FROM ml_incoming WINDOW w AS (PARTITION BY sid, ts ORDER BY ml_row)"""
     )
     first, repeat_same, repeat_other = _counts(
-        con, "SELECT count(*) FILTER (WHERE ml_k = 1), count(*) FILTER (WHERE ml_k > 1 AND "
-        "ml_same), count(*) FILTER (WHERE ml_k > 1 AND NOT ml_same) FROM ml_batch"
+        con,
+        "SELECT count(*) FILTER (WHERE ml_k = 1), count(*) FILTER (WHERE ml_k > 1 AND "
+        "ml_same), count(*) FILTER (WHERE ml_k > 1 AND NOT ml_same) FROM ml_batch",
     )
     con.execute("DELETE FROM ml_batch WHERE ml_k > 1")
     con.execute(
@@ -355,8 +363,12 @@ def _merge_sql(con: duckdb.DuckDBPyConnection, on_conflict: OnConflict) -> Write
             WHERE NOT m.same AND bar_data.sid = i.sid AND bar_data.ts = i.ts"""
         )
         replaced, conflicts = conflicts, 0
-    return WriteResult(inserted=first - matched, duplicates=same + repeat_same,
-                       conflicts=conflicts + repeat_other, replaced=replaced)
+    return WriteResult(
+        inserted=first - matched,
+        duplicates=same + repeat_same,
+        conflicts=conflicts + repeat_other,
+        replaced=replaced,
+    )
 
 
 def _counts(con: duckdb.DuckDBPyConnection, sql: str) -> list[int]:

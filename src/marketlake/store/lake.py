@@ -41,8 +41,9 @@ from marketlake.errors import InputError
 from marketlake.schema import BAR_SCHEMA, TRADE_SCHEMA, Instrument, Timeframe, utcnow
 from marketlake.store.base import Store, WriteResult
 
-BAR_PARTITIONS = pa.schema([("timeframe", pa.string()), ("symbol", pa.string()),
-                            ("year", pa.int32())])
+BAR_PARTITIONS = pa.schema(
+    [("timeframe", pa.string()), ("symbol", pa.string()), ("year", pa.int32())]
+)
 TRADE_PARTITIONS = pa.schema([("symbol", pa.string()), ("year", pa.int32())])
 BAR_FILE_SCHEMA = pa.schema([f for f in BAR_SCHEMA if f.name not in ("symbol", "timeframe")])
 TRADE_FILE_SCHEMA = pa.schema([f for f in TRADE_SCHEMA if f.name != "symbol"])
@@ -64,10 +65,16 @@ class LakeSummary:
     written: WriteResult = field(default_factory=WriteResult)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "partitions": self.partitions, "bars": self.bars,
-                "trades": self.trades, "instruments": self.instruments,
-                "removed_files": self.removed_files,
-                "duplicates_dropped": self.duplicates_dropped, **self.written.as_dict()}
+        return {
+            "files": self.files,
+            "partitions": self.partitions,
+            "bars": self.bars,
+            "trades": self.trades,
+            "instruments": self.instruments,
+            "removed_files": self.removed_files,
+            "duplicates_dropped": self.duplicates_dropped,
+            **self.written.as_dict(),
+        }
 
 
 def _segment(name: str, value: object) -> str:
@@ -132,17 +139,21 @@ def export_lake(
     for series in store.bar_summary():
         if (wanted and series["symbol"] not in wanted) or (tf and series["timeframe"] != tf):
             continue
-        base = (root / "bars" / _segment("timeframe", series["timeframe"])
-                / _segment("symbol", series["symbol"]))
+        base = (
+            root
+            / "bars"
+            / _segment("timeframe", series["timeframe"])
+            / _segment("symbol", series["symbol"])
+        )
         current: tuple[int, _PartitionFile] | None = None
-        for batch in store.iter_bars(series["symbol"], series["timeframe"], start, end,
-                                     batch_rows=WRITE_BATCH_ROWS):
+        for batch in store.iter_bars(
+            series["symbol"], series["timeframe"], start, end, batch_rows=WRITE_BATCH_ROWS
+        ):
             for year, rows in _years(batch):  # batches come in time order
                 if current is None or current[0] != year:
                     if current is not None:
                         current[1].close()
-                    current = (year, _PartitionFile(base / _segment("year", year),
-                                                    BAR_FILE_SCHEMA))
+                    current = (year, _PartitionFile(base / _segment("year", year), BAR_FILE_SCHEMA))
                     summary.files += 1
                     summary.partitions += 1
                 current[1].write(rows.drop_columns(["symbol", "timeframe"]))
@@ -155,10 +166,18 @@ def export_lake(
     return summary
 
 
-def _export_trades(store: Store, root: Path, wanted: set[str] | None, start: datetime | None,
-                   end: datetime | None, summary: LakeSummary) -> None:
-    symbols = [r["symbol"] for r in store.query(
-        "SELECT DISTINCT symbol FROM trades ORDER BY symbol").to_pylist()]
+def _export_trades(
+    store: Store,
+    root: Path,
+    wanted: set[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+    summary: LakeSummary,
+) -> None:
+    symbols = [
+        r["symbol"]
+        for r in store.query("SELECT DISTINCT symbol FROM trades ORDER BY symbol").to_pylist()
+    ]
     for symbol in symbols:
         if wanted and symbol not in wanted:
             continue
@@ -171,10 +190,10 @@ def _export_trades(store: Store, root: Path, wanted: set[str] | None, start: dat
             summary.trades += rows.num_rows
 
 
-def _export_instruments(store: Store, root: Path, wanted: set[str] | None,
-                        summary: LakeSummary) -> None:
-    rows = [i.model_dump() for i in store.list_instruments()
-            if not wanted or i.symbol in wanted]
+def _export_instruments(
+    store: Store, root: Path, wanted: set[str] | None, summary: LakeSummary
+) -> None:
+    rows = [i.model_dump() for i in store.list_instruments() if not wanted or i.symbol in wanted]
     if not rows:
         return
     path = root / INSTRUMENTS_FILE
@@ -196,13 +215,21 @@ def _dataset(root: Path, kind: str) -> ds.Dataset | None:
     if not directory.is_dir():
         return None
     schema = BAR_PARTITIONS if kind == "bars" else TRADE_PARTITIONS
-    return ds.dataset(directory, format="parquet",
-                      partitioning=ds.partitioning(schema, flavor="hive"),
-                      exclude_invalid_files=False)
+    return ds.dataset(
+        directory,
+        format="parquet",
+        partitioning=ds.partitioning(schema, flavor="hive"),
+        exclude_invalid_files=False,
+    )
 
 
-def _filter(symbols: Sequence[str] | None, timeframe: str | None, start: datetime | None,
-            end: datetime | None, with_timeframe: bool) -> ds.Expression | None:
+def _filter(
+    symbols: Sequence[str] | None,
+    timeframe: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    with_timeframe: bool,
+) -> ds.Expression | None:
     parts = []
     if symbols:
         parts.append(ds.field("symbol").isin([s.upper() for s in symbols]))
@@ -246,13 +273,17 @@ def import_lake(
     root = Path(root)
     bars, trades = _dataset(root, "bars"), _dataset(root, "trades")
     if bars is None and trades is None:
-        raise InputError(f"{root} is not a MarketLake lake: it has no bars/ or trades/ "
-                         "folder; write one with `marketlake export --to DIR`", param="dir")
+        raise InputError(
+            f"{root} is not a MarketLake lake: it has no bars/ or trades/ "
+            "folder; write one with `marketlake export --to DIR`",
+            param="dir",
+        )
     summary = LakeSummary()
     summary.instruments = _import_instruments(store, root, symbols)
     if bars is not None:
-        scanner = bars.scanner(filter=_filter(symbols, timeframe, start, end, True),
-                               columns=BAR_SCHEMA.names)
+        scanner = bars.scanner(
+            filter=_filter(symbols, timeframe, start, end, True), columns=BAR_SCHEMA.names
+        )
         for table in _chunks(scanner.to_batches(), WRITE_BATCH_ROWS):
             table = table.cast(BAR_SCHEMA)
             store.ensure_instruments(pc.unique(table.column("symbol")).to_pylist())
@@ -260,8 +291,9 @@ def import_lake(
             summary.bars += table.num_rows
         summary.files += len(bars.files)
     if trades is not None:
-        scanner = trades.scanner(filter=_filter(symbols, None, start, end, False),
-                                 columns=TRADE_SCHEMA.names)
+        scanner = trades.scanner(
+            filter=_filter(symbols, None, start, end, False), columns=TRADE_SCHEMA.names
+        )
         for table in _chunks(scanner.to_batches(), WRITE_BATCH_ROWS):
             written = store.write_trades(table.cast(TRADE_SCHEMA))
             summary.written += written
@@ -300,8 +332,9 @@ def compact_lake(root: str | Path) -> LakeSummary:
     """Merge every partition's files into one, sorted by time, newest export winning."""
     root = Path(root)
     if not (root / "bars").is_dir() and not (root / "trades").is_dir():
-        raise InputError(f"{root} is not a MarketLake lake: it has no bars/ or trades/ "
-                         "folder", param="dir")
+        raise InputError(
+            f"{root} is not a MarketLake lake: it has no bars/ or trades/ folder", param="dir"
+        )
     summary = LakeSummary()
     for directory, key in _leaf_partitions(root):
         files = sorted(directory.glob("part-*.parquet"))  # names sort by export time
@@ -312,7 +345,8 @@ def compact_lake(root: str | Path) -> LakeSummary:
         frames = [pl.read_parquet(f, hive_partitioning=False) for f in files]
         merged = pl.concat(frames, how="vertical_relaxed")
         unique = merged.unique(subset=key, keep="last", maintain_order=True).sort(
-            "ts", maintain_order=True)
+            "ts", maintain_order=True
+        )
         _write_file(directory, unique.to_arrow().cast(pq.read_schema(files[-1])))
         for old in files:
             old.unlink()

@@ -133,9 +133,10 @@ def split_groups(table: pa.Table, max_groups: int) -> list[Group] | None:
     inside each group; None when there are more than ``max_groups`` groups."""
     symbol, timeframe = table.column("symbol"), table.column("timeframe")
     first_symbol, first_tf = symbol[0].as_py(), timeframe[0].as_py()
-    if pc.all(pc.equal(symbol, first_symbol)).as_py() and pc.all(
-        pc.equal(timeframe, first_tf)
-    ).as_py():
+    if (
+        pc.all(pc.equal(symbol, first_symbol)).as_py()
+        and pc.all(pc.equal(timeframe, first_tf)).as_py()
+    ):
         return [(first_symbol, first_tf, table)]
     sym = pc.dictionary_encode(symbol.combine_chunks())
     tf = pc.dictionary_encode(timeframe.combine_chunks())

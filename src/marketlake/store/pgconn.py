@@ -74,8 +74,9 @@ def _int_param(own: dict[str, str], name: str, default: int, low: int, display: 
     if raw is None:
         return default
     if not raw.isdigit() or not low <= int(raw) <= 1000:
-        raise ConfigError(f"store URI {display}: {name}={raw!r} must be a whole number "
-                          f"from {low} to 1000")
+        raise ConfigError(
+            f"store URI {display}: {name}={raw!r} must be a whole number from {low} to 1000"
+        )
     return int(raw)
 
 
@@ -97,21 +98,28 @@ def parse_uri(uri: str) -> PgOptions:
     try:
         params = conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"store URI {display} is not valid ({_first_line(exc)}); "
-                          f"{URI_HELP}") from None
+        raise ConfigError(
+            f"store URI {display} is not valid ({_first_line(exc)}); {URI_HELP}"
+        ) from None
     if port is not None:
         params["port"] = str(port)
     schema = own.get("schema", "public")
     if not _SCHEMA_RE.match(schema):
-        raise ConfigError(f"store URI {display}: schema {schema!r} must be lower-case letters, "
-                          "digits and _ (starting with a letter or _)")
+        raise ConfigError(
+            f"store URI {display}: schema {schema!r} must be lower-case letters, "
+            "digits and _ (starting with a letter or _)"
+        )
     pool_min = _int_param(own, "pool_min", 1, 0, display)
     pool_max = _int_param(own, "pool_max", max(8, pool_min), 1, display)
     if pool_max < pool_min:
         raise ConfigError(f"store URI {display}: pool_max {pool_max} is below pool_min {pool_min}")
     return PgOptions(
-        conninfo=conninfo, display=display, schema=schema, pool_min=pool_min,
-        pool_max=pool_max, write_retries=_int_param(own, "write_retries", 3, 0, display),
+        conninfo=conninfo,
+        display=display,
+        schema=schema,
+        pool_min=pool_min,
+        pool_max=pool_max,
+        write_retries=_int_param(own, "write_retries", 3, 0, display),
         params=params,
     )
 
@@ -140,20 +148,29 @@ def connect_error(exc: psycopg.Error, options: PgOptions) -> MarketLakeError:
             f"{options.dbname}) or {fix}"
         )
     if re.search(r'role ".*" does not exist', text):
-        return ConfigError(f"user {options.user!r} does not exist on {where}: create the "
-                           f"role or {fix}")
+        return ConfigError(
+            f"user {options.user!r} does not exist on {where}: create the role or {fix}"
+        )
     if "resolve host" in text or "could not translate host name" in text:
         return ConfigError(f"cannot resolve the host of {options.display}: {fix}")
     if "unrecognized configuration parameter" in text or "invalid value for parameter" in text:
-        return ConfigError(f"{where} refused a setting of the store URI "
-                           f"({_first_line(exc).split('FATAL:')[-1].strip()}): {fix}")
+        return ConfigError(
+            f"{where} refused a setting of the store URI "
+            f"({_first_line(exc).split('FATAL:')[-1].strip()}): {fix}"
+        )
     if "invalid integer value" in text or "invalid connection option" in text:
-        return ConfigError(f"store URI {options.display} is not valid ({_first_line(exc)}); "
-                           f"{URI_HELP}")
-    reason = "connection refused" if "refused" in text else (
-        "timed out" if "timeout expired" in text else _first_line(exc))
-    return StoreError(f"cannot reach {where} ({reason}): start the server, or check host and "
-                      f"port in the store URI {options.display}")
+        return ConfigError(
+            f"store URI {options.display} is not valid ({_first_line(exc)}); {URI_HELP}"
+        )
+    reason = (
+        "connection refused"
+        if "refused" in text
+        else ("timed out" if "timeout expired" in text else _first_line(exc))
+    )
+    return StoreError(
+        f"cannot reach {where} ({reason}): start the server, or check host and "
+        f"port in the store URI {options.display}"
+    )
 
 
 def probe(options: PgOptions, timeout_s: float = 5.0) -> psycopg.Connection[Any]:
@@ -178,5 +195,7 @@ def version_of(conn: psycopg.Connection[Any], schema: str) -> int:
     try:
         return int(found[0])
     except ValueError:
-        raise StoreVersionError(f"schema {schema} carries Alembic revision {found[0]!r}, which "
-                                "is not a MarketLake revision") from None
+        raise StoreVersionError(
+            f"schema {schema} carries Alembic revision {found[0]!r}, which "
+            "is not a MarketLake revision"
+        ) from None

@@ -90,8 +90,9 @@ def _prepare_text(array: pa.Array, nulls: Array | None) -> _Column:
     array = array.cast(pa.large_string())
     m = len(array)
     offsets = np.frombuffer(array.buffers()[1], np.int64)[array.offset : array.offset + m + 1]
-    data = np.frombuffer(array.buffers()[2], np.uint8) if array.buffers()[2] else np.zeros(
-        0, np.uint8)
+    data = (
+        np.frombuffer(array.buffers()[2], np.uint8) if array.buffers()[2] else np.zeros(0, np.uint8)
+    )
     lengths = np.diff(offsets)
     per_row = lengths if codes is None else lengths[codes]
     widths: Array | int = per_row if nulls is None else np.where(nulls, -1, per_row)
@@ -153,12 +154,12 @@ def _encode_group(columns: Sequence[_Column], rows: Array | None, n_rows: int) -
         position += 4
         if width > 0:
             names.append(f"v{i}")
-            formats.append(f"({width},)u1" if col.kind == "text" else ">f8" if col.kind == "f8"
-                           else ">i8")
+            formats.append(
+                f"({width},)u1" if col.kind == "text" else ">f8" if col.kind == "f8" else ">i8"
+            )
             offsets.append(position)
             position += width
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                      "itemsize": position})
+    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": position})
     records = np.empty(n_rows, dtype=dtype)
     records["n"] = len(columns)
     for i, (col, width) in enumerate(zip(columns, widths, strict=True)):
@@ -224,11 +225,14 @@ class FastSelect:
         for f in self.fixed:
             expr = self._expr(f.name)
             items.append(f"coalesce({expr}, 0)" if f.nullable else expr)
-        flags = [f"({self._expr(f.name)} IS NULL)::int * {1 << i}"
-                 for i, f in enumerate(self.nullable)]
+        flags = [
+            f"({self._expr(f.name)} IS NULL)::int * {1 << i}" for i, f in enumerate(self.nullable)
+        ]
         items.append(f"({' + '.join(flags)})::int4" if flags else "0::int4")
-        texts = [f"coalesce({self._expr(f.name)}, '')" if f.nullable else self._expr(f.name)
-                 for f in self.texts]
+        texts = [
+            f"coalesce({self._expr(f.name)}, '')" if f.nullable else self._expr(f.name)
+            for f in self.texts
+        ]
         if texts:
             items.append(" || chr(31) || ".join(texts))
         return ", ".join(items)
@@ -278,8 +282,9 @@ def decode_rows(data: CopyData, spec: FastSelect) -> pa.Table:
     n = len(bounds) - 1
     if n == 0:
         return spec.schema.empty_table()
-    rows = pa.Array.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(bounds),
-                                                        pa.py_buffer(data.buffer)])
+    rows = pa.Array.from_buffers(
+        pa.large_binary(), n, [None, pa.py_buffer(bounds), pa.py_buffer(data.buffer)]
+    )
     width = spec.prefix_bytes
     lengths = np.diff(bounds)
     if int(lengths.min()) < width:

@@ -45,8 +45,11 @@ class MigrationReport:
         return self.before != self.after
 
 
-def alembic_config(connection: Connection | None = None, schema: str = "public",
-                   timescale: TimescaleOptions | None = None) -> Config:
+def alembic_config(
+    connection: Connection | None = None,
+    schema: str = "public",
+    timescale: TimescaleOptions | None = None,
+) -> Config:
     """An Alembic configuration for MarketLake's revisions (no ``alembic.ini`` needed)."""
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
@@ -91,9 +94,13 @@ def _decide(mode: TimescaleMode, available: bool, options: PgOptions) -> bool:
     return mode != "off" and available
 
 
-def migrate(uri: str, *, timescale: TimescaleMode = "auto",
-            timescale_options: TimescaleOptions | None = None,
-            revision: str = "head") -> MigrationReport:
+def migrate(
+    uri: str,
+    *,
+    timescale: TimescaleMode = "auto",
+    timescale_options: TimescaleOptions | None = None,
+    revision: str = "head",
+) -> MigrationReport:
     """Bring the store at ``uri`` to ``revision`` (default: the newest); idempotent."""
     options = parse_uri(uri)
 
@@ -103,8 +110,10 @@ def migrate(uri: str, *, timescale: TimescaleMode = "auto",
     engine = create_engine("postgresql+psycopg://", creator=connect, poolclass=NullPool)
     try:
         with engine.begin() as connection:
-            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-                               {"key": f"marketlake:migrate:{options.schema}"})
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                {"key": f"marketlake:migrate:{options.schema}"},
+            )
             connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{options.schema}"'))
             available = _timescale_available(connection)
             before = _revision(connection, options.schema)
@@ -113,8 +122,11 @@ def migrate(uri: str, *, timescale: TimescaleMode = "auto",
                     f"schema {options.schema} of {options.display} has schema version {before}, "
                     f"newer than this MarketLake's {head_version()}: upgrade MarketLake"
                 )
-            use = _decide(timescale, available, options) if before == 0 else _is_timescale(
-                connection, options.schema)
+            use = (
+                _decide(timescale, available, options)
+                if before == 0
+                else _is_timescale(connection, options.schema)
+            )
             layout = (timescale_options or TimescaleOptions()) if use else None
             command.upgrade(alembic_config(connection, options.schema, layout), revision)
             after = _revision(connection, options.schema)
@@ -127,12 +139,18 @@ def migrate(uri: str, *, timescale: TimescaleMode = "auto",
 
 def _is_timescale(connection: Connection, schema: str) -> bool:
     """Whether the existing bars table is a hypertable (later revisions keep the layout)."""
-    if connection.execute(text("SELECT to_regclass('timescaledb_information.hypertables')")
-                          ).scalar() is None:
+    if (
+        connection.execute(
+            text("SELECT to_regclass('timescaledb_information.hypertables')")
+        ).scalar()
+        is None
+    ):
         return False
     found = connection.execute(
-        text("SELECT count(*) FROM timescaledb_information.hypertables "
-             "WHERE hypertable_schema = :schema AND hypertable_name = 'bars'"),
+        text(
+            "SELECT count(*) FROM timescaledb_information.hypertables "
+            "WHERE hypertable_schema = :schema AND hypertable_name = 'bars'"
+        ),
         {"schema": schema},
     ).scalar()
     return bool(found)

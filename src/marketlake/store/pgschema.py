@@ -147,8 +147,7 @@ def partition_name(table: str, month: date) -> str:
 
 
 def next_month(month: date) -> date:
-    return date(month.year + 1, 1, 1) if month.month == 12 else date(month.year,
-                                                                       month.month + 1, 1)
+    return date(month.year + 1, 1, 1) if month.month == 12 else date(month.year, month.month + 1, 1)
 
 
 def partition_ddl(table: str, month: date) -> list[str]:

@@ -29,8 +29,14 @@ from marketlake.store.pgcopy import CopyData, FastSelect, decode_rows, encode_ro
 from marketlake.store.pgschema import months_of
 
 Connection = psycopg.Connection[Any]
-STORED = FastSelect(pa.schema([pa.field("code", pa.int64(), nullable=False),
-                               *[BAR_SCHEMA.field(n) for n in ("ts", *BAR_VALUES)]]))
+STORED = FastSelect(
+    pa.schema(
+        [
+            pa.field("code", pa.int64(), nullable=False),
+            *[BAR_SCHEMA.field(n) for n in ("ts", *BAR_VALUES)],
+        ]
+    )
+)
 
 
 # -- COPY --------------------------------------------------------------------------------
@@ -102,9 +108,10 @@ def _result_error(result: Any, conn: Connection) -> psycopg.Error:
 def copy_in(conn: Connection, table: str, rows: pa.Table) -> None:
     """Send ``rows`` into ``table`` (columns by name) with one binary COPY."""
     columns = ", ".join(rows.column_names)
-    with conn.cursor() as cursor, cursor.copy(
-        f"COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
-    ) as copy:
+    with (
+        conn.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT binary)") as copy,
+    ):
         for piece in encode_rows(rows):
             copy.write(piece)
 
@@ -138,8 +145,12 @@ class Group:
 
     @property
     def span(self) -> tuple[str, str, datetime, datetime]:
-        return (self.symbol, self.timeframe, from_epoch_us(int(self.ts[0])),
-                from_epoch_us(int(self.ts[-1])))
+        return (
+            self.symbol,
+            self.timeframe,
+            from_epoch_us(int(self.ts[0])),
+            from_epoch_us(int(self.ts[-1])),
+        )
 
 
 def prepare_groups(groups: Sequence[tuple[str, str, pa.Table]]) -> list[Group]:
@@ -150,8 +161,7 @@ def prepare_groups(groups: Sequence[tuple[str, str, pa.Table]]) -> list[Group]:
         repeats = find_repeats(ts, rows)
         if not repeats.identity:
             rows, ts = rows.take(pa.array(repeats.keep)), ts[repeats.keep]
-        prepared.append(Group(symbol, timeframe, rows, ts, repeats.duplicates,
-                              repeats.conflicts))
+        prepared.append(Group(symbol, timeframe, rows, ts, repeats.duplicates, repeats.conflicts))
     return prepared
 
 
@@ -167,10 +177,12 @@ def stored_bars(conn: Connection, groups: Sequence[Group]) -> list[pa.Table]:
     lo = min(g.span[2] for g in groups)
     hi = max(g.span[3] for g in groups)
     spec = FastSelect(STORED.schema, (("code", "k_code"),))
-    sql = (f"SELECT {spec.select_list()} FROM bars JOIN (VALUES {values}) "
-           "AS k(k_code, k_symbol, k_timeframe, k_lo, k_hi) ON symbol = k_symbol "
-           "AND timeframe = k_timeframe AND ts BETWEEN k_lo AND k_hi "
-           "WHERE ts >= %s AND ts <= %s AND symbol = ANY(%s) AND timeframe = ANY(%s)")
+    sql = (
+        f"SELECT {spec.select_list()} FROM bars JOIN (VALUES {values}) "
+        "AS k(k_code, k_symbol, k_timeframe, k_lo, k_hi) ON symbol = k_symbol "
+        "AND timeframe = k_timeframe AND ts BETWEEN k_lo AND k_hi "
+        "WHERE ts >= %s AND ts <= %s AND symbol = ANY(%s) AND timeframe = ANY(%s)"
+    )
     params += [lo, hi, sorted({g.symbol for g in groups}), sorted({g.timeframe for g in groups})]
     stored = decode_rows(copy_out(conn, sql, params), spec)
     codes = stored.column("code").to_numpy()
@@ -202,7 +214,8 @@ def plan_bars(groups: Sequence[Group], stored: Sequence[pa.Table]) -> Plan:
         elif match.found.any():
             same[match.found] = same_values(
                 group.rows.take(indices(match.found)),
-                old.take(pa.array(match.stored_index[match.found])))
+                old.take(pa.array(match.stored_index[match.found])),
+            )
         new = ~match.found
         conflict = match.found & ~same
         if new.any():
@@ -226,8 +239,7 @@ def apply_plan(conn: Connection, plan: Plan, on_conflict: OnConflict) -> WriteRe
     changed = pa.concat_tables(plan.changed)
     replace_bars(conn, changed)
     r = plan.result
-    return WriteResult(r.inserted, r.duplicates, r.conflicts - changed.num_rows,
-                       changed.num_rows)
+    return WriteResult(r.inserted, r.duplicates, r.conflicts - changed.num_rows, changed.num_rows)
 
 
 # -- trades ------------------------------------------------------------------------------
@@ -236,9 +248,11 @@ def apply_plan(conn: Connection, plan: Plan, on_conflict: OnConflict) -> WriteRe
 def first_trades(table: pa.Table) -> tuple[pa.Table, int]:
     """Keep the first trade of every (source, symbol, trade_id); count the repeats."""
     keys = table.select(["source", "symbol", "trade_id"]).append_column(
-        "_row", pa.array(np.arange(table.num_rows)))
+        "_row", pa.array(np.arange(table.num_rows))
+    )
     first = keys.group_by(["source", "symbol", "trade_id"], use_threads=False).aggregate(
-        [("_row", "min")])
+        [("_row", "min")]
+    )
     if first.num_rows == table.num_rows:
         return table, 0
     keep = np.sort(first.column("_row_min").to_numpy())

@@ -76,14 +76,23 @@ from marketlake.store.tables import SCHEMA_VERSION, TABLES
 
 T = TypeVar("T")
 _SERIES = FastSelect(pa.schema([f for f in BAR_SCHEMA if f.name not in ("symbol", "timeframe")]))
-_FAST_SELECT_RE = re.compile(r"^SELECT \* FROM (bars|trades)((?: WHERE | ORDER BY )[^;]*)?$",
-                             re.DOTALL)
+_FAST_SELECT_RE = re.compile(
+    r"^SELECT \* FROM (bars|trades)((?: WHERE | ORDER BY )[^;]*)?$", re.DOTALL
+)
 _PARTITION_RE = re.compile(r"^(bars|trades)_p(\d{4})_(\d{2})$")
 _LOCK_BUCKETS = 64
 _RETRYABLE = (psycopg.OperationalError, psycopg.errors.UniqueViolation)
 _OID_TYPES: dict[int, pa.DataType] = {
-    16: pa.bool_(), 20: pa.int64(), 21: pa.int64(), 23: pa.int64(), 25: pa.string(),
-    19: pa.string(), 1043: pa.string(), 700: pa.float64(), 701: pa.float64(), 1184: TS_TYPE,
+    16: pa.bool_(),
+    20: pa.int64(),
+    21: pa.int64(),
+    23: pa.int64(),
+    25: pa.string(),
+    19: pa.string(),
+    1043: pa.string(),
+    700: pa.float64(),
+    701: pa.float64(),
+    1184: TS_TYPE,
     1114: pa.timestamp("us"),
 }
 
@@ -125,8 +134,9 @@ class PostgresStore(Store):
 
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
 
-    def __init__(self, uri: str, *, connect_timeout_s: float = 5.0,
-                 pool_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, uri: str, *, connect_timeout_s: float = 5.0, pool_timeout_s: float = 30.0
+    ) -> None:
         super().__init__(uri)
         self.options: PgOptions = parse_uri(uri)
         self._timeout = pool_timeout_s
@@ -140,13 +150,20 @@ class PostgresStore(Store):
         finally:
             first.close()
         self._pool = ConnectionPool(
-            self.options.conninfo, kwargs=self.options.connect_kwargs(),
-            min_size=self.options.pool_min, max_size=self.options.pool_max, open=True,
-            timeout=pool_timeout_s, check=ConnectionPool.check_connection,
+            self.options.conninfo,
+            kwargs=self.options.connect_kwargs(),
+            min_size=self.options.pool_min,
+            max_size=self.options.pool_max,
+            open=True,
+            timeout=pool_timeout_s,
+            check=ConnectionPool.check_connection,
             name=f"marketlake-{self.options.schema}",
         )
-        self._fast = {name: FastSelect(schema) for name in ("bars", "trades")
-                      if (schema := _arrow_schema(TABLES[name])) is not None}
+        self._fast = {
+            name: FastSelect(schema)
+            for name in ("bars", "trades")
+            if (schema := _arrow_schema(TABLES[name])) is not None
+        }
 
     # -- schema version --------------------------------------------------------------
 
@@ -156,14 +173,20 @@ class PostgresStore(Store):
         if version == SCHEMA_VERSION:
             return
         if version == 0:
-            raise StoreVersionError(f"{where} has no MarketLake tables yet: run `marketlake "
-                                    f"migrate --store {self.options.display}` first")
+            raise StoreVersionError(
+                f"{where} has no MarketLake tables yet: run `marketlake "
+                f"migrate --store {self.options.display}` first"
+            )
         if version > SCHEMA_VERSION:
-            raise StoreVersionError(f"{where} has schema version {version}, newer than this "
-                                    f"MarketLake's {SCHEMA_VERSION}: upgrade MarketLake")
-        raise StoreVersionError(f"{where} has schema version {version}, this MarketLake needs "
-                                f"{SCHEMA_VERSION}: run `marketlake migrate --store "
-                                f"{self.options.display}`")
+            raise StoreVersionError(
+                f"{where} has schema version {version}, newer than this "
+                f"MarketLake's {SCHEMA_VERSION}: upgrade MarketLake"
+            )
+        raise StoreVersionError(
+            f"{where} has schema version {version}, this MarketLake needs "
+            f"{SCHEMA_VERSION}: run `marketlake migrate --store "
+            f"{self.options.display}`"
+        )
 
     def schema_version(self) -> int:
         with self._connection() as conn:
@@ -173,7 +196,8 @@ class PostgresStore(Store):
         row = conn.execute(
             "SELECT count(*) FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE n.nspname = %s AND c.relname = 'bars'", [self.options.schema]
+            "WHERE n.nspname = %s AND c.relname = 'bars'",
+            [self.options.schema],
         ).fetchone()
         return bool(row and row[0])
 
@@ -229,8 +253,9 @@ class PostgresStore(Store):
         with self._connection() as conn:
             if match is not None and match.group(1) in self._fast:
                 spec = self._fast[match.group(1)]
-                statement = (f"SELECT {spec.select_list()} FROM {match.group(1)}"
-                             f"{match.group(2) or ''}")
+                statement = (
+                    f"SELECT {spec.select_list()} FROM {match.group(1)}{match.group(2) or ''}"
+                )
                 try:
                     return decode_rows(copy_out(conn, _pg(statement), params), spec)
                 except CopyFormatError:
@@ -255,12 +280,16 @@ class PostgresStore(Store):
             for symbol in symbols:
                 if after is not None and symbol < after[0]:
                     continue
-                sql = (f"SELECT {_SERIES.select_list()} FROM bars "
-                       "WHERE symbol = %s AND timeframe = %s")
+                sql = (
+                    f"SELECT {_SERIES.select_list()} FROM bars WHERE symbol = %s AND timeframe = %s"
+                )
                 params: list[Any] = [symbol, timeframe]
                 since = after[1] if after is not None and symbol == after[0] else None
-                for clause, value in ((" AND ts >= %s", start), (" AND ts < %s", end),
-                                      (" AND ts > %s", since)):
+                for clause, value in (
+                    (" AND ts >= %s", start),
+                    (" AND ts < %s", end),
+                    (" AND ts > %s", since),
+                ):
                     if value is not None:
                         sql += clause
                         params.append(value)
@@ -300,15 +329,17 @@ class PostgresStore(Store):
         table, repeats = first_trades(table)
         self._ensure_partitions("trades", months_of(ts_micros(table)))
         pairs = table.group_by(["source", "symbol"], use_threads=False).aggregate([])
-        series = sorted(f"{s}\x1f{y}" for s, y in zip(pairs.column("source").to_pylist(),
-                                                     pairs.column("symbol").to_pylist(),
-                                                     strict=True))
+        series = sorted(
+            f"{s}\x1f{y}"
+            for s, y in zip(
+                pairs.column("source").to_pylist(), pairs.column("symbol").to_pylist(), strict=True
+            )
+        )
 
         def write(conn: Connection) -> WriteResult:
             self._lock_series(conn, "trades", series)
             inserted = insert_new_trades(conn, table)
-            return WriteResult(inserted=inserted,
-                               duplicates=table.num_rows - inserted + repeats)
+            return WriteResult(inserted=inserted, duplicates=table.num_rows - inserted + repeats)
 
         return self._retrying(write, f"{table.num_rows:,} trades")
 
@@ -339,8 +370,9 @@ class PostgresStore(Store):
         """Serialise writers of the same series (hashed into buckets, locked in order)."""
         space = _signed(_crc(f"marketlake:{self.options.schema}.{table}"))
         buckets = sorted({_crc(key) % _LOCK_BUCKETS for key in keys})
-        conn.execute("SELECT pg_advisory_xact_lock(%s, b) FROM unnest(%s::int4[]) AS b",
-                     [space, buckets])
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, b) FROM unnest(%s::int4[]) AS b", [space, buckets]
+        )
 
     # -- partitions ------------------------------------------------------------------
 
@@ -352,8 +384,10 @@ class PostgresStore(Store):
         with self._lock, self._connection() as conn:
             own = getattr(self._local, "conn", None) is None
             with conn.transaction() if own else _nothing():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)",
-                             [_signed(_crc(f"marketlake:{self.options.schema}:partitions"))])
+                conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s)",
+                    [_signed(_crc(f"marketlake:{self.options.schema}:partitions"))],
+                )
                 self._partitions.update(_partitions(conn))
                 missing = [m for m in months if (table, m) not in self._partitions]
                 for month in missing:
@@ -388,10 +422,11 @@ def _one_line(exc: BaseException) -> str:
 def _canonical(rows: pa.Table, symbol: str, timeframe: str) -> pa.Table:
     """Bars of one series in :data:`BAR_SCHEMA`, the constant columns rebuilt."""
     n = rows.num_rows
-    constants = {"symbol": constant_column(symbol, n),
-                 "timeframe": constant_column(timeframe, n)}
-    return pa.table([constants[f.name] if f.name in constants else rows.column(f.name)
-                     for f in BAR_SCHEMA], schema=BAR_SCHEMA)
+    constants = {"symbol": constant_column(symbol, n), "timeframe": constant_column(timeframe, n)}
+    return pa.table(
+        [constants[f.name] if f.name in constants else rows.column(f.name) for f in BAR_SCHEMA],
+        schema=BAR_SCHEMA,
+    )
 
 
 def _rows_to_arrow(description: Sequence[Any], rows: list[tuple[Any, ...]]) -> pa.Table:
@@ -400,6 +435,9 @@ def _rows_to_arrow(description: Sequence[Any], rows: list[tuple[Any, ...]]) -> p
     arrays = []
     for column, values in zip(description, columns, strict=True):
         arrow = _OID_TYPES.get(column.type_code)
-        arrays.append(pa.array(values, type=arrow) if arrow is not None or values
-                      else pa.array(values, pa.null()))
+        arrays.append(
+            pa.array(values, type=arrow)
+            if arrow is not None or values
+            else pa.array(values, pa.null())
+        )
     return pa.table(arrays, names=[column.name for column in description])

@@ -53,15 +53,21 @@ def copy_store(
     for series in source.bar_summary():
         if (wanted and series["symbol"] not in wanted) or (tf and series["timeframe"] != tf):
             continue
-        for batch in source.iter_bars(series["symbol"], series["timeframe"], start, end,
-                                      batch_rows=BATCH_ROWS):
+        for batch in source.iter_bars(
+            series["symbol"], series["timeframe"], start, end, batch_rows=BATCH_ROWS
+        ):
             bars += target.write_bars(batch)
     trades = _copy_trades(source, target, wanted, start, end)
     return {"instruments": instruments, "bars": bars.as_dict(), "trades": trades.as_dict()}
 
 
-def _copy_trades(source: Store, target: Store, wanted: set[str] | None,
-                 start: datetime | None, end: datetime | None) -> WriteResult:
+def _copy_trades(
+    source: Store,
+    target: Store,
+    wanted: set[str] | None,
+    start: datetime | None,
+    end: datetime | None,
+) -> WriteResult:
     result = WriteResult()
     spans = source.query(
         "SELECT symbol, min(ts) AS first, max(ts) AS last FROM trades GROUP BY symbol "

@@ -73,8 +73,10 @@ class _Rule(BaseModel):
     @classmethod
     def _symbol(cls, value: object) -> str:
         if not isinstance(value, str):  # str() would turn null into a symbol named NONE
-            raise ValueError("must be a symbol or * for every symbol, as text (in YAML, "
-                             "quote a numeric ticker: '7203')")
+            raise ValueError(
+                "must be a symbol or * for every symbol, as text (in YAML, "
+                "quote a numeric ticker: '7203')"
+            )
         return "*" if value == "*" else normalize_symbol(value)
 
     @field_validator("cooldown", mode="before")
@@ -171,13 +173,25 @@ class VolumeSpike(_Rule):
 
 
 Rule = Annotated[
-    PriceAbove | PriceBelow | PriceCross | PctChange | VolatilityAbove | DrawdownBelow
+    PriceAbove
+    | PriceBelow
+    | PriceCross
+    | PctChange
+    | VolatilityAbove
+    | DrawdownBelow
     | VolumeSpike,
     Field(discriminator="kind"),
 ]
 _RULE = TypeAdapter(Rule)
-RULE_KINDS = ("price_above", "price_below", "price_cross", "pct_change", "volatility_above",
-              "drawdown_below", "volume_spike")
+RULE_KINDS = (
+    "price_above",
+    "price_below",
+    "price_cross",
+    "pct_change",
+    "volatility_above",
+    "drawdown_below",
+    "volume_spike",
+)
 
 
 def parse_rule(data: object, *, where: str = "alert rule") -> Rule:
@@ -242,8 +256,7 @@ class RuleSet:
 
     def max_lookback(self, bucket_s: float) -> int:
         """Buckets of history the percent-change rules need."""
-        return max((r.buckets(bucket_s) for r in self.rules if isinstance(r, PctChange)),
-                   default=0)
+        return max((r.buckets(bucket_s) for r in self.rules if isinstance(r, PctChange)), default=0)
 
 
 @dataclass(slots=True)
@@ -261,9 +274,16 @@ class Alert:
 
     def row(self) -> dict[str, Any]:
         """The row of the ``alerts`` table."""
-        return {"id": self.id, "rule_id": self.rule_id, "symbol": self.symbol,
-                "ts": from_epoch_us(self.ts_us), "kind": self.kind, "value": self.value,
-                "message": self.message, "seq": self.seq}
+        return {
+            "id": self.id,
+            "rule_id": self.rule_id,
+            "symbol": self.symbol,
+            "ts": from_epoch_us(self.ts_us),
+            "kind": self.kind,
+            "value": self.value,
+            "message": self.message,
+            "seq": self.seq,
+        }
 
     def as_json(self) -> dict[str, Any]:
         row = self.row()
@@ -297,8 +317,10 @@ class AlertEngine:
         self._armed = {}
         for symbol in {s for s, _ in old}:
             self._armed[symbol] = [
-                old[(symbol, r.id)] if (symbol, r.id) in old and old[(symbol, r.id)].rule == r
-                else self._arm(r) for r in rules.for_symbol(symbol)
+                old[(symbol, r.id)]
+                if (symbol, r.id) in old and old[(symbol, r.id)].rule == r
+                else self._arm(r)
+                for r in rules.for_symbol(symbol)
             ]
 
     def _arm(self, rule: Rule) -> _Armed:
@@ -345,16 +367,19 @@ class AlertEngine:
                     continue
                 a.last_us = ts
                 a.seq += 1
-                self._fired.append(self._alert(a, symbol, ts, float(obs.price[i]),
-                                               float(values[i])))
+                self._fired.append(
+                    self._alert(a, symbol, ts, float(obs.price[i]), float(values[i]))
+                )
 
     def _alert(self, a: _Armed, symbol: str, ts: int, price: float, value: float) -> Alert:
         rule = a.rule
         key = f"{rule.id}|{symbol}|{ts}|{price!r}".encode()
         text = (rule.message or _DEFAULT_MESSAGES[rule.kind]).format(
-            symbol=symbol, value=value, rule=rule.id, price=price)
-        return Alert(hashlib.sha1(key).hexdigest()[:24], rule.id, symbol, ts, rule.kind, value,
-                     text, a.seq)
+            symbol=symbol, value=value, rule=rule.id, price=price
+        )
+        return Alert(
+            hashlib.sha1(key).hexdigest()[:24], rule.id, symbol, ts, rule.kind, value, text, a.seq
+        )
 
     def drain(self) -> list[Alert]:
         fired, self._fired = self._fired, []
@@ -440,8 +465,11 @@ def list_rules(path: Path | None, store: Store) -> list[dict[str, Any]]:
     file_rules = load_rule_file(path) if path is not None else []
     out = [{**r.model_dump(), "source": "file"} for r in file_rules]
     ids = {r.id for r in file_rules}
-    out.extend({**json.loads(row["definition"]), "source": "api"}
-               for row in store.select_rows("alert_rules", order_by="id") if row["id"] not in ids)
+    out.extend(
+        {**json.loads(row["definition"]), "source": "api"}
+        for row in store.select_rows("alert_rules", order_by="id")
+        if row["id"] not in ids
+    )
     return out
 
 
@@ -450,16 +478,19 @@ def add_rule(store: Store, data: dict[str, Any], path: Path | None = None) -> Ru
     rule = parse_rule(data)
     in_file = {r.id for r in load_rule_file(path)} if path is not None else set()
     if rule.id in in_file or store.select_rows("alert_rules", {"id": rule.id}):
-        raise ConflictError(f"alert rule {rule.id!r} exists already; delete it first or pick "
-                            "another id")
-    store.insert_row("alert_rules", {"id": rule.id, "definition": rule.model_dump_json(),
-                                     "created_at": utcnow()})
+        raise ConflictError(
+            f"alert rule {rule.id!r} exists already; delete it first or pick another id"
+        )
+    store.insert_row(
+        "alert_rules", {"id": rule.id, "definition": rule.model_dump_json(), "created_at": utcnow()}
+    )
     return rule
 
 
 def delete_rule(store: Store, rule_id: str) -> None:
     """Remove a stored rule (rules of the file are changed in the file)."""
     if not store.delete_rows("alert_rules", {"id": rule_id}):
-        raise NotFoundError(f"no stored alert rule {rule_id!r}; rules from the rule file are "
-                            "removed by editing the file")
-
+        raise NotFoundError(
+            f"no stored alert rule {rule_id!r}; rules from the rule file are "
+            "removed by editing the file"
+        )

@@ -19,7 +19,7 @@ far. With ``W = analytics_window`` and bucket closes ``c``:
 
 These are exactly what pandas gives on the same data (``resample().last()
 .ffill()``, ``rolling(W, min_periods=2).std()``, ``cummax`` …): see
-``tests/test_stream_analytics.py``. Observations older than the current bucket
+``tests/stream/test_analytics.py``. Observations older than the current bucket
 are ignored (counted in ``late``).
 """
 
@@ -41,8 +41,17 @@ Array = np.ndarray[Any, Any]
 DAY_US = 86_400_000_000
 YEAR_S = 365 * 86_400
 METRIC_NAMES = (
-    "price", "return", "volatility", "drawdown", "max_drawdown", "rolling_drawdown",
-    "rolling_max_drawdown", "vwap", "volume", "bucket_volume", "avg_bucket_volume",
+    "price",
+    "return",
+    "volatility",
+    "drawdown",
+    "max_drawdown",
+    "rolling_drawdown",
+    "rolling_max_drawdown",
+    "vwap",
+    "volume",
+    "bucket_volume",
+    "avg_bucket_volume",
 )
 
 
@@ -92,10 +101,33 @@ class SymbolAnalytics:
     """The incremental state of one symbol; :meth:`update` is O(1) per observation."""
 
     __slots__ = (
-        "_ann", "_bucket_us", "_closes", "_dds", "_peaks", "_pushes", "_rets", "_sum",
-        "_sumsq", "_vol_sum", "_vols", "_window", "bucket", "bucket_volume", "close", "day",
-        "day_pv", "day_volume", "late", "max_drawdown", "observations", "peak", "prev_close",
-        "prev_price", "price", "symbol", "ts_us",
+        "_ann",
+        "_bucket_us",
+        "_closes",
+        "_dds",
+        "_peaks",
+        "_pushes",
+        "_rets",
+        "_sum",
+        "_sumsq",
+        "_vol_sum",
+        "_vols",
+        "_window",
+        "bucket",
+        "bucket_volume",
+        "close",
+        "day",
+        "day_pv",
+        "day_volume",
+        "late",
+        "max_drawdown",
+        "observations",
+        "peak",
+        "prev_close",
+        "prev_price",
+        "price",
+        "symbol",
+        "ts_us",
     )
 
     def __init__(self, symbol: str, config: AnalyticsConfig) -> None:
@@ -156,8 +188,14 @@ class SymbolAnalytics:
         self.day_volume += size
         return True
 
-    def update_many(self, ts: Array, price: Array, size: Array, pv: Array | None = None,
-                    lookbacks: Iterable[int] = ()) -> Observed | None:
+    def update_many(
+        self,
+        ts: Array,
+        price: Array,
+        size: Array,
+        pv: Array | None = None,
+        lookbacks: Iterable[int] = (),
+    ) -> Observed | None:
         """Take a batch of observations at once; the same state as :meth:`update` one by one.
 
         The batch is cut where the bucket (or the UTC day) changes; within a
@@ -169,11 +207,13 @@ class SymbolAnalytics:
         with np.errstate(all="ignore"):
             return self._update_many(ts, price, size, pv, tuple(lookbacks))
 
-    def _update_many(self, ts: Array, price: Array, size: Array, pv: Array | None,
-                     lookbacks: tuple[int, ...]) -> Observed | None:
+    def _update_many(
+        self, ts: Array, price: Array, size: Array, pv: Array | None, lookbacks: tuple[int, ...]
+    ) -> Observed | None:
         bucket = ts // self._bucket_us
-        newest = np.maximum.accumulate(np.maximum(bucket, -1 if self.bucket is None
-                                                  else self.bucket))
+        newest = np.maximum.accumulate(
+            np.maximum(bucket, -1 if self.bucket is None else self.bucket)
+        )
         late = bucket < newest
         if late.any():
             self.late += int(late.sum())
@@ -186,10 +226,18 @@ class SymbolAnalytics:
         day = ts // DAY_US
         cuts = np.flatnonzero((bucket[1:] != bucket[:-1]) | (day[1:] != day[:-1])) + 1
         nan = np.full(n, np.nan)
-        out = Observed(ts, price, np.concatenate(([self.price], price[:-1])), ret=nan.copy(),
-                       volatility=nan.copy(), drawdown=nan.copy(), rolling_drawdown=nan.copy(),
-                       bucket_volume=nan.copy(), avg_bucket_volume=nan.copy(),
-                       pct={k: nan.copy() for k in lookbacks})
+        out = Observed(
+            ts,
+            price,
+            np.concatenate(([self.price], price[:-1])),
+            ret=nan.copy(),
+            volatility=nan.copy(),
+            drawdown=nan.copy(),
+            rolling_drawdown=nan.copy(),
+            bucket_volume=nan.copy(),
+            avg_bucket_volume=nan.copy(),
+            pct={k: nan.copy() for k in lookbacks},
+        )
         pv = price * size if pv is None else pv
         for i, j in pairwise([0, *cuts.tolist(), n]):
             self._segment(int(bucket[i]), int(day[i]), out, slice(i, j), size[i:j], pv[i:j])
@@ -203,8 +251,9 @@ class SymbolAnalytics:
         self.observations += n
         return out
 
-    def _segment(self, bucket: int, day: int, out: Observed, at: slice, size: Array,
-                 pv: Array) -> None:
+    def _segment(
+        self, bucket: int, day: int, out: Observed, at: slice, size: Array, pv: Array
+    ) -> None:
         """Values of a run of observations in one bucket and one day."""
         if self.bucket is None:
             self.bucket = bucket
@@ -350,11 +399,16 @@ class SymbolAnalytics:
     def values(self) -> dict[str, float | None]:
         """Every metric of :data:`METRIC_NAMES` (None where not yet defined)."""
         return {
-            "price": self.price, "return": self.ret, "volatility": self.volatility,
-            "drawdown": self.drawdown, "max_drawdown": self.max_drawdown,
+            "price": self.price,
+            "return": self.ret,
+            "volatility": self.volatility,
+            "drawdown": self.drawdown,
+            "max_drawdown": self.max_drawdown,
             "rolling_drawdown": self.rolling_drawdown,
-            "rolling_max_drawdown": self.rolling_max_drawdown, "vwap": self.vwap,
-            "volume": self.day_volume, "bucket_volume": self.bucket_volume,
+            "rolling_max_drawdown": self.rolling_max_drawdown,
+            "vwap": self.vwap,
+            "volume": self.day_volume,
+            "bucket_volume": self.bucket_volume,
             "avg_bucket_volume": self.avg_bucket_volume,
         }
 

@@ -47,10 +47,18 @@ class OpenBar:
         """The bar so far (None before its first trade)."""
         if not self.count:
             return None
-        return {"symbol": self.symbol, "timeframe": timeframe, "ts": from_epoch_us(self.start),
-                "open": self.open, "high": self.high, "low": self.low, "close": self.close,
-                "volume": self.volume, "trades": self.count,
-                "vwap": self.pv / self.volume if self.volume else self.close}
+        return {
+            "symbol": self.symbol,
+            "timeframe": timeframe,
+            "ts": from_epoch_us(self.start),
+            "open": self.open,
+            "high": self.high,
+            "low": self.low,
+            "close": self.close,
+            "volume": self.volume,
+            "trades": self.count,
+            "vwap": self.pv / self.volume if self.volume else self.close,
+        }
 
 
 class BarBuilder:
@@ -79,8 +87,9 @@ class BarBuilder:
     def drop(self, symbol: str) -> None:
         self._open.pop(symbol, None)
 
-    def add_many(self, bar: OpenBar, ts: Array, price: Array, size: Array,
-                 ids: pa.ChunkedArray | pa.Array) -> Array | None:
+    def add_many(
+        self, bar: OpenBar, ts: Array, price: Array, size: Array, ids: pa.ChunkedArray | pa.Array
+    ) -> Array | None:
         """Add a batch of trades; a mask of the ones taken, or None when all were.
 
         The batch is cut where the bucket changes and each piece is aggregated
@@ -89,9 +98,14 @@ class BarBuilder:
         trade by trade.
         """
         if len(ts) > 1 and bool((ts[1:] < ts[:-1]).any()):
-            return np.fromiter((self.add(bar, int(t), float(p), float(q), str(i))
-                                for t, p, q, i in zip(ts, price, size, ids.to_pylist(),
-                                                      strict=True)), bool, len(ts))
+            return np.fromiter(
+                (
+                    self.add(bar, int(t), float(p), float(q), str(i))
+                    for t, p, q, i in zip(ts, price, size, ids.to_pylist(), strict=True)
+                ),
+                bool,
+                len(ts),
+            )
         seen = ts < bar.last_ts
         tied = np.flatnonzero(ts == bar.last_ts)
         if len(tied):
@@ -197,6 +211,4 @@ class BarBuilder:
         """The bars closed since the last call, as one canonical table."""
         out = self._closed
         self._closed = {name: [] for name in BAR_SCHEMA.names}
-        return pa.table(
-            [pa.array(out[f.name], f.type) for f in BAR_SCHEMA], schema=BAR_SCHEMA
-        )
+        return pa.table([pa.array(out[f.name], f.type) for f in BAR_SCHEMA], schema=BAR_SCHEMA)

@@ -49,7 +49,7 @@ from marketlake.errors import BusError, ProviderError
 from marketlake.providers.http import new_client
 from marketlake.schema import from_epoch_us, normalize_symbol
 from marketlake.stream.events import Batch, bars_table, now_us, trades_table
-from marketlake.stream.schedule import Schedule
+from marketlake.stream.windows import Schedule
 
 log = logging.getLogger(__name__)
 MINUTE_US = 60_000_000
@@ -106,12 +106,19 @@ class BinanceFeed:
 
     name = "binance"
 
-    def __init__(self, settings: Settings, symbols: Sequence[str], publish: Publish, *,
-                 connect: Connect = ws_connect, client: httpx.AsyncClient | None = None,
-                 schedule: Schedule | None = None,
-                 status: Callable[[FeedState], Awaitable[None]] | None = None,
-                 jitter: Callable[[], float] = random.random,
-                 clock: Callable[[], int] = now_us) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        symbols: Sequence[str],
+        publish: Publish,
+        *,
+        connect: Connect = ws_connect,
+        client: httpx.AsyncClient | None = None,
+        schedule: Schedule | None = None,
+        status: Callable[[FeedState], Awaitable[None]] | None = None,
+        jitter: Callable[[], float] = random.random,
+        clock: Callable[[], int] = now_us,
+    ) -> None:
         self.settings = settings
         self.symbols = [normalize_symbol(s) for s in symbols]
         self._wanted = set(self.symbols)
@@ -182,8 +189,10 @@ class BinanceFeed:
 
     def _backoff(self, attempt: int) -> float:
         """Exponential delay, the upper half jittered."""
-        cap = min(self.settings.stream_backoff_max_s,
-                  self.settings.stream_backoff_initial_s * 2.0 ** min(attempt, 30))
+        cap = min(
+            self.settings.stream_backoff_max_s,
+            self.settings.stream_backoff_initial_s * 2.0 ** min(attempt, 30),
+        )
         return cap / 2 + cap / 2 * self.jitter()
 
     async def _outside_window(self, stop: asyncio.Event, now: datetime) -> None:
@@ -200,8 +209,14 @@ class BinanceFeed:
         if window_end is not None:
             left = (window_end - from_epoch_us(self.clock())).total_seconds()
             deadline = min(deadline, time.monotonic() + left)
-        async with self.connect(self.url, ping_interval=20, ping_timeout=20, open_timeout=10,
-                                close_timeout=2, max_size=2**22) as ws:
+        async with self.connect(
+            self.url,
+            ping_interval=20,
+            ping_timeout=20,
+            open_timeout=10,
+            close_timeout=2,
+            max_size=2**22,
+        ) as ws:
             self.state.connected_since_us = now_us()
             await self._set("connected")
             await self._backfill()
@@ -279,8 +294,9 @@ class BinanceFeed:
 
     def _malformed(self, why: str, raw: str | bytes) -> None:
         self.state.malformed += 1
-        _log_sometimes(self.state.malformed, "skipping malformed binance message (%s): %.200r",
-                       why, raw)
+        _log_sometimes(
+            self.state.malformed, "skipping malformed binance message (%s): %.200r", why, raw
+        )
 
     def _parse_trade(self, data: dict[str, Any]) -> None:
         symbol = str(data["s"]).upper()
@@ -311,12 +327,14 @@ class BinanceFeed:
         buf = self._bars.get((symbol, final))
         if buf is None:
             buf = self._bars[(symbol, final)] = {name: [] for name in _BAR_COLUMNS}
-        for name, value in zip(_BAR_COLUMNS, (ts, o, h, low, c, v, int(k["n"]),
-                                              float(k["q"]) / v if v else c), strict=True):
+        for name, value in zip(
+            _BAR_COLUMNS,
+            (ts, o, h, low, c, v, int(k["n"]), float(k["q"]) / v if v else c),
+            strict=True,
+        ):
             buf[name].append(value)
         if final:
-            self._complete_until[symbol] = max(self._complete_until.get(symbol, 0),
-                                               ts + MINUTE_US)
+            self._complete_until[symbol] = max(self._complete_until.get(symbol, 0), ts + MINUTE_US)
         self._seen(symbol, ts)
         self.state.bars += 1
         self._pending += 1
@@ -332,12 +350,17 @@ class BinanceFeed:
             bars, self._bars = self._bars, {}
             self._pending = 0
             batches = [
-                Batch("trade", s, trades_table(s, b["ts"], b["price"], b["size"], b["side"],
-                                               b["id"], SOURCE))
+                Batch(
+                    "trade",
+                    s,
+                    trades_table(s, b["ts"], b["price"], b["size"], b["side"], b["id"], SOURCE),
+                )
                 for s, b in trades.items()
             ]
-            batches += [Batch("bar", s, bars_table(s, "1m", SOURCE, b), "live", final)
-                        for (s, final), b in bars.items()]
+            batches += [
+                Batch("bar", s, bars_table(s, "1m", SOURCE, b), "live", final)
+                for (s, final), b in bars.items()
+            ]
             if batches:
                 await self._publish(batches, attempts=attempts)
 
@@ -353,11 +376,15 @@ class BinanceFeed:
                 failures += 1
                 self.state.last_error = f"bus: {exc.message}"
                 if attempts is not None and failures >= attempts:
-                    log.error("binance feed: %d events not published: %s",
-                              sum(len(b) for b in batches), exc.message)
+                    log.error(
+                        "binance feed: %d events not published: %s",
+                        sum(len(b) for b in batches),
+                        exc.message,
+                    )
                     return
-                log.warning("binance feed: publishing failed (%s); retrying in %.1f s",
-                            exc.message, delay)
+                log.warning(
+                    "binance feed: publishing failed (%s); retrying in %.1f s", exc.message, delay
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -378,8 +405,15 @@ class BinanceFeed:
             except (httpx.HTTPError, ProviderError) as exc:
                 self.state.gaps.append([start, end])
                 self.state.last_error = f"backfill of {symbol} failed: {exc}"
-                log.error("binance backfill %s %s..%s failed: %s; fill it with `marketlake "
-                          "ingest binance %s -t 1m`", symbol, start, end, exc, symbol)
+                log.error(
+                    "binance backfill %s %s..%s failed: %s; fill it with `marketlake "
+                    "ingest binance %s -t 1m`",
+                    symbol,
+                    start,
+                    end,
+                    exc,
+                    symbol,
+                )
                 continue
             if table.num_rows:
                 await self._publish([Batch("bar", symbol, table, "backfill", final=True)])
@@ -398,19 +432,28 @@ class BinanceFeed:
 _BAR_COLUMNS = ("ts", "open", "high", "low", "close", "volume", "trades", "vwap")
 
 
-async def fetch_klines(client: httpx.AsyncClient, base_url: str, symbol: str, start_us: int,
-                       end_us: int) -> pa.Table:
+async def fetch_klines(
+    client: httpx.AsyncClient, base_url: str, symbol: str, start_us: int, end_us: int
+) -> pa.Table:
     """Final 1m bars of ``[start_us, end_us)`` from ``GET /api/v3/klines`` (paged by 1000)."""
     rows: list[list[Any]] = []
     cursor = start_us // 1000
     end_ms = end_us // 1000
     while cursor < end_ms:
-        response = await client.get(f"{base_url.rstrip('/')}/api/v3/klines", params={
-            "symbol": symbol, "interval": "1m", "startTime": cursor, "endTime": end_ms - 1,
-            "limit": 1000})
+        response = await client.get(
+            f"{base_url.rstrip('/')}/api/v3/klines",
+            params={
+                "symbol": symbol,
+                "interval": "1m",
+                "startTime": cursor,
+                "endTime": end_ms - 1,
+                "limit": 1000,
+            },
+        )
         if response.status_code != 200:
-            raise ProviderError(f"binance klines {symbol}: HTTP {response.status_code}: "
-                                f"{response.text[:200]}")
+            raise ProviderError(
+                f"binance klines {symbol}: HTTP {response.status_code}: {response.text[:200]}"
+            )
         page = response.json()
         if not isinstance(page, list) or not page:
             break
@@ -428,11 +471,15 @@ def _klines_table(symbol: str, rows: list[list[Any]]) -> pa.Table:
         close = [float(r[4]) for r in rows]
         columns: dict[str, list[Any]] = {
             "ts": [int(r[0]) * 1000 for r in rows],
-            "open": [float(r[1]) for r in rows], "high": [float(r[2]) for r in rows],
-            "low": [float(r[3]) for r in rows], "close": close, "volume": volume,
+            "open": [float(r[1]) for r in rows],
+            "high": [float(r[2]) for r in rows],
+            "low": [float(r[3]) for r in rows],
+            "close": close,
+            "volume": volume,
             "trades": [int(r[8]) for r in rows],
-            "vwap": [float(r[7]) / v if v else c for r, v, c in zip(rows, volume, close,
-                                                                     strict=True)],
+            "vwap": [
+                float(r[7]) / v if v else c for r, v, c in zip(rows, volume, close, strict=True)
+            ],
         }
     except (IndexError, TypeError, ValueError) as exc:
         raise ProviderError(f"binance klines {symbol}: unexpected row format: {exc}") from None

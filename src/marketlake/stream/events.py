@@ -143,8 +143,9 @@ def bars_table(symbol: str, timeframe: str, source: str, columns: dict[str, list
         pa.array([timeframe] * n, pa.string()),
         pa.array(columns["ts"], BAR_SCHEMA.field("ts").type),
     ]
-    arrays.extend(pa.array(columns[name], pa.float64())
-                  for name in ("open", "high", "low", "close", "volume"))
+    arrays.extend(
+        pa.array(columns[name], pa.float64()) for name in ("open", "high", "low", "close", "volume")
+    )
     arrays.append(pa.array(columns["trades"], pa.int64()))
     arrays.append(pa.array(columns["vwap"], pa.float64()))
     arrays.append(pa.array([source] * n, pa.string()))

@@ -22,7 +22,7 @@ from marketlake.errors import InputError
 from marketlake.store.base import Store
 from marketlake.stream.binance import BinanceFeed, FeedState
 from marketlake.stream.bus import Bus, MemoryBus
-from marketlake.stream.schedule import Schedule
+from marketlake.stream.windows import Schedule
 from marketlake.stream.worker import GROUP, Worker, WorkerStats
 
 FEEDS = {BinanceFeed.name: BinanceFeed}
@@ -40,15 +40,25 @@ def feed_class(provider: str) -> type[BinanceFeed]:
     try:
         return FEEDS[provider.lower()]
     except KeyError:
-        raise InputError(f"no live feed for provider {provider!r}; live feeds: "
-                         f"{', '.join(sorted(FEEDS))}", param="provider") from None
+        raise InputError(
+            f"no live feed for provider {provider!r}; live feeds: {', '.join(sorted(FEEDS))}",
+            param="provider",
+        ) from None
 
 
-async def run_stream(settings: Settings, bus: Bus, provider: str, symbols: Sequence[str], *,
-                     stop: asyncio.Event, store: Store | None = None,
-                     schedule: Schedule | None = None, client: httpx.AsyncClient | None = None,
-                     on_status: Callable[[FeedState], None] | None = None,
-                     **feed_options: Any) -> LiveResult:
+async def run_stream(
+    settings: Settings,
+    bus: Bus,
+    provider: str,
+    symbols: Sequence[str],
+    *,
+    stop: asyncio.Event,
+    store: Store | None = None,
+    schedule: Schedule | None = None,
+    client: httpx.AsyncClient | None = None,
+    on_status: Callable[[FeedState], None] | None = None,
+    **feed_options: Any,
+) -> LiveResult:
     """Stream until ``stop``; with an in-process bus and a store, run the worker as well.
 
     On stop the feed publishes what it buffered and, in-process, the worker
@@ -70,8 +80,15 @@ async def run_stream(settings: Settings, bus: Bus, provider: str, symbols: Seque
         if on_status is not None:
             on_status(state)
 
-    feed = cls(settings, symbols, bus.publish, client=client, schedule=schedule, status=status,
-               **feed_options)
+    feed = cls(
+        settings,
+        symbols,
+        bus.publish,
+        client=client,
+        schedule=schedule,
+        status=status,
+        **feed_options,
+    )
     try:
         state = await feed.run(stop)
     finally:

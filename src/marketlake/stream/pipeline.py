@@ -60,8 +60,15 @@ class Counters:
 class Pipeline:
     """Bars, analytics and alerts for every symbol one process handles."""
 
-    def __init__(self, config: AnalyticsConfig, rules: RuleSet, *, store: Store | None = None,
-                 portfolio: Portfolio | None = None, timeframe: str = "1m") -> None:
+    def __init__(
+        self,
+        config: AnalyticsConfig,
+        rules: RuleSet,
+        *,
+        store: Store | None = None,
+        portfolio: Portfolio | None = None,
+        timeframe: str = "1m",
+    ) -> None:
         self.config = config
         self.store = store
         self.portfolio = portfolio or Portfolio()
@@ -121,13 +128,15 @@ class Pipeline:
             ts, price, size = ts[keep], price[keep], size[keep]
         self._observe(symbol, ts, price, size, None, alerts=alerts)
 
-    def _observe(self, symbol: str, ts: Array, price: Array, size: Array, pv: Array | None, *,
-                 alerts: bool) -> None:
+    def _observe(
+        self, symbol: str, ts: Array, price: Array, size: Array, pv: Array | None, *, alerts: bool
+    ) -> None:
         if not len(ts):
             return
         armed = self.engine.armed(symbol) if alerts else []
         observed = self.analytics.get(symbol).update_many(
-            ts, price, size, pv, lookbacks=self.engine.lookbacks(armed))
+            ts, price, size, pv, lookbacks=self.engine.lookbacks(armed)
+        )
         if observed is not None and armed:
             self.engine.check(symbol, observed, armed)
         self._touched.add(symbol)
@@ -173,13 +182,17 @@ class Pipeline:
             since = max(since, to_epoch_us(last["ts"]) + step)
         history = self.store.query(
             "SELECT rule_id, max(ts) AS ts, max(seq) AS seq FROM alerts WHERE symbol = ? "
-            "GROUP BY rule_id", [symbol]).to_pylist()
-        self.engine.seed(symbol, {r["rule_id"]: (to_epoch_us(r["ts"]), int(r["seq"]))
-                                  for r in history})
+            "GROUP BY rule_id",
+            [symbol],
+        ).to_pylist()
+        self.engine.seed(
+            symbol, {r["rule_id"]: (to_epoch_us(r["ts"]), int(r["seq"])) for r in history}
+        )
         warm = self.config.window + self.analytics.lookback
         lo = min(since - since % DAY_US, since - warm * self.config.bucket_us)
-        bars = self.store.read_bars(symbol, self.bars.timeframe, from_epoch_us(lo),
-                                    from_epoch_us(since)).table
+        bars = self.store.read_bars(
+            symbol, self.bars.timeframe, from_epoch_us(lo), from_epoch_us(since)
+        ).table
         if bars.num_rows:
             self._observe_bars(symbol, bars, alerts=False)
         trades = self.store.read_trades(symbol, start=from_epoch_us(since))
@@ -261,14 +274,19 @@ def insert_alerts(store: Store, alerts: list[Alert]) -> list[Alert]:
     chunk = 200
     items = list(unique.values())
     for i in range(0, len(items), chunk):
-        part = items[i:i + chunk]
+        part = items[i : i + chunk]
         columns = list(part[0].row())
         row_sql = f"({', '.join('?' * len(columns))})"
-        inserted = store.query(
-            f"INSERT INTO alerts ({', '.join(columns)}) "  # noqa: S608 - fixed column names
-            f"VALUES {', '.join([row_sql] * len(part))} ON CONFLICT (id) DO NOTHING RETURNING id",
-            [v for a in part for v in a.row().values()],
-        ).column("id").to_pylist()
+        inserted = (
+            store.query(
+                f"INSERT INTO alerts ({', '.join(columns)}) "  # noqa: S608 - fixed column names
+                f"VALUES {', '.join([row_sql] * len(part))} "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                [v for a in part for v in a.row().values()],
+            )
+            .column("id")
+            .to_pylist()
+        )
         new += [unique[x] for x in inserted]
     return sorted(new, key=lambda a: (a.ts_us, a.symbol, a.rule_id))
 

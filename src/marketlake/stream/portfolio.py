@@ -68,17 +68,30 @@ class Portfolio:
         for pos in self.positions:
             price = prices.get(pos.symbol)
             cost = pos.quantity * pos.average_price
-            row: dict[str, Any] = {"symbol": pos.symbol, "quantity": pos.quantity,
-                                   "average_price": pos.average_price, "price": price,
-                                   "cost": cost, "market_value": None, "unrealized_pnl": None,
-                                   "unrealized_pnl_pct": None}
+            row: dict[str, Any] = {
+                "symbol": pos.symbol,
+                "quantity": pos.quantity,
+                "average_price": pos.average_price,
+                "price": price,
+                "cost": cost,
+                "market_value": None,
+                "unrealized_pnl": None,
+                "unrealized_pnl_pct": None,
+            }
             if price is not None:
                 pnl = (price - pos.average_price) * pos.quantity
-                row.update(market_value=pos.quantity * price, unrealized_pnl=pnl,
-                           unrealized_pnl_pct=pnl / abs(cost) * 100.0)
+                row.update(
+                    market_value=pos.quantity * price,
+                    unrealized_pnl=pnl,
+                    unrealized_pnl_pct=pnl / abs(cost) * 100.0,
+                )
                 total_value += pos.quantity * price
                 total_pnl += pnl
             total_cost += cost
             rows.append(row)
-        return {"positions": rows, "total_cost": total_cost, "total_market_value": total_value,
-                "total_unrealized_pnl": total_pnl}
+        return {
+            "positions": rows,
+            "total_cost": total_cost,
+            "total_market_value": total_value,
+            "total_unrealized_pnl": total_pnl,
+        }

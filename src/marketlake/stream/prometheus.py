@@ -28,10 +28,16 @@ class FeedCollector(Collector):
         self.states = states
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        connected = GaugeMetricFamily("marketlake_feed_connected",
-                                      "1 while the feed's websocket is connected", labels=["feed"])
-        age = GaugeMetricFamily("marketlake_feed_last_message_age_seconds",
-                                "Seconds since the feed's last message", labels=["feed"])
+        connected = GaugeMetricFamily(
+            "marketlake_feed_connected",
+            "1 while the feed's websocket is connected",
+            labels=["feed"],
+        )
+        age = GaugeMetricFamily(
+            "marketlake_feed_last_message_age_seconds",
+            "Seconds since the feed's last message",
+            labels=["feed"],
+        )
         for state in self.states():
             connected.add_metric([state.feed], 1.0 if state.state == "connected" else 0.0)
             if state.last_message_us is not None and state.state != "outside-window":
@@ -43,27 +49,34 @@ class FeedCollector(Collector):
 class WorkerCollector(Collector):
     """Lag and backlog of a worker; ``backlog`` returns ``{(stream, group): entries}``."""
 
-    def __init__(self, lag_s: Callable[[], float | None],
-                 backlog: Callable[[], dict[tuple[str, str], int]]) -> None:
+    def __init__(
+        self, lag_s: Callable[[], float | None], backlog: Callable[[], dict[tuple[str, str], int]]
+    ) -> None:
         self.lag_s = lag_s
         self.backlog = backlog
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        lag = GaugeMetricFamily("marketlake_stream_lag_seconds",
-                                "Seconds from the newest exchange event to its processing")
+        lag = GaugeMetricFamily(
+            "marketlake_stream_lag_seconds",
+            "Seconds from the newest exchange event to its processing",
+        )
         value = self.lag_s()
         if value is not None:
             lag.add_metric([], value)
         yield lag
-        pending = GaugeMetricFamily("marketlake_bus_pending_messages",
-                                    "Bus entries not acknowledged yet", labels=["stream", "group"])
+        pending = GaugeMetricFamily(
+            "marketlake_bus_pending_messages",
+            "Bus entries not acknowledged yet",
+            labels=["stream", "group"],
+        )
         for (stream, group), count in self.backlog().items():
             pending.add_metric([stream, group], float(count))
         yield pending
 
 
-def redis_backlog(uri: str, keys: list[str], group: str) -> Callable[[], dict[tuple[str, str],
-                                                                            int]]:
+def redis_backlog(
+    uri: str, keys: list[str], group: str
+) -> Callable[[], dict[tuple[str, str], int]]:
     """Per stream key: pending plus unread entries of ``group`` (``XINFO GROUPS``)."""
     import redis
 

@@ -29,10 +29,14 @@ from marketlake.stream.pipeline import Pipeline
 def replay_pipeline(settings: Settings, timeframe: Timeframe, rules: RuleSet) -> Pipeline:
     """A store-less pipeline whose buckets are the replayed bars."""
     if timeframe.is_calendar:
-        raise InputError("replay needs bars of a fixed length; 1mo bars have none",
-                         param="timeframe")
-    config = AnalyticsConfig(window=settings.analytics_window, bucket=str(timeframe),
-                             periods_per_year=settings.analytics_periods_per_year)
+        raise InputError(
+            "replay needs bars of a fixed length; 1mo bars have none", param="timeframe"
+        )
+    config = AnalyticsConfig(
+        window=settings.analytics_window,
+        bucket=str(timeframe),
+        periods_per_year=settings.analytics_periods_per_year,
+    )
     return Pipeline(config, rules)
 
 
@@ -40,19 +44,31 @@ MIN_SPEED = 0.01  # a 1m bar every 100 minutes; slower paces are a mistake, not 
 MAX_SPEED = 1_000_000.0
 
 
-async def replay(store: Store, settings: Settings, symbol: str, timeframe: str,
-                 start: datetime | None = None, end: datetime | None = None, *,
-                 speed: float = 0.0, rules: RuleSet | None = None) -> AsyncIterator[dict[str, Any]]:
+async def replay(
+    store: Store,
+    settings: Settings,
+    symbol: str,
+    timeframe: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    *,
+    speed: float = 0.0,
+    rules: RuleSet | None = None,
+) -> AsyncIterator[dict[str, Any]]:
     """Yield ``{"type": "bar", ...}`` (the bar and its metrics) and ``{"type": "alert", ...}``."""
     symbol = normalize_symbol(symbol)
     tf = Timeframe.parse(timeframe)
     check_range(start, end)
     if speed != 0 and not MIN_SPEED <= speed <= MAX_SPEED:
-        raise InputError(f"speed {speed} must be 0 (as fast as possible) or between "
-                         f"{MIN_SPEED} and {MAX_SPEED:,.0f} times real time", param="speed")
+        raise InputError(
+            f"speed {speed} must be 0 (as fast as possible) or between "
+            f"{MIN_SPEED} and {MAX_SPEED:,.0f} times real time",
+            param="speed",
+        )
     if rules is None:
         rules = await asyncio.to_thread(
-            RuleSource(settings.config_dir / "alert_rules.yml", store).load)
+            RuleSource(settings.config_dir / "alert_rules.yml", store).load
+        )
     pipeline = replay_pipeline(settings, tf, rules)
     delay = tf.seconds / speed if speed else 0.0
     found = False
@@ -66,8 +82,9 @@ async def replay(store: Store, settings: Settings, symbol: str, timeframe: str,
             elif i % 500 == 499:
                 await asyncio.sleep(0)  # let other tasks (an SSE server) breathe
     if not found:
-        raise NotFoundError(f"no {tf} bars of {symbol} stored in that range; load some with "
-                            f"`marketlake ingest`")
+        raise NotFoundError(
+            f"no {tf} bars of {symbol} stored in that range; load some with `marketlake ingest`"
+        )
 
 
 def _step(pipeline: Pipeline, symbol: str, bar: pa.Table) -> list[dict[str, Any]]:
@@ -75,11 +92,15 @@ def _step(pipeline: Pipeline, symbol: str, bar: pa.Table) -> list[dict[str, Any]
     out = pipeline.take()
     row = bar.to_pylist()[0]
     values = {k: v for k, v in out.metrics[symbol].items() if k != "ts"}
-    events: list[dict[str, Any]] = [{
-        "type": "bar", "symbol": symbol, "ts": _iso(row["ts"]),
-        "bar": {k: row[k] for k in ("open", "high", "low", "close", "volume")},
-        "metrics": values,
-    }]
+    events: list[dict[str, Any]] = [
+        {
+            "type": "bar",
+            "symbol": symbol,
+            "ts": _iso(row["ts"]),
+            "bar": {k: row[k] for k in ("open", "high", "low", "close", "volume")},
+            "metrics": values,
+        }
+    ]
     events += [{"type": "alert", **alert.as_json()} for alert in out.alerts]
     return events
 

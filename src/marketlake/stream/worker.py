@@ -46,8 +46,11 @@ GROUP = "workers"
 
 def analytics_config(settings: Settings) -> AnalyticsConfig:
     """The analytics configuration the settings describe."""
-    return AnalyticsConfig(window=settings.analytics_window, bucket=settings.analytics_bucket,
-                           periods_per_year=settings.analytics_periods_per_year)
+    return AnalyticsConfig(
+        window=settings.analytics_window,
+        bucket=settings.analytics_bucket,
+        periods_per_year=settings.analytics_periods_per_year,
+    )
 
 
 def default_name() -> str:
@@ -74,9 +77,17 @@ class WorkerStats:
 class Worker:
     """A bus consumer running the live pipeline and persisting its results."""
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus, *, name: str | None = None,
-                 group: str = GROUP, block_ms: int = 500,
-                 on_round: Callable[[WorkerStats], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        *,
+        name: str | None = None,
+        group: str = GROUP,
+        block_ms: int = 500,
+        on_round: Callable[[WorkerStats], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
@@ -85,8 +96,12 @@ class Worker:
         self.on_round = on_round
         self.rules = RuleSource(settings.config_dir / "alert_rules.yml", store)
         rules = self.rules.load()
-        self.pipeline = Pipeline(analytics_config(settings), rules, store=store,
-                                 portfolio=Portfolio.load(settings.config_dir / "portfolio.yml"))
+        self.pipeline = Pipeline(
+            analytics_config(settings),
+            rules,
+            store=store,
+            portfolio=Portfolio.load(settings.config_dir / "portfolio.yml"),
+        )
         self.stats = WorkerStats(name or default_name(), rules=len(rules.rules))
         self._next_reload = time.monotonic() + settings.alerts_reload_s
         self._next_status = 0.0
@@ -119,8 +134,7 @@ class Worker:
                     await self._publish_alerts(out.alerts)
                 if writing is not None:
                     await writing
-                writing = asyncio.create_task(
-                    self._write(consumer, messages, out, newest, started))
+                writing = asyncio.create_task(self._write(consumer, messages, out, newest, started))
             if writing is not None:
                 await writing
         finally:
@@ -131,15 +145,16 @@ class Worker:
     async def _fetch(self, consumer: Consumer) -> list[Message]:
         self._reload_rules()
         messages = await consumer.fetch(self.settings.worker_fetch_entries, self.block_ms)
-        self.pipeline.forget([s for s in self.pipeline.analytics.symbols()
-                              if not consumer.owns(s)])
+        self.pipeline.forget([s for s in self.pipeline.analytics.symbols() if not consumer.owns(s)])
         if time.monotonic() >= self._next_status:
             await self._status()
         return messages
 
     def _new_symbols(self, messages: list[Message]) -> bool:
-        return any(isinstance(m.payload, Batch) and m.payload.symbol not in self.pipeline.bars
-                   for m in messages)
+        return any(
+            isinstance(m.payload, Batch) and m.payload.symbol not in self.pipeline.bars
+            for m in messages
+        )
 
     def _process(self, messages: list[Message]) -> tuple[Outputs, int | None]:
         """CPU work of a round; the newest trade time (for the lag gauge)."""
@@ -152,8 +167,14 @@ class Worker:
                 newest = last if newest is None else max(newest, last)
         return self.pipeline.take(), newest
 
-    async def _write(self, consumer: Consumer, messages: list[Message], out: Outputs,
-                     newest: int | None, started: float) -> None:
+    async def _write(
+        self,
+        consumer: Consumer,
+        messages: list[Message],
+        out: Outputs,
+        newest: int | None,
+        started: float,
+    ) -> None:
         """Store and publish a round's results, then acknowledge its entries."""
         if out.alerts:  # already published; stored before the bulk writes
             alerts = await asyncio.to_thread(insert_alerts, self.store, out.alerts)
@@ -189,9 +210,12 @@ class Worker:
 
     async def _status(self, *, final: bool = False) -> None:
         self._next_status = time.monotonic() + 2.0
-        data: dict[str, Any] = {**asdict(self.stats), "kind": "worker",
-                                "state": "stopped" if final else "running",
-                                "updated_us": time.time_ns() // 1000}
+        data: dict[str, Any] = {
+            **asdict(self.stats),
+            "kind": "worker",
+            "state": "stopped" if final else "running",
+            "updated_us": time.time_ns() // 1000,
+        }
         await self.bus.set_status(f"worker:{self.stats.name}", data)
 
 
@@ -210,9 +234,18 @@ def coalesce(batches: Iterable[Batch]) -> list[Batch]:
         if not run:
             return
         first = run[0]
-        out.append(first if len(run) == 1 else Batch(
-            "trade", symbol, pa.concat_tables([b.table for b in run]), first.role, first.final,
-            run[-1].published_us))
+        out.append(
+            first
+            if len(run) == 1
+            else Batch(
+                "trade",
+                symbol,
+                pa.concat_tables([b.table for b in run]),
+                first.role,
+                first.final,
+                run[-1].published_us,
+            )
+        )
 
     for batch in batches:
         run = runs.get(batch.symbol)

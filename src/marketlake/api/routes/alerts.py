@@ -52,7 +52,8 @@ class AlertOut(BaseModel):
 
 @router.get("/alerts", response_model=list[AlertOut], summary="Stored alerts")
 async def list_alerts(
-    _: ReadAccess, store: StoreDep,
+    _: ReadAccess,
+    store: StoreDep,
     symbol: Annotated[str | None, Query(max_length=64, examples=["BTCUSDT"])] = None,
     rule_id: Annotated[str | None, Query(max_length=64)] = None,
     start: Annotated[str | None, Query(description="From (inclusive), ISO time")] = None,
@@ -75,19 +76,27 @@ async def list_alerts(
         if value is not None:
             where.append(clause)
             params.append(value)
-    sql = (f"SELECT * FROM alerts WHERE {' AND '.join(where)} "  # noqa: S608 - fixed clauses
-           f"ORDER BY ts DESC, id LIMIT {int(limit)}")
+    sql = (
+        f"SELECT * FROM alerts WHERE {' AND '.join(where)} "  # noqa: S608 - fixed clauses
+        f"ORDER BY ts DESC, id LIMIT {int(limit)}"
+    )
     table = await in_thread(store.query, sql, params)
     return [AlertOut(**row) for row in table.to_pylist()]
 
 
-@router.get("/alerts/stream", summary="Live alerts (server-sent events)", responses=SSE_DOC,
-            response_class=Response)
+@router.get(
+    "/alerts/stream",
+    summary="Live alerts (server-sent events)",
+    responses=SSE_DOC,
+    response_class=Response,
+)
 async def stream_alerts(
-    _: ReadAccess, bus: BusDep,
+    _: ReadAccess,
+    bus: BusDep,
     symbol: Annotated[str | None, Query(max_length=64, description="Only this symbol")] = None,
-    last_event_id: Annotated[str | None, Header(
-        alias="Last-Event-ID", description="Resume after this event id")] = None,
+    last_event_id: Annotated[
+        str | None, Header(alias="Last-Event-ID", description="Resume after this event id")
+    ] = None,
 ) -> Response:
     """``event: alert`` per new alert; ``id`` is resumable with ``Last-Event-ID``."""
     after = _check_event_id(bus, last_event_id)
@@ -106,33 +115,46 @@ def _check_event_id(bus: Bus, event_id: str | None) -> str | None:
         return None
     pattern = re.compile(r"^\d+$") if isinstance(bus, MemoryBus) else _REDIS_ID
     if not pattern.match(event_id.strip()):
-        raise InputError(f"Last-Event-ID {event_id!r} is not an id this stream sent; reconnect "
-                         "without it to start from now", param="Last-Event-ID")
+        raise InputError(
+            f"Last-Event-ID {event_id!r} is not an id this stream sent; reconnect "
+            "without it to start from now",
+            param="Last-Event-ID",
+        )
     return event_id.strip()
 
 
 @router.get("/alerts/rules", response_model=list[dict[str, Any]], summary="Alert rules")
-async def list_rules(_: ReadAccess, store: StoreDep,
-                     settings: SettingsDep) -> list[dict[str, Any]]:
+async def list_rules(_: ReadAccess, store: StoreDep, settings: SettingsDep) -> list[dict[str, Any]]:
     """Every rule in force; ``source`` is ``file`` (config/alert_rules.yml) or ``api``."""
     rules: list[dict[str, Any]] = await in_thread(
-        rules_api.list_rules, settings.config_dir / "alert_rules.yml", store)
+        rules_api.list_rules, settings.config_dir / "alert_rules.yml", store
+    )
     return rules
 
 
-@router.post("/alerts/rules", status_code=status.HTTP_201_CREATED,
-             response_model=dict[str, Any], summary="Add an alert rule",
-             responses=problem_responses(409, 422))
-async def add_rule(rule: Annotated[Rule, Body()], _: WriteAccess, store: StoreDep,
-                   settings: SettingsDep) -> dict[str, Any]:
+@router.post(
+    "/alerts/rules",
+    status_code=status.HTTP_201_CREATED,
+    response_model=dict[str, Any],
+    summary="Add an alert rule",
+    responses=problem_responses(409, 422),
+)
+async def add_rule(
+    rule: Annotated[Rule, Body()], _: WriteAccess, store: StoreDep, settings: SettingsDep
+) -> dict[str, Any]:
     """Store a rule; running workers pick it up within ``MARKETLAKE_ALERTS_RELOAD_S``."""
-    added = await in_thread(rules_api.add_rule, store, rule.model_dump(),
-                            settings.config_dir / "alert_rules.yml")
+    added = await in_thread(
+        rules_api.add_rule, store, rule.model_dump(), settings.config_dir / "alert_rules.yml"
+    )
     return {**added.model_dump(), "source": "api"}
 
 
-@router.delete("/alerts/rules/{rule_id}", status_code=status.HTTP_204_NO_CONTENT,
-               summary="Delete an alert rule", responses=problem_responses(404))
+@router.delete(
+    "/alerts/rules/{rule_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete an alert rule",
+    responses=problem_responses(404),
+)
 async def delete_rule(rule_id: str, _: WriteAccess, store: StoreDep) -> Response:
     """Remove a rule added through the API (rules of the file are edited in the file)."""
     await in_thread(rules_api.delete_rule, store, rule_id)

@@ -27,14 +27,30 @@ router = APIRouter(prefix="/backtests", tags=["backtests"])
 class BacktestRequest(BaseModel):
     """One backtest: strategy and parameters, data (stored or synthetic) and trading rules."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"strategy": "sma_cross", "params": {"fast": 10, "slow": 30}, "symbols": ["AAPL"],
-         "timeframe": "1h", "start": "2024-03-04", "end": "2024-03-09", "commission_bps": 5}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "strategy": "sma_cross",
+                    "params": {"fast": 10, "slow": 30},
+                    "symbols": ["AAPL"],
+                    "timeframe": "1h",
+                    "start": "2024-03-04",
+                    "end": "2024-03-09",
+                    "commission_bps": 5,
+                }
+            ]
+        },
+    )
 
-    strategy: str = Field(examples=["sma_cross"], description="sma_cross, rsi_reversion, "
-                          "bollinger_breakout or buy_and_hold")
+    strategy: str = Field(
+        examples=["sma_cross"],
+        description="sma_cross, rsi_reversion, bollinger_breakout or buy_and_hold",
+    )
     params: dict[str, int | float | bool | str] = Field(
-        default_factory=dict, examples=[{"fast": 10, "slow": 30}])
+        default_factory=dict, examples=[{"fast": 10, "slow": 30}]
+    )
     symbols: list[str] = Field(min_length=1, max_length=100, examples=[["AAPL"]])
     timeframe: str = Field("1d", examples=["1h"], description="Rolled up on the fly if needed")
     start: str | None = Field(None, examples=["2024-03-04"], description="Inclusive, ISO, UTC")
@@ -73,19 +89,34 @@ def _run(store: Store, body: BacktestRequest) -> str:
     start = parse_time(body.start, param="start") if body.start else None
     end = parse_time(body.end, param="end") if body.end else None
     check_range(start, end)
-    rules = body.model_dump(exclude={"strategy", "params", "symbols", "timeframe", "start", "end",
-                                     "synthetic"})
-    result = run_backtest(store, body.strategy, body.params, symbols=body.symbols,
-                          timeframe=body.timeframe, start=start, end=end,
-                          config=BacktestConfig(**rules), synthetic=body.synthetic)
+    rules = body.model_dump(
+        exclude={"strategy", "params", "symbols", "timeframe", "start", "end", "synthetic"}
+    )
+    result = run_backtest(
+        store,
+        body.strategy,
+        body.params,
+        symbols=body.symbols,
+        timeframe=body.timeframe,
+        start=start,
+        end=end,
+        config=BacktestConfig(**rules),
+        synthetic=body.synthetic,
+    )
     assert result.id is not None
     return result.id
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=BacktestOut,
-             summary="Run and store a backtest", responses=problem_responses(404, 422))
-async def create_backtest(body: BacktestRequest, _: WriteAccess, store: StoreDep,
-                          response: Response) -> BacktestOut:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=BacktestOut,
+    summary="Run and store a backtest",
+    responses=problem_responses(404, 422),
+)
+async def create_backtest(
+    body: BacktestRequest, _: WriteAccess, store: StoreDep, response: Response
+) -> BacktestOut:
     """Run the backtest now; the answer is the stored result (also at ``Location``)."""
     from marketlake.backtest import get_backtest
 
@@ -94,11 +125,16 @@ async def create_backtest(body: BacktestRequest, _: WriteAccess, store: StoreDep
     return BacktestOut(**await in_thread(get_backtest, store, backtest_id))
 
 
-@router.get("/{backtest_id}", response_model=BacktestOut, summary="One stored backtest",
-            responses=problem_responses(404))
+@router.get(
+    "/{backtest_id}",
+    response_model=BacktestOut,
+    summary="One stored backtest",
+    responses=problem_responses(404),
+)
 async def read_backtest(
     backtest_id: Annotated[str, Path(max_length=64, examples=["5c0ffee1d2a3"])],
-    _: ReadAccess, store: StoreDep,
+    _: ReadAccess,
+    store: StoreDep,
     trades: Annotated[bool, Query(description="Include the trade list")] = True,
 ) -> BacktestOut:
     """A stored backtest or sweep, by id."""

@@ -39,18 +39,30 @@ JSON_MAX_LIMIT = 50_000
 BATCH_ROWS = 50_000
 RENDERED_MAX_LIMIT = 1000  # JSON pages up to this size are kept rendered
 
-TimeframeQuery = Annotated[str, Query(description="Bar size: 1m, 5m, 15m, 1h, 4h, 1d, 1w, 1mo "
-                                      "or any N{m,h,d}", examples=["1m"],
-                                      json_schema_extra={"pattern": TIMEFRAME_PATTERN})]
-StartQuery = Annotated[str | None, Query(description="First bar time, inclusive (ISO date or "
-                                         "date-time; UTC when naive)", examples=["2024-03-04"])]
+TimeframeQuery = Annotated[
+    str,
+    Query(
+        description="Bar size: 1m, 5m, 15m, 1h, 4h, 1d, 1w, 1mo or any N{m,h,d}",
+        examples=["1m"],
+        json_schema_extra={"pattern": TIMEFRAME_PATTERN},
+    ),
+]
+StartQuery = Annotated[
+    str | None,
+    Query(
+        description="First bar time, inclusive (ISO date or date-time; UTC when naive)",
+        examples=["2024-03-04"],
+    ),
+]
 EndQuery = Annotated[str | None, Query(description="End, exclusive", examples=["2024-03-05"])]
 
 _BULK_CONTENT: dict[str, Any] = {
-    "text/csv": {"schema": {"type": "string"},
-                 "example": "symbol,timeframe,ts,open,high,low,close,volume,trades,vwap,source\n"
-                            "AAPL,1m,2024-03-04T14:30:00Z,172.5,172.9,172.31,172.77,184210.0,"
-                            "1532,172.61,synthetic\n"},
+    "text/csv": {
+        "schema": {"type": "string"},
+        "example": "symbol,timeframe,ts,open,high,low,close,volume,trades,vwap,source\n"
+        "AAPL,1m,2024-03-04T14:30:00Z,172.5,172.9,172.31,172.77,184210.0,"
+        "1532,172.61,synthetic\n",
+    },
     "application/vnd.apache.arrow.stream": {"schema": {"type": "string", "format": "binary"}},
     "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
 }
@@ -61,11 +73,16 @@ async def known_symbol(ctx: ApiContext, symbol: str) -> None:
     store = ctx.store
     hit, symbols = ctx.cache.peek_memo(store, ("symbols",))
     if not hit:
-        symbols = await in_thread(ctx.cache.memo, store, ("symbols",),
-                                  lambda: frozenset(i.symbol for i in store.list_instruments()))
+        symbols = await in_thread(
+            ctx.cache.memo,
+            store,
+            ("symbols",),
+            lambda: frozenset(i.symbol for i in store.list_instruments()),
+        )
     if symbol not in symbols:
         raise NotFoundError(
-            f"unknown symbol {symbol}; list known ones with GET /api/v1/instruments")
+            f"unknown symbol {symbol}; list known ones with GET /api/v1/instruments"
+        )
 
 
 async def cached_series(ctx: ApiContext, symbol: str, timeframe: str) -> Series | None:
@@ -79,15 +96,23 @@ async def cached_series(ctx: ApiContext, symbol: str, timeframe: str) -> Series 
     return series
 
 
-async def read_page(ctx: ApiContext, symbol: str, timeframe: str, start: datetime | None,
-                    end: datetime | None, limit: int, cursor: str | None) -> BarPage:
+async def read_page(
+    ctx: ApiContext,
+    symbol: str,
+    timeframe: str,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> BarPage:
     """One page of bars, from the cache when it holds the series, else from the store."""
     series = await cached_series(ctx, symbol, timeframe)
     if series is not None:
         return series.page(start, end, limit, cursor)
     with ctx.metrics.store_call("read_bars"):
-        page: BarPage = await in_thread(ctx.store.read_bars, symbol, timeframe, start, end,
-                                        limit, cursor)
+        page: BarPage = await in_thread(
+            ctx.store.read_bars, symbol, timeframe, start, end, limit, cursor
+        )
     return page
 
 
@@ -99,28 +124,61 @@ def _times(start: str | None, end: str | None) -> tuple[datetime | None, datetim
 
 
 @router.get(
-    "/{symbol}", response_model=BarsPage, summary="Bars of a symbol",
-    responses={200: {"content": _BULK_CONTENT,
-                     "description": "A JSON page, or CSV / Arrow IPC stream / Parquet",
-                     "headers": {"X-Next-Cursor": {"description": "Cursor of the next page "
-                                                   "(bulk formats with limit)",
-                                                   "schema": {"type": "string"}}}},
-               **problem_responses(404, 422)},
+    "/{symbol}",
+    response_model=BarsPage,
+    summary="Bars of a symbol",
+    responses={
+        200: {
+            "content": _BULK_CONTENT,
+            "description": "A JSON page, or CSV / Arrow IPC stream / Parquet",
+            "headers": {
+                "X-Next-Cursor": {
+                    "description": "Cursor of the next page (bulk formats with limit)",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
+        **problem_responses(404, 422),
+    },
 )
 async def get_bars(
-    symbol: SymbolDep, _: ReadAccess, ctx: ContextDep,
-    timeframe: TimeframeQuery = "1m", start: StartQuery = None, end: EndQuery = None,
-    limit: Annotated[int | None, Query(ge=1, le=MAX_LIMIT, description=(
-        f"Rows per page (JSON: default {JSON_DEFAULT_LIMIT}, at most {JSON_MAX_LIMIT}); "
-        "bulk formats without limit stream the whole range"))] = None,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page",
-                                        max_length=200)] = None,
-    format: Annotated[Format | None, Query(description="json, csv, arrow (IPC stream) or "
-                                           "parquet; default from Accept, else json")] = None,
-    adjusted: Annotated[bool, Query(description=(
-        "Adjust prices (and volumes, for splits) for the splits and dividends recorded "
-        "after each bar; default: as traded"))] = False,
-    *, request: Request,
+    symbol: SymbolDep,
+    _: ReadAccess,
+    ctx: ContextDep,
+    timeframe: TimeframeQuery = "1m",
+    start: StartQuery = None,
+    end: EndQuery = None,
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_LIMIT,
+            description=(
+                f"Rows per page (JSON: default {JSON_DEFAULT_LIMIT}, at most {JSON_MAX_LIMIT}); "
+                "bulk formats without limit stream the whole range"
+            ),
+        ),
+    ] = None,
+    cursor: Annotated[
+        str | None, Query(description="next_cursor of the previous page", max_length=200)
+    ] = None,
+    format: Annotated[
+        Format | None,
+        Query(
+            description="json, csv, arrow (IPC stream) or parquet; default from Accept, else json"
+        ),
+    ] = None,
+    adjusted: Annotated[
+        bool,
+        Query(
+            description=(
+                "Adjust prices (and volumes, for splits) for the splits and dividends recorded "
+                "after each bar; default: as traded"
+            )
+        ),
+    ] = False,
+    *,
+    request: Request,
 ) -> Response:
     """Bars in ``[start, end)`` ordered by time, paged with a keyset cursor (no OFFSET)."""
     tf = str(Timeframe.parse(timeframe))
@@ -129,32 +187,52 @@ async def get_bars(
         decode_cursor(cursor)
     fmt = formats.negotiate(format, request.headers.get("accept"))
     if fmt == "json" and limit is not None and limit > JSON_MAX_LIMIT:
-        raise InputError(f"limit {limit} is above {JSON_MAX_LIMIT} for JSON; page with the "
-                         "cursor or ask for format=arrow, parquet or csv", param="limit")
+        raise InputError(
+            f"limit {limit} is above {JSON_MAX_LIMIT} for JSON; page with the "
+            "cursor or ask for format=arrow, parquet or csv",
+            param="limit",
+        )
     await known_symbol(ctx, symbol)
     if adjusted:
         return await _adjusted(ctx, symbol, tf, begin, stop, limit, cursor, fmt)
     if fmt == "json":
-        return Response(await _json_page(ctx, symbol, tf, begin, stop,
-                                         limit or JSON_DEFAULT_LIMIT, cursor),
-                        media_type="application/json")
+        return Response(
+            await _json_page(ctx, symbol, tf, begin, stop, limit or JSON_DEFAULT_LIMIT, cursor),
+            media_type="application/json",
+        )
     if limit is not None:
         page = await read_page(ctx, symbol, tf, begin, stop, limit, cursor)
         headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
-        return Response(formats.document(fmt, page.table), media_type=formats.MEDIA_TYPES[fmt],
-                        headers=headers | _attachment(symbol, tf, fmt))
+        return Response(
+            formats.document(fmt, page.table),
+            media_type=formats.MEDIA_TYPES[fmt],
+            headers=headers | _attachment(symbol, tf, fmt),
+        )
     series = await cached_series(ctx, symbol, tf)
-    batches = (formats.split(series.page(begin, stop, None, cursor).table, BATCH_ROWS)
-               if series is not None else _store_batches(ctx, symbol, tf, begin, stop, cursor))
-    return StreamingResponse(formats.stream(fmt, batches), media_type=formats.MEDIA_TYPES[fmt],
-                             headers=_attachment(symbol, tf, fmt))
+    batches = (
+        formats.split(series.page(begin, stop, None, cursor).table, BATCH_ROWS)
+        if series is not None
+        else _store_batches(ctx, symbol, tf, begin, stop, cursor)
+    )
+    return StreamingResponse(
+        formats.stream(fmt, batches),
+        media_type=formats.MEDIA_TYPES[fmt],
+        headers=_attachment(symbol, tf, fmt),
+    )
 
 
-async def _adjusted(ctx: ApiContext, symbol: str, tf: str, start: datetime | None,
-                    end: datetime | None, limit: int | None, cursor: str | None,
-                    fmt: Format) -> Response:
+async def _adjusted(
+    ctx: ApiContext,
+    symbol: str,
+    tf: str,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int | None,
+    cursor: str | None,
+    fmt: Format,
+) -> Response:
     """Adjusted bars: the same pages and streams as the traded ones, each adjusted."""
-    from marketlake.adjust import adjust_table
+    from marketlake.timeseries.adjust import adjust_table
 
     timeframe = Timeframe.parse(tf)
 
@@ -165,18 +243,33 @@ async def _adjusted(ctx: ApiContext, symbol: str, tf: str, start: datetime | Non
         page = await read_page(ctx, symbol, tf, start, end, limit or JSON_DEFAULT_LIMIT, cursor)
         table = await in_thread(adjust, page.table)
         if fmt == "json":
-            return Response(formats.json_page(symbol, tf, table, page.next_cursor),
-                            media_type="application/json")
+            return Response(
+                formats.json_page(symbol, tf, table, page.next_cursor),
+                media_type="application/json",
+            )
         headers = {"X-Next-Cursor": page.next_cursor} if page.next_cursor else {}
-        return Response(formats.document(fmt, table), media_type=formats.MEDIA_TYPES[fmt],
-                        headers=headers | _attachment(symbol, tf, fmt))
+        return Response(
+            formats.document(fmt, table),
+            media_type=formats.MEDIA_TYPES[fmt],
+            headers=headers | _attachment(symbol, tf, fmt),
+        )
     batches = (adjust(t) for t in _store_batches(ctx, symbol, tf, start, end, cursor))
-    return StreamingResponse(formats.stream(fmt, batches), media_type=formats.MEDIA_TYPES[fmt],
-                             headers=_attachment(symbol, tf, fmt))
+    return StreamingResponse(
+        formats.stream(fmt, batches),
+        media_type=formats.MEDIA_TYPES[fmt],
+        headers=_attachment(symbol, tf, fmt),
+    )
 
 
-async def _json_page(ctx: ApiContext, symbol: str, tf: str, start: datetime | None,
-                     end: datetime | None, limit: int, cursor: str | None) -> bytes:
+async def _json_page(
+    ctx: ApiContext,
+    symbol: str,
+    tf: str,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> bytes:
     """A rendered JSON page; small pages are kept (until the next write) for repeat requests."""
     store = ctx.store
     key = ("json", symbol, tf, start, end, limit, cursor)
@@ -191,8 +284,14 @@ async def _json_page(ctx: ApiContext, symbol: str, tf: str, start: datetime | No
     return body
 
 
-def _store_batches(ctx: ApiContext, symbol: str, tf: str, start: datetime | None,
-                   end: datetime | None, cursor: str | None) -> Iterator[Any]:
+def _store_batches(
+    ctx: ApiContext,
+    symbol: str,
+    tf: str,
+    start: datetime | None,
+    end: datetime | None,
+    cursor: str | None,
+) -> Iterator[Any]:
     """The range in time windows of about ``BATCH_ROWS`` bars each, oldest first.
 
     Each window is a plain range read, which DuckDB and PostgreSQL answer from
@@ -214,8 +313,9 @@ def _store_batches(ctx: ApiContext, symbol: str, tf: str, start: datetime | None
     hi = coverage.last + timedelta(microseconds=1)
     hi = hi if end is None else min(end, hi)
     timeframe = Timeframe.parse(tf)
-    step = timedelta(seconds=BATCH_ROWS * (31 * 86400 if timeframe.is_calendar
-                                           else timeframe.seconds))
+    step = timedelta(
+        seconds=BATCH_ROWS * (31 * 86400 if timeframe.is_calendar else timeframe.seconds)
+    )
     while lo < hi:
         upper = min(lo + step, hi)
         table = store.read_bars(symbol, tf, lo, upper).table
@@ -230,10 +330,15 @@ def _attachment(symbol: str, tf: str, fmt: str) -> dict[str, str]:
     return {"Content-Disposition": f'attachment; filename="{safe}_{tf}.{suffix}"'}
 
 
-@router.get("/{symbol}/latest", response_model=LatestBar, summary="Newest bar",
-            responses=problem_responses(404, 422))
-async def latest_bar(symbol: SymbolDep, _: ReadAccess, ctx: ContextDep,
-                     timeframe: TimeframeQuery = "1m") -> LatestBar:
+@router.get(
+    "/{symbol}/latest",
+    response_model=LatestBar,
+    summary="Newest bar",
+    responses=problem_responses(404, 422),
+)
+async def latest_bar(
+    symbol: SymbolDep, _: ReadAccess, ctx: ContextDep, timeframe: TimeframeQuery = "1m"
+) -> LatestBar:
     """The newest stored bar of the symbol and timeframe."""
     tf = str(Timeframe.parse(timeframe))
     await known_symbol(ctx, symbol)
@@ -244,6 +349,7 @@ async def latest_bar(symbol: SymbolDep, _: ReadAccess, ctx: ContextDep,
         with ctx.metrics.store_call("latest_bar"):
             row = await in_thread(ctx.store.latest_bar, symbol, tf)
     if row is None:
-        raise NotFoundError(f"no {tf} bars stored for {symbol}; ingest some with POST "
-                            "/api/v1/ingest/run")
+        raise NotFoundError(
+            f"no {tf} bars stored for {symbol}; ingest some with POST /api/v1/ingest/run"
+        )
     return LatestBar(**row)

@@ -22,8 +22,9 @@ async def health() -> Health:
     return Health(status="ok", version=__version__)
 
 
-@router.get("/ready", response_model=Readiness, summary="Readiness",
-            responses=problem_responses(503))
+@router.get(
+    "/ready", response_model=Readiness, summary="Readiness", responses=problem_responses(503)
+)
 async def ready(request: Request, ctx: ContextDep) -> Readiness | Response:
     """The store answers (and the Redis bus, when configured): 200, else 503 naming the failure."""
     checks: dict[str, str] = {}

@@ -16,8 +16,9 @@ router = APIRouter(prefix="/instruments", tags=["instruments"])
 
 
 def _out(store: Store, instrument: Instrument) -> InstrumentOut:
-    return InstrumentOut(**instrument.model_dump(),
-                         auto_registered=store.is_auto_registered(instrument.symbol))
+    return InstrumentOut(
+        **instrument.model_dump(), auto_registered=store.is_auto_registered(instrument.symbol)
+    )
 
 
 @router.get("", response_model=list[InstrumentOut], summary="List instruments")
@@ -26,17 +27,25 @@ async def list_instruments(_: ReadAccess, store: StoreDep) -> list[InstrumentOut
 
     def load() -> list[InstrumentOut]:
         auto = {r["symbol"] for r in store.select_rows("instruments", {"auto_registered": True})}
-        return [InstrumentOut(**i.model_dump(), auto_registered=i.symbol in auto)
-                for i in store.list_instruments()]
+        return [
+            InstrumentOut(**i.model_dump(), auto_registered=i.symbol in auto)
+            for i in store.list_instruments()
+        ]
 
     result: list[InstrumentOut] = await in_thread(load)
     return result
 
 
-@router.post("", response_model=InstrumentOut, status_code=status.HTTP_201_CREATED,
-             summary="Register an instrument", responses=problem_responses(409))
-async def create_instrument(body: InstrumentCreate, _: WriteAccess, store: StoreDep,
-                            response: Response) -> InstrumentOut:
+@router.post(
+    "",
+    response_model=InstrumentOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register an instrument",
+    responses=problem_responses(409),
+)
+async def create_instrument(
+    body: InstrumentCreate, _: WriteAccess, store: StoreDep, response: Response
+) -> InstrumentOut:
     """Register a new instrument; an existing symbol is a 409 (use PUT to change it)."""
     instrument = Instrument(**body.model_dump())
     await in_thread(store.add_instrument, instrument)
@@ -44,18 +53,27 @@ async def create_instrument(body: InstrumentCreate, _: WriteAccess, store: Store
     return InstrumentOut(**instrument.model_dump())
 
 
-@router.get("/{symbol}", response_model=InstrumentOut, summary="One instrument",
-            responses=problem_responses(404))
+@router.get(
+    "/{symbol}",
+    response_model=InstrumentOut,
+    summary="One instrument",
+    responses=problem_responses(404),
+)
 async def get_instrument(symbol: SymbolDep, _: ReadAccess, store: StoreDep) -> InstrumentOut:
     """The instrument registered as ``symbol``."""
     result: InstrumentOut = await in_thread(lambda: _out(store, store.instrument(symbol)))
     return result
 
 
-@router.put("/{symbol}", response_model=InstrumentOut, summary="Create or replace an instrument",
-            responses={201: {"description": "Created", "model": InstrumentOut}})
-async def put_instrument(symbol: SymbolDep, body: InstrumentFields, _: WriteAccess,
-                         store: StoreDep, response: Response) -> InstrumentOut:
+@router.put(
+    "/{symbol}",
+    response_model=InstrumentOut,
+    summary="Create or replace an instrument",
+    responses={201: {"description": "Created", "model": InstrumentOut}},
+)
+async def put_instrument(
+    symbol: SymbolDep, body: InstrumentFields, _: WriteAccess, store: StoreDep, response: Response
+) -> InstrumentOut:
     """Replace the instrument's fields, or register it (201) when it is new."""
     instrument = Instrument(symbol=symbol, **body.model_dump())
 
@@ -73,10 +91,17 @@ async def put_instrument(symbol: SymbolDep, body: InstrumentFields, _: WriteAcce
     return InstrumentOut(**instrument.model_dump())
 
 
-@router.delete("/{symbol}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
-               summary="Remove an instrument", responses=problem_responses(404))
+@router.delete(
+    "/{symbol}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Remove an instrument",
+    responses=problem_responses(404),
+)
 async def delete_instrument(
-    symbol: SymbolDep, _: WriteAccess, store: StoreDep,
+    symbol: SymbolDep,
+    _: WriteAccess,
+    store: StoreDep,
     with_data: Annotated[bool, Query(description="Delete its bars and trades too")] = False,
 ) -> Response:
     """Remove the instrument (and with ``with_data=true`` its stored bars and trades)."""

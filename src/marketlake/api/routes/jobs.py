@@ -18,20 +18,35 @@ router = APIRouter(tags=["jobs"])
 
 
 def _job(job: Job) -> JobOut:
-    return JobOut(id=job.id, kind=job.kind, status=job.status, params=job.params,
-                  summary=job.summary, error=job.error, created_at=job.created_at,
-                  started_at=job.started_at, finished_at=job.finished_at)
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        params=job.params,
+        summary=job.summary,
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+    )
 
 
-@router.post("/ingest/run", status_code=status.HTTP_202_ACCEPTED, response_model=JobAccepted,
-             summary="Start an ingest job", responses=problem_responses(422))
-async def run_ingest(body: IngestRequest, _: WriteAccess, ctx: ContextDep,
-                     response: Response) -> JobAccepted:
+@router.post(
+    "/ingest/run",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobAccepted,
+    summary="Start an ingest job",
+    responses=problem_responses(422),
+)
+async def run_ingest(
+    body: IngestRequest, _: WriteAccess, ctx: ContextDep, response: Response
+) -> JobAccepted:
     """Check the request, record a job and run it in the background; poll ``url`` for it."""
-    from marketlake.cli.timeopts import parse_period
+    from marketlake.timeseries.times import parse_period
 
-    end = parse_time(body.end, param="end") if body.end else utcnow().replace(second=0,
-                                                                             microsecond=0)
+    end = (
+        parse_time(body.end, param="end") if body.end else utcnow().replace(second=0, microsecond=0)
+    )
     if body.period and body.start:
         raise InputError("give either start (and end) or period, not both", param="period")
     if body.period:
@@ -39,8 +54,9 @@ async def run_ingest(body: IngestRequest, _: WriteAccess, ctx: ContextDep,
     elif body.start:
         start = parse_time(body.start, param="start")
     else:
-        raise InputError("give start (and optionally end) or period, e.g. \"period\": \"7d\"",
-                         param="start")
+        raise InputError(
+            'give start (and optionally end) or period, e.g. "period": "7d"', param="start"
+        )
     check_range(start, end)
     plan = ctx.jobs.plan(body.provider, body.symbols, body.timeframe, start, end)
     job_id: str = await in_thread(lambda: ctx.jobs.start_record(ctx.store, plan))
@@ -52,20 +68,26 @@ async def run_ingest(body: IngestRequest, _: WriteAccess, ctx: ContextDep,
 
 @router.get("/jobs", response_model=list[JobOut], summary="Recent jobs")
 async def list_jobs(
-    _: ReadAccess, store: StoreDep,
+    _: ReadAccess,
+    store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="How many of the newest")] = 50,
-    kind: Annotated[str | None, Query(description="Only jobs of this kind", examples=["ingest"],
-                                      max_length=50)] = None,
+    kind: Annotated[
+        str | None, Query(description="Only jobs of this kind", examples=["ingest"], max_length=50)
+    ] = None,
 ) -> list[JobOut]:
     """The newest jobs first."""
     jobs: list[Job] = await in_thread(store.list_jobs, limit, kind)
     return [_job(j) for j in jobs]
 
 
-@router.get("/jobs/{job_id}", response_model=JobOut, summary="One job",
-            responses=problem_responses(404))
-async def get_job(job_id: Annotated[str, Path(max_length=64, examples=["3f9a1c2b7d4e"])],
-                  _: ReadAccess, store: StoreDep) -> JobOut:
+@router.get(
+    "/jobs/{job_id}", response_model=JobOut, summary="One job", responses=problem_responses(404)
+)
+async def get_job(
+    job_id: Annotated[str, Path(max_length=64, examples=["3f9a1c2b7d4e"])],
+    _: ReadAccess,
+    store: StoreDep,
+) -> JobOut:
     """Status, parameters, per-symbol counts and error of a job."""
     job: Job = await in_thread(store.get_job, job_id)
     return _job(job)

@@ -21,18 +21,31 @@ async def list_keys(_: AdminAccess, ctx: ContextDep) -> list[KeyOut]:
     return [KeyOut(**k.as_dict()) for k in found]
 
 
-@router.post("", response_model=KeyCreated, status_code=status.HTTP_201_CREATED,
-             summary="Create an API key", responses=problem_responses(409, 422))
+@router.post(
+    "",
+    response_model=KeyCreated,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create an API key",
+    responses=problem_responses(409, 422),
+)
 async def create_key(body: KeyCreate, _: AdminAccess, ctx: ContextDep) -> KeyCreated:
     """Create a key; the response holds the key itself, which is never shown again."""
     key, plaintext = await in_thread(keys.create_key, ctx.store, body.name, body.scopes)
     return KeyCreated(**key.as_dict(), key=plaintext)
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT, response_class=Response,
-               summary="Revoke an API key", responses=problem_responses(404))
-async def revoke_key(key_id: Annotated[str, Path(max_length=100, examples=["a1b2c3d4e5"])],
-                     _: AdminAccess, ctx: ContextDep) -> Response:
+@router.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    summary="Revoke an API key",
+    responses=problem_responses(404),
+)
+async def revoke_key(
+    key_id: Annotated[str, Path(max_length=100, examples=["a1b2c3d4e5"])],
+    _: AdminAccess,
+    ctx: ContextDep,
+) -> Response:
     """Revoke the key with this id (or name); it stops working at once."""
     await in_thread(keys.revoke_key, ctx.store, key_id)
     ctx.auth.forget()

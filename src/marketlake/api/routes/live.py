@@ -19,13 +19,23 @@ from marketlake.stream.replay import replay
 router = APIRouter(tags=["live"])
 
 
-@router.get("/stream/live", summary="Live trades and bars (server-sent events)",
-            responses=SSE_DOC, response_class=Response)
+@router.get(
+    "/stream/live",
+    summary="Live trades and bars (server-sent events)",
+    responses=SSE_DOC,
+    response_class=Response,
+)
 async def live(
-    _: ReadAccess, bus: BusDep,
-    symbols: Annotated[str | None, Query(
-        description="Comma-separated symbols (default: all)", examples=["BTCUSDT,ETHUSDT"],
-        max_length=2000)] = None,
+    _: ReadAccess,
+    bus: BusDep,
+    symbols: Annotated[
+        str | None,
+        Query(
+            description="Comma-separated symbols (default: all)",
+            examples=["BTCUSDT,ETHUSDT"],
+            max_length=2000,
+        ),
+    ] = None,
 ) -> Response:
     """``event: trades`` (a batch of trades) and ``event: bar`` (kline updates and final
     bars, ``final`` telling which) as the feed publishes them."""
@@ -43,11 +53,21 @@ async def live(
 def _live_event(batch: Batch) -> tuple[str, dict[str, Any]]:
     rows = _rows(batch.table)
     if batch.kind == "trade":
-        return "trades", {"symbol": batch.symbol, "trades": [
-            {k: r[k] for k in ("ts", "price", "size", "side", "trade_id")} for r in rows]}
-    return "bar", {"symbol": batch.symbol, "final": batch.final, "role": batch.role,
-                   "bars": [{k: r[k] for k in ("ts", "open", "high", "low", "close", "volume",
-                                               "trades", "vwap")} for r in rows]}
+        return "trades", {
+            "symbol": batch.symbol,
+            "trades": [
+                {k: r[k] for k in ("ts", "price", "size", "side", "trade_id")} for r in rows
+            ],
+        }
+    return "bar", {
+        "symbol": batch.symbol,
+        "final": batch.final,
+        "role": batch.role,
+        "bars": [
+            {k: r[k] for k in ("ts", "open", "high", "low", "close", "volume", "trades", "vwap")}
+            for r in rows
+        ],
+    }
 
 
 def _rows(table: pa.Table) -> list[dict[str, Any]]:
@@ -57,16 +77,31 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
     return rows
 
 
-@router.get("/replay/{symbol}", summary="Replay stored bars (server-sent events)",
-            responses={**SSE_DOC, **problem_responses(404, 422)}, response_class=Response)
+@router.get(
+    "/replay/{symbol}",
+    summary="Replay stored bars (server-sent events)",
+    responses={**SSE_DOC, **problem_responses(404, 422)},
+    response_class=Response,
+)
 async def replay_bars(
-    symbol: SymbolDep, _: ReadAccess, store: StoreDep, settings: SettingsDep,
+    symbol: SymbolDep,
+    _: ReadAccess,
+    store: StoreDep,
+    settings: SettingsDep,
     timeframe: Annotated[str, Query(examples=["1m"], max_length=10)] = "1m",
     start: Annotated[str | None, Query(description="From (inclusive), ISO time")] = None,
     end: Annotated[str | None, Query(description="To (exclusive), ISO time")] = None,
-    speed: Annotated[float, Query(ge=0, le=1_000_000, description=(
-        "Times real time, 0.01 to 1,000,000 (60: a 1m bar per second); "
-        "0: as fast as possible"))] = 0.0,
+    speed: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=1_000_000,
+            description=(
+                "Times real time, 0.01 to 1,000,000 (60: a 1m bar per second); "
+                "0: as fast as possible"
+            ),
+        ),
+    ] = 0.0,
 ) -> Response:
     """Stored bars through the live analytics and alert rules: ``event: bar`` (the bar and
     its metrics) and ``event: alert``. Nothing is stored or published."""

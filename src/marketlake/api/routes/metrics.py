@@ -26,20 +26,33 @@ class SymbolMetrics(BaseModel):
 
     symbol: str = Field(examples=["BTCUSDT"])
     ts: datetime = Field(description="Time of the newest observation behind the values")
-    metrics: dict[str, float | None] = Field(examples=[{
-        "price": 67012.5, "return": 0.0004, "volatility": 0.42, "drawdown": -0.012,
-        "max_drawdown": -0.031, "rolling_drawdown": -0.004, "rolling_max_drawdown": -0.009,
-        "vwap": 66950.1, "volume": 1234.5, "bucket_volume": 12.3, "avg_bucket_volume": 9.8}])
+    metrics: dict[str, float | None] = Field(
+        examples=[
+            {
+                "price": 67012.5,
+                "return": 0.0004,
+                "volatility": 0.42,
+                "drawdown": -0.012,
+                "max_drawdown": -0.031,
+                "rolling_drawdown": -0.004,
+                "rolling_max_drawdown": -0.009,
+                "vwap": 66950.1,
+                "volume": 1234.5,
+                "bucket_volume": 12.3,
+                "avg_bucket_volume": 9.8,
+            }
+        ]
+    )
 
 
 def read_metrics(store: Store, symbol: str | None = None) -> list[SymbolMetrics]:
     """Stored metrics grouped by symbol, in symbol order."""
-    rows = store.select_rows("metrics", {"symbol": symbol} if symbol else None,
-                             order_by="symbol")
+    rows = store.select_rows("metrics", {"symbol": symbol} if symbol else None, order_by="symbol")
     grouped: dict[str, dict[str, Any]] = {}
     for row in rows:
-        entry = grouped.setdefault(row["symbol"], {"symbol": row["symbol"], "ts": row["ts"],
-                                                   "metrics": {}})
+        entry = grouped.setdefault(
+            row["symbol"], {"symbol": row["symbol"], "ts": row["ts"], "metrics": {}}
+        )
         entry["metrics"][row["name"]] = row["value"]
         entry["ts"] = max(entry["ts"], row["ts"])
     return [SymbolMetrics(**entry) for entry in grouped.values()]
@@ -47,9 +60,11 @@ def read_metrics(store: Store, symbol: str | None = None) -> list[SymbolMetrics]
 
 @router.get("/metrics/latest", response_model=list[SymbolMetrics], summary="Latest analytics")
 async def latest(
-    _: ReadAccess, store: StoreDep,
-    symbol: Annotated[str | None, Query(description="Only this symbol", examples=["BTCUSDT"],
-                                        max_length=64)] = None,
+    _: ReadAccess,
+    store: StoreDep,
+    symbol: Annotated[
+        str | None, Query(description="Only this symbol", examples=["BTCUSDT"], max_length=64)
+    ] = None,
 ) -> list[SymbolMetrics]:
     """The newest value of every metric of every symbol (or of ``symbol``)."""
     wanted = normalize_symbol(symbol) if symbol else None
@@ -57,12 +72,18 @@ async def latest(
     return found
 
 
-@router.get("/metrics/{symbol}", response_model=SymbolMetrics, summary="Analytics of a symbol",
-            responses=problem_responses(404))
+@router.get(
+    "/metrics/{symbol}",
+    response_model=SymbolMetrics,
+    summary="Analytics of a symbol",
+    responses=problem_responses(404),
+)
 async def of_symbol(symbol: SymbolDep, _: ReadAccess, store: StoreDep) -> SymbolMetrics:
     """The newest value of every metric of one symbol."""
     found: list[SymbolMetrics] = await in_thread(read_metrics, store, symbol)
     if not found:
-        raise NotFoundError(f"no metrics for {symbol} yet; they appear once a worker has "
-                            "processed live data of it (`marketlake stream`)")
+        raise NotFoundError(
+            f"no metrics for {symbol} yet; they appear once a worker has "
+            "processed live data of it (`marketlake stream`)"
+        )
     return found[0]

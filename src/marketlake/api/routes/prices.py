@@ -20,12 +20,20 @@ from marketlake.store import Store
 router = APIRouter(prefix="/prices", tags=["prices"])
 
 
-@router.get("/{symbol}", response_model=PriceSeries, summary="Newest closes",
-            responses=problem_responses(404, 422))
+@router.get(
+    "/{symbol}",
+    response_model=PriceSeries,
+    summary="Newest closes",
+    responses=problem_responses(404, 422),
+)
 async def prices(
-    symbol: SymbolDep, _: ReadAccess, ctx: ContextDep, timeframe: TimeframeQuery = "1m",
-    limit: Annotated[int, Query(ge=1, le=10_000,
-                                description="How many of the newest closes")] = 100,
+    symbol: SymbolDep,
+    _: ReadAccess,
+    ctx: ContextDep,
+    timeframe: TimeframeQuery = "1m",
+    limit: Annotated[
+        int, Query(ge=1, le=10_000, description="How many of the newest closes")
+    ] = 100,
 ) -> Response:
     """The newest ``limit`` closes of the symbol, oldest first."""
     tf = str(Timeframe.parse(timeframe))
@@ -35,10 +43,12 @@ async def prices(
         table = series.table.slice(max(0, series.rows - limit), limit)
     else:
         with ctx.metrics.store_call("newest_bars"):
-            table = await in_thread(ctx.store.query,
-                                    "SELECT * FROM (SELECT ts, close FROM bars WHERE symbol = ? "
-                                    "AND timeframe = ? ORDER BY ts DESC LIMIT ?) ORDER BY ts",
-                                    [symbol, tf, limit])
+            table = await in_thread(
+                ctx.store.query,
+                "SELECT * FROM (SELECT ts, close FROM bars WHERE symbol = ? "
+                "AND timeframe = ? ORDER BY ts DESC LIMIT ?) ORDER BY ts",
+                [symbol, tf, limit],
+            )
     frame = pl.from_arrow(table.select(["ts", "close"]).rename_columns(["ts", "price"]))
     assert isinstance(frame, pl.DataFrame)
     head = orjson.dumps({"symbol": symbol, "timeframe": tf})
@@ -46,8 +56,12 @@ async def prices(
     return Response(head[:-1] + b',"prices":' + rows + b"}", media_type="application/json")
 
 
-@router.get("/{symbol}/latest", response_model=LatestPrice, summary="Newest price",
-            responses=problem_responses(404, 422))
+@router.get(
+    "/{symbol}/latest",
+    response_model=LatestPrice,
+    summary="Newest price",
+    responses=problem_responses(404, 422),
+)
 async def latest_price(symbol: SymbolDep, _: ReadAccess, ctx: ContextDep) -> Response:
     """The last trade's price, or the close of the bar that ended last (finest on a tie)."""
     store = ctx.store
@@ -55,8 +69,12 @@ async def latest_price(symbol: SymbolDep, _: ReadAccess, ctx: ContextDep) -> Res
     if not hit:
         await known_symbol(ctx, symbol)
         with ctx.metrics.store_call("latest_price"):
-            body = await in_thread(ctx.cache.memo, store, ("latest_price", symbol),
-                                   lambda: _latest_price(store, symbol))
+            body = await in_thread(
+                ctx.cache.memo,
+                store,
+                ("latest_price", symbol),
+                lambda: _latest_price(store, symbol),
+            )
     if body is None:
         raise NotFoundError(f"no prices stored for {symbol}; ingest bars or stream trades first")
     return Response(body, media_type="application/json")
@@ -65,24 +83,41 @@ async def latest_price(symbol: SymbolDep, _: ReadAccess, ctx: ContextDep) -> Res
 def _latest_price(store: Store, symbol: str) -> bytes | None:
     """The answer of ``latest_price`` as JSON bytes, or None without data."""
     best: dict[str, Any] | None = None
-    for row in store.query("SELECT timeframe, max(ts) AS ts FROM bars WHERE symbol = ? "
-                           "GROUP BY timeframe", [symbol]).to_pylist():
+    for row in store.query(
+        "SELECT timeframe, max(ts) AS ts FROM bars WHERE symbol = ? GROUP BY timeframe", [symbol]
+    ).to_pylist():
         tf = Timeframe.parse(row["timeframe"])
-        ended = tf.next_start(row["ts"]) if tf.is_calendar else row["ts"] + timedelta(
-            seconds=tf.seconds)
+        ended = (
+            tf.next_start(row["ts"])
+            if tf.is_calendar
+            else row["ts"] + timedelta(seconds=tf.seconds)
+        )
         rank = (ended, -(tf.seconds if not tf.is_calendar else 31 * 86400))
         if best is None or rank > best["rank"]:
             best = {"rank": rank, "timeframe": str(tf), "open": row["ts"], "ts": ended}
-    trade = store.query("SELECT ts, price FROM trades WHERE symbol = ? ORDER BY ts DESC LIMIT 1",
-                        [symbol]).to_pylist()
+    trade = store.query(
+        "SELECT ts, price FROM trades WHERE symbol = ? ORDER BY ts DESC LIMIT 1", [symbol]
+    ).to_pylist()
     if trade and (best is None or trade[0]["ts"] >= best["ts"]):
-        out = {"symbol": symbol, "price": trade[0]["price"], "ts": trade[0]["ts"],
-               "source": "trade", "timeframe": None}
+        out = {
+            "symbol": symbol,
+            "price": trade[0]["price"],
+            "ts": trade[0]["ts"],
+            "source": "trade",
+            "timeframe": None,
+        }
         return orjson.dumps(out)
     if best is None:
         return None
-    close = store.query("SELECT close FROM bars WHERE symbol = ? AND timeframe = ? AND ts = ?",
-                        [symbol, best["timeframe"], best["open"]]).to_pylist()[0]["close"]
-    out = {"symbol": symbol, "price": close, "ts": min(best["ts"], utcnow()), "source": "bar",
-           "timeframe": best["timeframe"]}
+    close = store.query(
+        "SELECT close FROM bars WHERE symbol = ? AND timeframe = ? AND ts = ?",
+        [symbol, best["timeframe"], best["open"]],
+    ).to_pylist()[0]["close"]
+    out = {
+        "symbol": symbol,
+        "price": close,
+        "ts": min(best["ts"], utcnow()),
+        "source": "bar",
+        "timeframe": best["timeframe"],
+    }
     return orjson.dumps(out)

@@ -30,8 +30,13 @@ def _json(text: Any) -> Any:
 
 
 def _summary(row: dict[str, Any]) -> QualityReportSummary:
-    return QualityReportSummary(id=row["id"], job_id=row.get("job_id"), scope=_json(row["scope"]),
-                                summary=_json(row["summary"]), created_at=row.get("created_at"))
+    return QualityReportSummary(
+        id=row["id"],
+        job_id=row.get("job_id"),
+        scope=_json(row["scope"]),
+        summary=_json(row["summary"]),
+        created_at=row.get("created_at"),
+    )
 
 
 def _mentions(report: QualityReportSummary, symbol: str) -> bool:
@@ -42,27 +47,37 @@ def _mentions(report: QualityReportSummary, symbol: str) -> bool:
 
 @router.get("/reports", response_model=list[QualityReportSummary], summary="Quality reports")
 async def list_reports(
-    _: ReadAccess, store: StoreDep,
-    symbol: Annotated[str | None, Query(description="Only reports covering this symbol",
-                                        max_length=64, examples=["AAPL"])] = None,
+    _: ReadAccess,
+    store: StoreDep,
+    symbol: Annotated[
+        str | None,
+        Query(description="Only reports covering this symbol", max_length=64, examples=["AAPL"]),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="How many of the newest")] = 50,
 ) -> list[QualityReportSummary]:
     """Validation reports, newest first."""
     rows: list[dict[str, Any]] = await in_thread(
-        store.select_rows, "quality_reports", None, order_by="created_at", descending=True)
+        store.select_rows, "quality_reports", None, order_by="created_at", descending=True
+    )
     reports = [_summary(r) for r in rows]
     if symbol is not None:
         reports = [r for r in reports if _mentions(r, symbol)]
     return reports[:limit]
 
 
-@router.get("/reports/{report_id}", response_model=QualityReport, summary="One quality report",
-            responses=problem_responses(404))
+@router.get(
+    "/reports/{report_id}",
+    response_model=QualityReport,
+    summary="One quality report",
+    responses=problem_responses(404),
+)
 async def get_report(
     report_id: Annotated[str, Path(max_length=100, examples=["r-20240304-1"])],
-    _: ReadAccess, store: StoreDep,
-    severity: Annotated[Literal["error", "warning"] | None,
-                        Query(description="Only findings of this severity")] = None,
+    _: ReadAccess,
+    store: StoreDep,
+    severity: Annotated[
+        Literal["error", "warning"] | None, Query(description="Only findings of this severity")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000, description="Findings to return")] = 1000,
 ) -> QualityReport:
     """A report with its findings (the first ``limit`` of them, by time)."""
@@ -72,10 +87,12 @@ async def get_report(
 def _report(store: Store, report_id: str, severity: str | None, limit: int) -> QualityReport:
     rows = store.select_rows("quality_reports", {"id": report_id})
     if not rows:
-        raise NotFoundError(f"unknown quality report {report_id}; list them with GET "
-                            "/api/v1/quality/reports")
+        raise NotFoundError(
+            f"unknown quality report {report_id}; list them with GET /api/v1/quality/reports"
+        )
     where: dict[str, Any] = {"report_id": report_id, "severity": severity}
     findings = store.select_rows("quality_findings", where, order_by="ts")
     items = [QualityFinding(**{**f, "values": _json(f.get("values"))}) for f in findings[:limit]]
-    return QualityReport(**_summary(rows[0]).model_dump(), findings=items,
-                         findings_total=len(findings))
+    return QualityReport(
+        **_summary(rows[0]).model_dump(), findings=items, findings_total=len(findings)
+    )

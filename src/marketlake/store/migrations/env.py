@@ -17,7 +17,6 @@ if connection is None:
     raise RuntimeError("run migrations with `marketlake migrate`, which passes the connection")
 
 
-
 def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
     """Autogenerate compares the catalogue only; Alembic's own table is not part of it."""
     return not (type_ == "table" and name == "alembic_version")

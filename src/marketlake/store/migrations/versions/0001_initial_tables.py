@@ -38,151 +38,161 @@ def _layout() -> dict[str, Any]:
 
 
 def upgrade() -> None:
-    op.create_table("alert_rules",
-    sa.Column("id", sa.String(), nullable=False),
-    sa.Column("definition", sa.Text(), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint("id")
+    op.create_table(
+        "alert_rules",
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("definition", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table("alerts",
-    sa.Column("id", sa.String(), nullable=False),
-    sa.Column("rule_id", sa.String(), nullable=False),
-    sa.Column("symbol", sa.String(), nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("kind", sa.String(), nullable=False),
-    sa.Column("value", sa.Double(), nullable=True),
-    sa.Column("message", sa.Text(), nullable=False),
-    sa.Column("seq", sa.Integer(), nullable=False),
-    sa.PrimaryKeyConstraint("id")
+    op.create_table(
+        "alerts",
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("rule_id", sa.String(), nullable=False),
+        sa.Column("symbol", sa.String(), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(), nullable=False),
+        sa.Column("value", sa.Double(), nullable=True),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table("api_keys",
-    sa.Column("id", sa.String(), nullable=False),
-    sa.Column("name", sa.String(), nullable=False),
-    sa.Column("prefix", sa.String(), nullable=False),
-    sa.Column("hash", sa.String(), nullable=False),
-    sa.Column("scopes", sa.String(), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint("id")
+    op.create_table(
+        "api_keys",
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("name", sa.String(), nullable=False),
+        sa.Column("prefix", sa.String(), nullable=False),
+        sa.Column("hash", sa.String(), nullable=False),
+        sa.Column("scopes", sa.String(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table("backtests",
-    sa.Column("id", sa.String(), nullable=False),
-    sa.Column("status", sa.String(), nullable=False),
-    sa.Column("params", sa.Text(), nullable=False),
-    sa.Column("stats", sa.Text(), nullable=True),
-    sa.Column("trades", sa.Text(), nullable=True),
-    sa.Column("equity", sa.Text(), nullable=True),
-    sa.Column("error", sa.Text(), nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint("id")
+    op.create_table(
+        "backtests",
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("status", sa.String(), nullable=False),
+        sa.Column("params", sa.Text(), nullable=False),
+        sa.Column("stats", sa.Text(), nullable=True),
+        sa.Column("trades", sa.Text(), nullable=True),
+        sa.Column("equity", sa.Text(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table("bars",
-    sa.Column("symbol", sa.String(collation="C"), nullable=False),
-    sa.Column("timeframe", sa.String(collation="C"), nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("open", sa.Double(), nullable=False),
-    sa.Column("high", sa.Double(), nullable=False),
-    sa.Column("low", sa.Double(), nullable=False),
-    sa.Column("close", sa.Double(), nullable=False),
-    sa.Column("volume", sa.Double(), nullable=False),
-    sa.Column("trades", sa.BigInteger(), nullable=True),
-    sa.Column("vwap", sa.Double(), nullable=True),
-    sa.Column("source", sa.String(), nullable=False),
-    **_layout(),
+    op.create_table(
+        "bars",
+        sa.Column("symbol", sa.String(collation="C"), nullable=False),
+        sa.Column("timeframe", sa.String(collation="C"), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("open", sa.Double(), nullable=False),
+        sa.Column("high", sa.Double(), nullable=False),
+        sa.Column("low", sa.Double(), nullable=False),
+        sa.Column("close", sa.Double(), nullable=False),
+        sa.Column("volume", sa.Double(), nullable=False),
+        sa.Column("trades", sa.BigInteger(), nullable=True),
+        sa.Column("vwap", sa.Double(), nullable=True),
+        sa.Column("source", sa.String(), nullable=False),
+        **_layout(),
     )
     op.create_index("bars_key", "bars", ["symbol", "timeframe", "ts"], unique=True)
     if _timescale() is None:
         op.create_index("bars_ts_brin", "bars", ["ts"], unique=False, postgresql_using="brin")
-    op.create_table("checkpoints",
-    sa.Column("provider", sa.String(), nullable=False),
-    sa.Column("symbol", sa.String(), nullable=False),
-    sa.Column("timeframe", sa.String(), nullable=False),
-    sa.Column("last_ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("job_id", sa.String(), nullable=True),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint("provider", "symbol", "timeframe")
+    op.create_table(
+        "checkpoints",
+        sa.Column("provider", sa.String(), nullable=False),
+        sa.Column("symbol", sa.String(), nullable=False),
+        sa.Column("timeframe", sa.String(), nullable=False),
+        sa.Column("last_ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("job_id", sa.String(), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("provider", "symbol", "timeframe"),
     )
-    op.create_table("corporate_actions",
-    sa.Column("symbol", sa.String(), nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("kind", sa.String(), nullable=False),
-    sa.Column("value", sa.Double(), nullable=False),
-    sa.Column("source", sa.String(), nullable=False),
-    sa.PrimaryKeyConstraint("symbol", "ts", "kind")
+    op.create_table(
+        "corporate_actions",
+        sa.Column("symbol", sa.String(), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(), nullable=False),
+        sa.Column("value", sa.Double(), nullable=False),
+        sa.Column("source", sa.String(), nullable=False),
+        sa.PrimaryKeyConstraint("symbol", "ts", "kind"),
     )
-    op.create_table("instruments",
-    sa.Column("symbol", sa.String(), nullable=False),
-    sa.Column("name", sa.String(), nullable=False),
-    sa.Column("asset_class", sa.String(), nullable=False),
-    sa.Column("exchange", sa.String(), nullable=False),
-    sa.Column("currency", sa.String(), nullable=False),
-    sa.Column("timezone", sa.String(), nullable=False),
-    sa.Column("active", sa.Boolean(), nullable=False),
-    sa.Column("auto_registered", sa.Boolean(), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint("symbol")
+    op.create_table(
+        "instruments",
+        sa.Column("symbol", sa.String(), nullable=False),
+        sa.Column("name", sa.String(), nullable=False),
+        sa.Column("asset_class", sa.String(), nullable=False),
+        sa.Column("exchange", sa.String(), nullable=False),
+        sa.Column("currency", sa.String(), nullable=False),
+        sa.Column("timezone", sa.String(), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("auto_registered", sa.Boolean(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("symbol"),
     )
-    op.create_table("jobs",
-    sa.Column("id", sa.String(), nullable=False),
-    sa.Column("kind", sa.String(), nullable=False),
-    sa.Column("status", sa.String(), nullable=False),
-    sa.Column("params", sa.Text(), nullable=False),
-    sa.Column("summary", sa.Text(), nullable=False),
-    sa.Column("error", sa.Text(), nullable=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint("id")
+    op.create_table(
+        "jobs",
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("kind", sa.String(), nullable=False),
+        sa.Column("status", sa.String(), nullable=False),
+        sa.Column("params", sa.Text(), nullable=False),
+        sa.Column("summary", sa.Text(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table("metrics",
-    sa.Column("symbol", sa.String(), nullable=False),
-    sa.Column("name", sa.String(), nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("value", sa.Double(), nullable=True),
-    sa.PrimaryKeyConstraint("symbol", "name")
+    op.create_table(
+        "metrics",
+        sa.Column("symbol", sa.String(), nullable=False),
+        sa.Column("name", sa.String(), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("value", sa.Double(), nullable=True),
+        sa.PrimaryKeyConstraint("symbol", "name"),
     )
-    op.create_table("quality_findings",
-    sa.Column("report_id", sa.String(), nullable=False),
-    sa.Column("rule", sa.String(), nullable=False),
-    sa.Column("severity", sa.String(), nullable=False),
-    sa.Column("symbol", sa.String(), nullable=False),
-    sa.Column("timeframe", sa.String(), nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("end_ts", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("values", sa.Text(), nullable=True),
-    sa.Column("message", sa.Text(), nullable=False)
+    op.create_table(
+        "quality_findings",
+        sa.Column("report_id", sa.String(), nullable=False),
+        sa.Column("rule", sa.String(), nullable=False),
+        sa.Column("severity", sa.String(), nullable=False),
+        sa.Column("symbol", sa.String(), nullable=False),
+        sa.Column("timeframe", sa.String(), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("end_ts", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("values", sa.Text(), nullable=True),
+        sa.Column("message", sa.Text(), nullable=False),
     )
-    op.create_table("quality_reports",
-    sa.Column("id", sa.String(), nullable=False),
-    sa.Column("job_id", sa.String(), nullable=True),
-    sa.Column("scope", sa.Text(), nullable=False),
-    sa.Column("summary", sa.Text(), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
-    sa.PrimaryKeyConstraint("id")
+    op.create_table(
+        "quality_reports",
+        sa.Column("id", sa.String(), nullable=False),
+        sa.Column("job_id", sa.String(), nullable=True),
+        sa.Column("scope", sa.Text(), nullable=False),
+        sa.Column("summary", sa.Text(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id"),
     )
-    op.create_table("trades",
-    sa.Column("symbol", sa.String(collation="C"), nullable=False),
-    sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("price", sa.Double(), nullable=False),
-    sa.Column("size", sa.Double(), nullable=False),
-    sa.Column("side", sa.String(), nullable=True),
-    sa.Column("trade_id", sa.String(collation="C"), nullable=False),
-    sa.Column("source", sa.String(collation="C"), nullable=False),
-    **_layout(),
+    op.create_table(
+        "trades",
+        sa.Column("symbol", sa.String(collation="C"), nullable=False),
+        sa.Column("ts", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("price", sa.Double(), nullable=False),
+        sa.Column("size", sa.Double(), nullable=False),
+        sa.Column("side", sa.String(), nullable=True),
+        sa.Column("trade_id", sa.String(collation="C"), nullable=False),
+        sa.Column("source", sa.String(collation="C"), nullable=False),
+        **_layout(),
     )
     op.create_index("trades_key", "trades", ["source", "symbol", "trade_id", "ts"], unique=True)
     op.create_index("trades_symbol_ts", "trades", ["symbol", "ts"], unique=False)
     if _timescale() is None:
-        op.create_index("trades_ts_brin", "trades", ["ts"], unique=False,
-                        postgresql_using="brin")
+        op.create_index("trades_ts_brin", "trades", ["ts"], unique=False, postgresql_using="brin")
     timescale = _timescale()
     if timescale is not None:
         for statement in timescale_ddl(timescale):
             op.execute(statement)
-
-
 
 
 def downgrade() -> None:

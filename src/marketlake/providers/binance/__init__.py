@@ -1,0 +1,1 @@
+"""Binance: the REST klines provider (:mod:`.rest`)."""
