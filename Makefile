@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed-stamp
 CHART_JS := src/marketlake/web/static/vendor/lightweight-charts.standalone.production.js
 CHROMIUM := /usr/bin/chromium
 WRK := /usr/bin/wrk
+# apt-get needs root: as root (here, CI) run it directly, elsewhere through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint bench lock docs clean browser
+.PHONY: install run test lint format bench lock docs clean browser
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,20 +22,20 @@ $(STAMP): pyproject.toml requirements.lock
 
 # The dashboard's chart library, from the npm registry at the version pinned in web/package-lock.json.
 $(CHART_JS): web/package.json web/package-lock.json
-	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	command -v npm >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq npm)
 	npm ci --prefix web --no-audit --no-fund --silent
 	mkdir -p $(dir $(CHART_JS))
 	cp web/node_modules/lightweight-charts/dist/lightweight-charts.standalone.production.js $@
 
 # Debian's Chromium for the dashboard's browser tests.
 $(CHROMIUM):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 browser: $(CHROMIUM)
 
 # wrk, the load generator of bench/bench_api.py (without it the bench uses a slower asyncio client).
 $(WRK):
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk \
 		|| echo "wrk not installed: bench_api falls back to its asyncio client"
 
 install: $(STAMP) $(CHART_JS)
@@ -43,16 +45,21 @@ run: install
 
 lint: install
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 test: lint browser
-	$(BIN)/pytest
+	$(BIN)/pytest --cov=marketlake --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=85
+
+format: install
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
 
 bench: install $(WRK)
 	$(BIN)/python -m bench
 
 docs: install
-	$(BIN)/python -m marketlake.docs
+	$(BIN)/python -m marketlake.tools.refdocs
 
 lock:
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra bench --python-version 3.11 -o requirements.lock
