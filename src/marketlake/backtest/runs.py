@@ -20,6 +20,12 @@ import pyarrow as pa
 from marketlake.backtest import engine
 from marketlake.backtest.data import empty_bars, load_bars, split_symbols, synthetic_bars
 from marketlake.backtest.engine import BacktestConfig, BacktestResult
+from marketlake.backtest.portfolio import (
+    PortfolioConfig,
+    PortfolioResult,
+    get_portfolio_strategy,
+    run_portfolio,
+)
 from marketlake.backtest.strategies import get_strategy
 from marketlake.errors import InputError, NotFoundError
 from marketlake.schema import Timeframe, normalize_symbol, utcnow
@@ -58,15 +64,7 @@ def run_backtest(
     names = [normalize_symbol(s) for s in symbols]
     if not names:
         raise InputError("give at least one symbol", param="symbols")
-    if synthetic:
-        if start is None or end is None:
-            raise InputError("synthetic data needs both start and end", param="start")
-        made = {b.symbol: b for b in split_symbols(synthetic_bars(names, tf, start, end, seed))}
-        bars = [made.get(name) or empty_bars(name) for name in dict.fromkeys(names)]
-    else:
-        if store is None:
-            raise InputError("no store given; pass one or use synthetic data", param="store")
-        bars = load_bars(store, names, tf, start, end)
+    bars = _bars(store, list(dict.fromkeys(names)), tf, start, end, synthetic, seed)
     result = engine.run(bars, chosen, config, tf)
     if save and store is not None:
         request = {
@@ -84,8 +82,85 @@ def run_backtest(
     return result
 
 
+def run_portfolio_backtest(
+    store: Store | None,
+    strategy: str,
+    params: Mapping[str, object] | None = None,
+    *,
+    symbols: Sequence[str],
+    timeframe: str = "1d",
+    start: datetime | None = None,
+    end: datetime | None = None,
+    config: PortfolioConfig | None = None,
+    synthetic: bool = False,
+    seed: int = 7,
+    save: bool = True,
+) -> PortfolioResult:
+    """Run a portfolio strategy on stored (or synthetic) bars of several symbols with one
+    cash account; store the result unless ``save=False``."""
+    chosen = get_portfolio_strategy(strategy, params)
+    config = config or PortfolioConfig()
+    tf = str(Timeframe.parse(timeframe))
+    names = list(dict.fromkeys(normalize_symbol(s) for s in symbols))
+    if not names:
+        raise InputError("give at least one symbol", param="symbols")
+    bars = _bars(store, names, tf, start, end, synthetic, seed)
+    empty = [b.symbol for b in bars if len(b) == 0]
+    if empty:
+        raise InputError(
+            f"no {tf} bars of {', '.join(empty)} in the range; ingest them or drop the symbol",
+            param="symbols",
+        )
+    result = run_portfolio(bars, chosen, config, tf)
+    if save and store is not None:
+        request = {
+            "strategy": chosen.name,
+            "params": {k: str(v) for k, v in (params or {}).items()},
+            "symbols": names,
+            "timeframe": tf,
+            "start": _iso(start),
+            "end": _iso(end),
+            "source": "synthetic" if synthetic else "store",
+            "config": dict(vars(config)),
+        }
+        result.id = save_portfolio(store, request, result)
+    return result
+
+
+def _bars(
+    store: Store | None,
+    names: list[str],
+    tf: str,
+    start: datetime | None,
+    end: datetime | None,
+    synthetic: bool,
+    seed: int,
+) -> list[Any]:
+    if synthetic:
+        if start is None or end is None:
+            raise InputError("synthetic data needs both start and end", param="start")
+        made = {b.symbol: b for b in split_symbols(synthetic_bars(names, tf, start, end, seed))}
+        return [made.get(name) or empty_bars(name) for name in names]
+    if store is None:
+        raise InputError("no store given; pass one or use synthetic data", param="store")
+    return load_bars(store, names, tf, start, end)
+
+
 def save_result(store: Store, request: dict[str, Any], result: BacktestResult) -> str:
     """Store one backtest; return its id."""
+    return _save(store, request, result.stats, trade_columns(result.trades), equity_points(result))
+
+
+def save_portfolio(store: Store, request: dict[str, Any], result: PortfolioResult) -> str:
+    """Store one portfolio backtest (its fills as the trades); return its id."""
+    fills = {name: result.fills.column(name).to_pylist() for name in result.fills.column_names}
+    fills["ts"] = _iso_times(result.fills.column("ts"))
+    return _save(
+        store, {"kind": "portfolio", **request}, result.stats, fills, equity_points(result)
+    )
+
+
+def _save(store: Store, request: dict[str, Any], stats: Any, trades: Any, equity: Any) -> str:
     now = utcnow()
     row_id = uuid.uuid4().hex[:12]
     store.insert_row(
@@ -94,9 +169,9 @@ def save_result(store: Store, request: dict[str, Any], result: BacktestResult) -
             "id": row_id,
             "status": "succeeded",
             "params": _dumps(request),
-            "stats": _dumps(result.stats),
-            "trades": _dumps(trade_columns(result.trades)),
-            "equity": _dumps(equity_points(result)),
+            "stats": _dumps(stats),
+            "trades": _dumps(trades),
+            "equity": _dumps(equity),
             "error": None,
             "created_at": now,
             "finished_at": now,
@@ -194,7 +269,9 @@ def significant(values: np.ndarray[Any, Any], digits: int = 12) -> np.ndarray[An
     return np.where(np.isfinite(rounded), rounded, values)  # tiny (subnormal) values: as they are
 
 
-def equity_points(result: BacktestResult, limit: int = STORED_EQUITY_POINTS) -> list[list[Any]]:
+def equity_points(
+    result: BacktestResult | PortfolioResult, limit: int = STORED_EQUITY_POINTS
+) -> list[list[Any]]:
     """At most ``limit`` [time, equity] pairs keeping the shape (highs and lows) of the curve."""
     from marketlake.backtest.report import decimate
 

@@ -89,7 +89,7 @@ def compute_stats(
         )
         * 100,
     }
-    out.update(_risk(equity, initial_cash, years, ts))
+    out.update(risk_stats(equity, initial_cash, years, ts))
     out["exposure_pct"] = float(np.mean([r.held.mean() for r in runs])) * 100
     out.update(_trade_stats(done))
     out["fees"] = float(pc.sum(trades.column("fees")).as_py() or 0.0)
@@ -97,7 +97,7 @@ def compute_stats(
     return {key: _clean(out.get(key)) for key in STAT_LABELS}
 
 
-def _risk(equity: FloatArray, initial: float, years: float, ts: IntArray) -> dict[str, Any]:
+def risk_stats(equity: FloatArray, initial: float, years: float, ts: IntArray) -> dict[str, Any]:
     final = float(equity[-1])
     cagr = ((final / initial) ** (1 / years) - 1 if final > 0 else -1.0) if years > 0 else None
     # one scratch array serves as running peak, drawdown and returns in turn: on a

@@ -1,4 +1,4 @@
-"""``marketlake backtest run | sweep | strategies | show | list``.
+"""``marketlake backtest run | portfolio | sweep | strategies | show | list``.
 
 The backtest modules are imported inside the commands, so that other
 commands do not pay for them at start-up.
@@ -200,6 +200,155 @@ def run(
 
         write_report(result, report)
         err_console.print(f"report written to {report}", highlight=False)
+
+
+class RebalanceAt(StrEnum):
+    bar = "bar"
+    daily = "daily"
+    weekly = "weekly"
+    monthly = "monthly"
+    signal = "signal"
+
+
+@backtest_group.command("portfolio")
+def portfolio(
+    ctx: typer.Context,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            "-s",
+            help="equal_weight, inverse_volatility, momentum_top_n, fixed_mix, "
+            "or any signal strategy (each symbol gets 1/N).",
+        ),
+    ],
+    symbol: Symbols,
+    timeframe: TimeframeOpt = "1d",
+    start: Start = None,
+    end: End = None,
+    period: Period = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Strategy parameter NAME=VALUE (mix=SPY=0.6,TLT=0.4)."),
+    ] = None,
+    rebalance: Annotated[
+        RebalanceAt,
+        typer.Option(
+            help="When to rebalance: every bar, each day, week, month, "
+            "or when a target changes (signal)."
+        ),
+    ] = RebalanceAt.monthly,
+    drift_band: Annotated[
+        float | None,
+        typer.Option(help="Also rebalance when a weight strays more than this (0.05 = 5 points)."),
+    ] = None,
+    cash: Cash = 10_000.0,
+    commission: Commission = 0.0,
+    commission_fixed: CommissionFixed = 0.0,
+    slippage: Slippage = 0.0,
+    fill: Fill = FillAt.open,
+    fractional: Fractional = False,
+    allow_short: Short = False,
+    max_gross: Annotated[
+        float, typer.Option(help="Largest sum of absolute weights (1 = no leverage).")
+    ] = 1.0,
+    weights_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights-out", help="Write units and weights per bar and symbol (.csv or .parquet)."
+        ),
+    ] = None,
+    synthetic: Synthetic = False,
+    seed: Seed = 7,
+    no_save: NoSave = False,
+    as_json: AsJson = False,
+) -> None:
+    """Backtest a portfolio: several symbols, one cash account, target weights, rebalancing.
+
+    Example: `marketlake backtest portfolio -s momentum_top_n --symbol AAPL,MSFT,NVDA,SPY
+    -t 1d --start 2020-01-01 -p top=2 -p lookback=126 --rebalance monthly --commission 5`
+    """
+    from marketlake.backtest.portfolio import PortfolioConfig
+    from marketlake.backtest.runs import run_portfolio_backtest
+
+    st = state(ctx)
+    config = PortfolioConfig(
+        cash=cash,
+        rebalance=rebalance.value,
+        drift_band=drift_band,
+        fill=fill.value,
+        fractional=fractional,
+        allow_short=allow_short,
+        max_gross=max_gross,
+        commission_bps=commission,
+        commission_fixed=commission_fixed,
+        slippage_bps=slippage,
+    )
+    if weights_out is not None and weights_out.suffix not in (".csv", ".parquet"):
+        raise InputError("--weights-out must end in .csv or .parquet", param="weights_out")
+    begin, stop = _range(start, end, period, synthetic)
+    result = run_portfolio_backtest(
+        None if synthetic and no_save else st.store,
+        strategy,
+        parse_params(param),
+        symbols=_symbols(symbol),
+        timeframe=timeframe,
+        start=begin,
+        end=stop,
+        config=config,
+        synthetic=synthetic,
+        seed=seed,
+        save=not no_save,
+    )
+    if weights_out is not None:
+        _write_table(result.positions_table(), weights_out)
+    _print_portfolio(result, as_json=as_json)
+
+
+def _write_table(table: Any, path: Path) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if not path.parent.is_dir():
+        raise InputError(f"folder {path.parent} does not exist; create it first", param="output")
+    if path.suffix == ".parquet":
+        pq.write_table(table, path)
+    else:
+        pacsv.write_csv(table, path)
+    err_console.print(f"wrote {table.num_rows:,} rows to {path}", highlight=False)
+
+
+def _print_portfolio(result: Any, *, as_json: bool) -> None:
+    from marketlake.backtest.portfolio import PORTFOLIO_STAT_LABELS
+    from marketlake.backtest.stats import format_stat
+
+    final = dict(zip(result.symbols, result.weights()[-1].tolist(), strict=True))
+    if as_json:
+        emit_json(
+            {
+                "id": result.id,
+                "strategy": result.strategy.name,
+                "symbols": result.symbols,
+                "timeframe": result.timeframe,
+                "stats": result.stats,
+                "final_weights": final,
+                "fills": result.fills.num_rows,
+            }
+        )
+        return
+    rows = [
+        {"statistic": label, "value": format_stat(key, result.stats[key])}
+        for key, label in PORTFOLIO_STAT_LABELS.items()
+    ]
+    title = f"{result.strategy.label()} on {len(result.symbols)} symbols {result.timeframe}"
+    show_table(rows, ("statistic", "value"), title=title, numeric=("value",))
+    weights = [{"symbol": s, "final weight (%)": f"{w * 100:.2f}"} for s, w in final.items()]
+    show_table(weights, ("symbol", "final weight (%)"), numeric=("final weight (%)",))
+    if result.id:
+        console.print(
+            f"stored as backtest {result.id} (`marketlake backtest show {result.id}`)",
+            highlight=False,
+        )
 
 
 def print_result(result: BacktestResult, *, as_json: bool) -> None:
