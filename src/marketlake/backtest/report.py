@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from marketlake.backtest.data import FloatArray, IntArray
 from marketlake.backtest.engine import BacktestResult
 from marketlake.backtest.stats import STAT_LABELS, format_stat, iso_us
+
+if TYPE_CHECKING:
+    from marketlake.backtest.walkforward import WalkForwardResult
 
 WIDTH, LEFT, RIGHT, TOP, BOTTOM = 960, 78, 12, 26, 24
 MAX_POINTS = 3_000
@@ -256,3 +259,50 @@ def _number(value: float) -> str:
 
 def _e(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+def render_walk_forward_html(result: WalkForwardResult) -> str:
+    """The report of a walk-forward optimisation: stitched OOS equity, the windows with
+    their chosen parameters and IS vs OOS statistics, and the parameter-stability table."""
+    title = f"walk-forward {result.strategy}{' ' + result.timeframe if result.timeframe else ''}"
+    drawdown = (result.equity / np.maximum.accumulate(result.equity) - 1) * 100
+    windows = result.windows_table().to_pylist()
+    stability = result.stability()
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{_e(title)}</h1>",
+        f"<p>objective: <b>{_e(result.objective)}</b>; {len(result.windows)} windows; "
+        "every figure below the stitched curve is out of sample unless marked IS.</p>",
+        "<h2>Stitched out-of-sample statistics</h2><div class='stats'>",
+        *(
+            f"<div><span>{_e(str(key))}</span><b>{_e(_cell(value))}</b></div>"
+            for key, value in result.stats.items()
+        ),
+        "</div><h2>Out-of-sample equity</h2>",
+        chart(result.ts, result.equity, color="#2563eb", height=240),
+        "<h2>Drawdown (%)</h2>",
+        chart(result.ts, drawdown, color="#dc2626", height=140, fill=True),
+        "<h2>Windows</h2>",
+        _table(windows),
+        "<h2>Parameter stability</h2>",
+        _table(stability),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{_e(str(k))}</th>" for k in rows[0])
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_e(_cell(v))}</td>" for v in row.values()) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html(html: str, path: str | Path) -> Path:
+    """Write a rendered report; the folder must exist."""
+    target = Path(path)
+    target.write_text(html, encoding="utf-8")
+    return target

@@ -27,6 +27,7 @@ from marketlake.backtest.portfolio import (
     run_portfolio,
 )
 from marketlake.backtest.strategies import get_strategy
+from marketlake.backtest.walkforward import WalkForwardResult
 from marketlake.errors import InputError, NotFoundError
 from marketlake.schema import Timeframe, normalize_symbol, utcnow
 
@@ -160,6 +161,18 @@ def save_portfolio(store: Store, request: dict[str, Any], result: PortfolioResul
     )
 
 
+def save_walk_forward(store: Store, request: dict[str, Any], result: WalkForwardResult) -> str:
+    """Store a walk-forward run: stitched stats, the windows as its rows, the OOS equity."""
+    stats = {**result.stats, "stability": result.stability()}
+    return _save(
+        store,
+        {"kind": "walk-forward", **request},
+        stats,
+        result.windows_table().to_pydict(),
+        equity_points(result),
+    )
+
+
 def _save(store: Store, request: dict[str, Any], stats: Any, trades: Any, equity: Any) -> str:
     now = utcnow()
     row_id = uuid.uuid4().hex[:12]
@@ -270,7 +283,8 @@ def significant(values: np.ndarray[Any, Any], digits: int = 12) -> np.ndarray[An
 
 
 def equity_points(
-    result: BacktestResult | PortfolioResult, limit: int = STORED_EQUITY_POINTS
+    result: BacktestResult | PortfolioResult | WalkForwardResult,
+    limit: int = STORED_EQUITY_POINTS,
 ) -> list[list[Any]]:
     """At most ``limit`` [time, equity] pairs keeping the shape (highs and lows) of the curve."""
     from marketlake.backtest.report import decimate

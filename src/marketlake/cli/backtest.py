@@ -1,4 +1,4 @@
-"""``marketlake backtest run | portfolio | sweep | strategies | show | list``.
+"""``marketlake backtest run | portfolio | sweep | walk-forward | strategies | show | list``.
 
 The backtest modules are imported inside the commands, so that other
 commands do not pay for them at start-up.
@@ -469,6 +469,143 @@ def sweep(
     if output is not None:
         _write_rows(rows, output)
     _print_sweep(rows, list(grid), sort, top, result.id, len(result.skipped), as_json=as_json)
+
+
+class AnchorMode(StrEnum):
+    rolling = "rolling"
+    anchored = "anchored"
+
+
+@backtest_group.command("walk-forward")
+def walk_forward_cmd(
+    ctx: typer.Context,
+    strategy: Strategy,
+    symbol: Symbols,
+    param: Annotated[
+        list[str],
+        typer.Option("--param", "-p", help="NAME=START:STOP:STEP, NAME=V1,V2,… or NAME=VALUE."),
+    ],
+    timeframe: TimeframeOpt = "1d",
+    start: Start = None,
+    end: End = None,
+    period: Period = None,
+    windows: Annotated[int, typer.Option(help="Out-of-sample windows.")] = 5,
+    train_ratio: Annotated[
+        float, typer.Option(help="In-sample length as a multiple of the out-of-sample length.")
+    ] = 3.0,
+    anchor: Annotated[
+        AnchorMode, typer.Option(help="rolling: fixed-length in-sample; anchored: from the start.")
+    ] = AnchorMode.rolling,
+    objective: Annotated[
+        str, typer.Option(help="Statistic that picks each window's parameters.")
+    ] = "sharpe",
+    cash: Cash = 10_000.0,
+    commission: Commission = 0.0,
+    commission_fixed: CommissionFixed = 0.0,
+    slippage: Slippage = 0.0,
+    fill: Fill = FillAt.open,
+    sizing: Sizing = SizingMode.all_in,
+    size: Size = 1.0,
+    fractional: Fractional = False,
+    allow_short: Short = False,
+    stop_loss: StopLoss = None,
+    take_profit: TakeProfit = None,
+    synthetic: Synthetic = False,
+    seed: Seed = 7,
+    jobs: Annotated[int | None, typer.Option(help="Worker processes (default: all cores).")] = None,
+    report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report.")] = None,
+    no_save: NoSave = False,
+    as_json: AsJson = False,
+) -> None:
+    """Walk-forward optimisation: pick parameters in-sample, trade them out-of-sample.
+
+    Example: `marketlake backtest walk-forward -s sma_cross --symbol AAPL -t 1h
+    --start 2022-01-01 -p fast=5:30:5 -p slow=20:100:10 --windows 6 --objective sharpe
+    --report wf.html`
+    """
+    from marketlake.backtest.report import render_walk_forward_html, write_html
+    from marketlake.backtest.runs import save_walk_forward
+    from marketlake.backtest.sweep import parse_grid
+    from marketlake.backtest.walkforward import walk_forward
+
+    st = state(ctx)
+    config = _config(
+        cash,
+        commission,
+        commission_fixed,
+        slippage,
+        fill,
+        sizing,
+        size,
+        fractional,
+        allow_short,
+        stop_loss,
+        take_profit,
+    )
+    grid = parse_grid(strategy, param)
+    if report is not None and not report.parent.is_dir():
+        raise InputError(f"folder {report.parent} does not exist; create it first", param="report")
+    names = _symbols(symbol)
+    begin, stop = _range(start, end, period, synthetic)
+    bars = _load(st, names, timeframe, begin, stop, synthetic, seed)
+    result = _with_progress(
+        lambda progress: walk_forward(
+            bars,
+            strategy,
+            grid,
+            config,
+            windows=windows,
+            train_ratio=train_ratio,
+            anchor=anchor.value,
+            objective=objective,
+            jobs=jobs,
+            progress=progress,
+            timeframe=timeframe,
+        ),
+        quiet=as_json,
+    )
+    if not no_save:
+        request = {
+            "strategy": strategy,
+            "grid": grid,
+            "symbols": names,
+            "timeframe": timeframe,
+            "windows": windows,
+            "train_ratio": train_ratio,
+            "anchor": anchor.value,
+            "objective": objective,
+            "config": config.as_dict(),
+        }
+        result.id = save_walk_forward(st.store, request, result)
+    if report is not None:
+        write_html(render_walk_forward_html(result), report)
+        err_console.print(f"report written to {report}", highlight=False)
+    if as_json:
+        emit_json(
+            {
+                "id": result.id,
+                "strategy": strategy,
+                "objective": objective,
+                "stats": result.stats,
+                "windows": result.windows_table().to_pylist(),
+                "stability": result.stability(),
+            }
+        )
+        return
+    rows = result.windows_table().to_pylist()
+    show_table(rows, tuple(rows[0]), title=f"walk-forward {strategy}: windows (OOS unless is_)")
+    show_table(
+        [{k: v for k, v in s.items() if k != "chosen"} for s in result.stability()],
+        ("parameter", "distinct", "most_common", "share_pct", "spread"),
+        title="parameter stability",
+    )
+    stats = [{"statistic": k, "value": v} for k, v in result.stats.items()]
+    show_table(stats, ("statistic", "value"), title="stitched out-of-sample", numeric=("value",))
+    if result.id:
+        console.print(
+            f"stored as backtest {result.id} (`marketlake backtest show {result.id}`)",
+            highlight=False,
+        )
 
 
 def _load(
