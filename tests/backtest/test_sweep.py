@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from marketlake.backtest import BacktestConfig, get_strategy, run
@@ -115,3 +119,108 @@ def test_worker_processes_give_the_same_rows_as_one_process() -> None:
     here = run_sweep(bars, "sma_cross", grid, jobs=1)
     there = run_sweep(bars, "sma_cross", grid, jobs=2)
     assert there.rows == here.rows
+
+
+# -- streamed sweeps ------------------------------------------------------------------------
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _stream_bars() -> list[Any]:
+    from marketlake.backtest.data import Bars
+
+    rng = np.random.default_rng(9)
+    n = 3_000
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
+    ts = 1_704_067_200_000_000 + np.arange(n, dtype=np.int64) * 3_600_000_000
+    return [Bars("X", ts, close, close * 1.002, close * 0.998, close, np.ones(n))]
+
+
+def test_streamed_sweep_writes_every_row_and_equals_the_in_memory_one(tmp_path: Path) -> None:
+    from marketlake.backtest.sweep import run_sweep, stream_sweep
+
+    bars = _stream_bars()
+    grid = {"fast": [3, 5, 8, 13], "slow": [5, 21, 34]}
+    out = tmp_path / "rows.csv"
+    streamed = stream_sweep(
+        bars, "sma_cross", grid, BacktestConfig(fractional=True), output=out, keep=3, jobs=1
+    )
+    memory = run_sweep(bars, "sma_cross", grid, BacktestConfig(fractional=True), jobs=1)
+    rows = _read(out)
+    assert streamed.total == 12
+    assert streamed.skipped == len(memory.skipped) == 3  # fast >= slow
+    assert len(rows) == len(memory.rows) == 9
+    by_params = {(r["fast"], r["slow"]): r for r in memory.rows}
+    for row in rows:
+        ref = by_params[(int(row["fast"]), int(row["slow"]))]
+        assert float(row["final_equity"]) == pytest.approx(ref["final_equity"])
+    assert [r["combo"] for r in streamed.top] == [
+        r["combo"] for r in sorted(
+            ({**r, "combo": 3 * grid["fast"].index(r["fast"]) + grid["slow"].index(r["slow"])}
+             for r in memory.rows if r["sharpe"] is not None),
+            key=lambda r: -r["sharpe"],
+        )[:3]
+    ]  # fmt: skip
+
+
+def test_streamed_sweep_refuses_to_overwrite_and_resumes_what_is_missing(tmp_path: Path) -> None:
+    from marketlake.backtest.sweep import stream_sweep
+
+    bars = _stream_bars()
+    grid = {"fast": [3, 5, 8], "slow": [21, 34]}
+    out = tmp_path / "rows.csv"
+    stream_sweep(bars, "sma_cross", grid, output=out, jobs=1, resume=False)
+    full = out.read_text().splitlines()
+    # as if killed: the last two rows are lost and a third was cut mid-line
+    out.write_text("\n".join(full[:-3]) + "\n" + full[-3][:7])
+    with pytest.raises(InputError, match="add --resume"):
+        stream_sweep(bars, "sma_cross", grid, output=out, jobs=1)
+    again = stream_sweep(bars, "sma_cross", grid, output=out, jobs=1, resume=True)
+    assert again.resumed == 3
+    assert again.done == 6
+    rows = _read(out)
+    assert sorted(int(r["combo"]) for r in rows) == list(range(6))
+    with pytest.raises(InputError, match=r"writes \.csv"):
+        stream_sweep(bars, "sma_cross", grid, output=tmp_path / "x.parquet", jobs=1)
+
+
+@pytest.mark.slow
+def test_a_killed_streamed_sweep_resumes_to_the_same_rows(tmp_path: Path) -> None:
+    """SIGKILL a real `marketlake backtest sweep --output`, then --resume: every combination
+    appears once and the rows equal an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exe = str(Path(sys.executable).parent / "marketlake")
+    common = [
+        exe, "--store", f"duckdb:///{tmp_path}/ml.duckdb", "backtest", "sweep",
+        "-s", "sma_cross", "--symbol", "BTCUSDT", "-t", "1h", "--synthetic",
+        "--start", "2023-01-01", "--end", "2024-01-01", "--fractional",
+        "-p", "fast=2:40:1", "-p", "slow=45:60:1", "--jobs", "2", "--no-save", "--json",
+    ]  # fmt: skip
+    out = tmp_path / "killed.csv"
+    proc = subprocess.Popen([*common, "-o", str(out)], stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = out.read_text().count("\n") - 1
+    assert 0 < before < 39 * 16
+    done = subprocess.run([*common, "-o", str(out), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    whole = tmp_path / "whole.csv"
+    ref = subprocess.run([*common, "-o", str(whole)], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    got = {r["combo"]: r for r in _read(out)}
+    expected = {r["combo"]: r for r in _read(whole)}
+    assert len(got) == len(expected) == 39 * 16
+    assert len(_read(out)) == len(got)  # no combination twice
+    for combo, row in expected.items():
+        assert got[combo]["final_equity"] == row["final_equity"]

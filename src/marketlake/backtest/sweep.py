@@ -4,18 +4,31 @@ Worker processes are started with ``spawn`` (forking a process that already
 runs Polars' and DuckDB's thread pools can deadlock) and receive the bars
 once; each worker keeps its indicator cache, so a moving average shared by
 many combinations is computed once per worker.
+
+:func:`run_sweep` keeps every row in memory (up to :data:`MAX_COMBINATIONS`).
+:func:`stream_sweep` writes each row to a CSV file as its chunk finishes and keeps
+only the best rows in memory, so memory stays flat in the number of combinations
+(up to :data:`MAX_STREAMED`); the combinations are generated lazily, at most a
+few chunks are in flight, and a stopped sweep resumes from the rows in its file
+(each row carries its ``combo`` number in the grid's order).
 """
 
 from __future__ import annotations
 
+import csv
+import heapq
 import itertools
 import os
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 from marketlake.backtest import engine
 from marketlake.backtest.data import Bars
@@ -25,6 +38,8 @@ from marketlake.backtest.strategies import Parameter, Scalar, coerce, get_strate
 from marketlake.errors import InputError
 
 MAX_COMBINATIONS = 100_000
+MAX_STREAMED = 50_000_000
+CHUNK = 64
 Progress = Callable[[int, int], None]
 
 
@@ -37,7 +52,9 @@ class SweepResult:
     id: str | None = None
 
 
-def parse_grid(strategy: str, specs: Sequence[str]) -> dict[str, list[Scalar]]:
+def parse_grid(
+    strategy: str, specs: Sequence[str], limit: int | None = None
+) -> dict[str, list[Scalar]]:
     """``["fast=5:50:5", "slow=20,50,100", "k=2"]`` as ``{name: [values...]}``.
 
     ``a:b:step`` is an inclusive range; ``a,b,c`` a list; one value a constant.
@@ -60,20 +77,26 @@ def parse_grid(strategy: str, specs: Sequence[str]) -> dict[str, list[Scalar]]:
                 f"unknown parameter {name!r} for strategy {cls.name}; valid parameters: {valid}",
                 param=name,
             )
-        grid[name] = _values(known[name], text.strip())
+        grid[name] = _values(known[name], text.strip(), limit or MAX_COMBINATIONS)
     total = 1
     for values in grid.values():
         total *= len(values)
-    if total > MAX_COMBINATIONS:
+    limit = limit or MAX_COMBINATIONS
+    if total > limit:
+        hint = (
+            f" (write them to a file with --output FILE.csv to allow up to {MAX_STREAMED:,})"
+            if limit < MAX_STREAMED
+            else ""
+        )
         raise InputError(
-            f"the grid has {total:,} combinations; at most {MAX_COMBINATIONS:,} "
-            "are allowed — use coarser steps",
+            f"the grid has {total:,} combinations; at most {limit:,} "
+            f"are allowed — use coarser steps{hint}",
             param="param",
         )
     return grid
 
 
-def _values(spec: Parameter, text: str) -> list[Scalar]:
+def _values(spec: Parameter, text: str, limit: int) -> list[Scalar]:
     if ":" not in text:
         return [coerce(spec, part) for part in text.split(",")]
     parts = text.split(":")
@@ -90,7 +113,7 @@ def _values(spec: Parameter, text: str) -> list[Scalar]:
             f"--param {spec.name}={text}: need STEP > 0 and STOP >= START", param=spec.name
         )
     count = int((stop - start) / step) + 1
-    if count > MAX_COMBINATIONS:
+    if count > limit:
         raise InputError(
             f"--param {spec.name}={text} has {count:,} values; use a coarser step", param=spec.name
         )
@@ -189,3 +212,201 @@ def _init(bars: list[Bars]) -> None:
 
 def _work(strategy: str, params: dict[str, Scalar], config: BacktestConfig) -> dict[str, Any]:
     return _one(_WORKER_BARS, strategy, params, config)
+
+
+# -- streamed sweeps ---------------------------------------------------------------------
+
+
+@dataclass
+class StreamedSweep:
+    """What a streamed sweep leaves in memory: the best rows and counts."""
+
+    top: list[dict[str, Any]]
+    total: int
+    done: int
+    resumed: int
+    skipped: int
+    first_problem: str | None
+    path: Path
+    id: str | None = None
+
+
+@dataclass
+class _Tally:
+    done: int
+    skipped: int = 0
+    problem: str | None = None
+
+
+def grid_size(grid: Mapping[str, Sequence[Scalar]]) -> int:
+    total = 1
+    for values in grid.values():
+        total *= len(values)
+    return total
+
+
+def _combo(grid: Mapping[str, Sequence[Scalar]], index: int) -> dict[str, Scalar]:
+    """The ``index``-th combination in ``itertools.product`` order, without building the rest."""
+    out: dict[str, Scalar] = {}
+    for name in reversed(list(grid)):
+        values = grid[name]
+        index, i = divmod(index, len(values))
+        out[name] = values[i]
+    return dict(reversed(list(out.items())))
+
+
+def _done_combos(path: Path, total: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Which combinations a previous run of this sweep wrote to ``path`` (a cut last line,
+    from a run that was killed mid-write, is dropped from the file first)."""
+    done = np.zeros(total, dtype=bool)
+    if not path.exists() or path.stat().st_size == 0:
+        return done
+    with path.open("rb+") as handle:
+        data = handle.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            handle.truncate(end)
+    if end == 0:
+        return done
+    import pyarrow.csv as pacsv
+
+    try:
+        table = pacsv.read_csv(
+            path, convert_options=pacsv.ConvertOptions(include_columns=["combo"])
+        )
+    except (pa.ArrowInvalid, KeyError) as exc:
+        raise InputError(
+            f"--resume: {path} is not the output of a sweep ({exc}); give a new --output",
+            param="output",
+        ) from None
+    combos = table.column("combo").to_numpy()
+    if len(combos) and (combos.max() >= total or combos.min() < 0):
+        raise InputError(
+            f"--resume: {path} holds combinations of another grid; give a new --output",
+            param="output",
+        )
+    done[combos] = True
+    return done
+
+
+def stream_sweep(
+    bars: Sequence[Bars],
+    strategy: str,
+    grid: Mapping[str, Sequence[Scalar]],
+    config: BacktestConfig | None = None,
+    *,
+    output: Path,
+    sort: str = "sharpe",
+    keep: int = 1000,
+    resume: bool = False,
+    jobs: int | None = None,
+    progress: Progress | None = None,
+) -> StreamedSweep:
+    """Backtest every combination of ``grid``, writing each row to the CSV ``output`` as it
+    finishes; memory holds the ``keep`` best rows by ``sort`` and a bitmap of done combos."""
+    get_strategy(strategy)
+    sort_rows([], sort)
+    config = config or BacktestConfig()
+    if output.suffix.lower() != ".csv":
+        raise InputError(
+            f"--output {output}: a streamed sweep writes .csv (rows are appended as they "
+            "finish, so it can resume)",
+            param="output",
+        )
+    if not output.parent.is_dir():
+        raise InputError(f"folder {output.parent} does not exist; create it first", param="output")
+    if output.exists() and not resume:
+        raise InputError(
+            f"{output} exists; add --resume to continue that sweep or choose another file",
+            param="output",
+        )
+    total = grid_size(grid)
+    done = _done_combos(output, total) if resume else np.zeros(total, dtype=bool)
+    resumed = int(done.sum())
+    names = ["combo", *grid, *STAT_LABELS]
+    todo = (i for i in range(total) if not done[i])
+    best: list[tuple[float, int, dict[str, Any]]] = []
+    state = _Tally(resumed)
+    fresh = not output.exists() or output.stat().st_size == 0
+
+    def take(rows: list[dict[str, Any]], writer: Any, handle: Any) -> None:
+        for row in rows:
+            if "reason" in row:
+                state.skipped += 1
+                state.problem = state.problem or row["reason"]
+                continue
+            writer.writerow([_csv_value(row.get(k)) for k in names])
+            value = row.get(sort)
+            if value is not None:
+                item = (float(value), int(row["combo"]), row)
+                if len(best) < keep:
+                    heapq.heappush(best, item)
+                elif item[0] > best[0][0]:
+                    heapq.heapreplace(best, item)
+        handle.flush()
+        state.done += len(rows)
+        if progress:
+            progress(state.done, total)
+
+    with output.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if fresh:
+            writer.writerow(names)
+        workers = max(1, min(jobs or os.cpu_count() or 1, total))
+        chunks = _chunks(todo, grid)
+        if workers == 1:
+            for chunk in chunks:
+                take([_one_row(bars, strategy, i, p, config) for i, p in chunk], writer, handle)
+        else:
+            with ProcessPoolExecutor(
+                workers, mp_context=get_context("spawn"), initializer=_init, initargs=(list(bars),)
+            ) as pool:
+                running: set[Future[list[dict[str, Any]]]] = set()
+                for chunk in chunks:
+                    running.add(pool.submit(_work_chunk, strategy, chunk, config))
+                    if len(running) >= 2 * workers:
+                        finished, running = wait(running, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            take(future.result(), writer, handle)
+                for future in as_completed(running):
+                    take(future.result(), writer, handle)
+    top = [row for _, _, row in sorted(best, key=lambda item: (-item[0], item[1]))]
+    return StreamedSweep(
+        top,
+        total,
+        state.done,
+        resumed,
+        state.skipped,
+        state.problem,
+        output,
+    )
+
+
+def _chunks(
+    todo: Iterator[int], grid: Mapping[str, Sequence[Scalar]]
+) -> Iterator[list[tuple[int, dict[str, Scalar]]]]:
+    while True:
+        chunk = [(i, _combo(grid, i)) for i in itertools.islice(todo, CHUNK)]
+        if not chunk:
+            return
+        yield chunk
+
+
+def _one_row(
+    bars: Sequence[Bars],
+    strategy: str,
+    index: int,
+    params: dict[str, Scalar],
+    config: BacktestConfig,
+) -> dict[str, Any]:
+    return {"combo": index, **_one(bars, strategy, params, config)}
+
+
+def _work_chunk(
+    strategy: str, chunk: list[tuple[int, dict[str, Scalar]]], config: BacktestConfig
+) -> list[dict[str, Any]]:
+    return [_one_row(_WORKER_BARS, strategy, i, p, config) for i, p in chunk]
+
+
+def _csv_value(value: Any) -> Any:
+    return "" if value is None else value

@@ -25,9 +25,13 @@ parameter that is only good out of sample and checks it is never chosen).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -38,7 +42,7 @@ from marketlake.backtest.data import Bars, FloatArray, IntArray
 from marketlake.backtest.engine import BacktestConfig
 from marketlake.backtest.stats import US_PER_DAY, US_PER_YEAR, iso_us, risk_stats
 from marketlake.backtest.strategies import Scalar, Strategy, get_strategy
-from marketlake.backtest.sweep import Progress, run_sweep, sort_rows
+from marketlake.backtest.sweep import Progress, _one, combinations, sort_rows
 from marketlake.errors import InputError
 
 Anchor = Literal["rolling", "anchored"]
@@ -215,9 +219,50 @@ def walk_forward(
     line = _timeline(bars)
     steps = make_windows(len(line), windows, train_ratio, anchor)
     end_us = int(line[-1]) + 1
+    cash = config.cash
+    todo, _ = combinations(strategy, grid)
+    if not todo:
+        raise InputError("no valid parameter combination in the grid", param="param")
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(todo)))
+    with contextlib.ExitStack() as stack:
+        pool = None
+        if workers > 1:
+            # one pool for every window: the workers get the bars once and slice them
+            pool = stack.enter_context(
+                ProcessPoolExecutor(
+                    workers,
+                    mp_context=get_context("spawn"),
+                    initializer=_init_bars,
+                    initargs=(list(bars),),
+                )
+            )
+        results, curves = _windows(
+            pool, bars, steps, line, end_us, strategy, grid, todo, config, cash, progress,
+            timeframe, objective,
+        )  # fmt: skip
+    ts = np.concatenate([c[0] for c in curves])
+    equity = np.concatenate([c[1] for c in curves])
+    stats = _stitched_stats(ts, equity, config.cash, results)
+    return WalkForwardResult(strategy, objective, results, ts, equity, stats, config, timeframe)
+
+
+def _windows(
+    pool: ProcessPoolExecutor | None,
+    bars: Sequence[Bars],
+    steps: list[Window],
+    line: IntArray,
+    end_us: int,
+    strategy: str,
+    grid: Mapping[str, Sequence[Scalar]],
+    todo: list[dict[str, Scalar]],
+    config: BacktestConfig,
+    cash: float,
+    progress: Progress | None,
+    timeframe: str,
+    objective: str,
+) -> tuple[list[WindowResult], list[tuple[IntArray, FloatArray]]]:
     results: list[WindowResult] = []
     curves: list[tuple[IntArray, FloatArray]] = []
-    cash = config.cash
     total = len(steps)
     for done, step in enumerate(steps):
         lo, split = int(line[step.is_start]), int(line[step.is_end])
@@ -226,8 +271,12 @@ def walk_forward(
         in_sample = [b for b in in_sample if len(b)]
         if not in_sample:
             raise InputError(f"window {step.index} has no in-sample bars", param="windows")
-        sweep = run_sweep(in_sample, strategy, grid, config, jobs=jobs)
-        best = sort_rows(sweep.rows, objective)[0]
+        rows = _sweep(pool, bars, in_sample, (lo, split), strategy, todo, config)
+        if not rows:
+            raise InputError(
+                f"window {step.index}: every combination failed in-sample", param="param"
+            )
+        best = sort_rows(rows, objective)[0]
         params = {k: best[k] for k in grid}
         chosen = get_strategy(strategy, params)
         history = {b.symbol: _slice(b, lo, hi) for b in bars}
@@ -250,10 +299,52 @@ def walk_forward(
         )
         if progress:
             progress(done + 1, total)
-    ts = np.concatenate([c[0] for c in curves])
-    equity = np.concatenate([c[1] for c in curves])
-    stats = _stitched_stats(ts, equity, config.cash, results)
-    return WalkForwardResult(strategy, objective, results, ts, equity, stats, config, timeframe)
+    return results, curves
+
+
+_BARS: list[Bars] = []
+_SLICES: dict[tuple[int, int], list[Bars]] = {}
+
+
+def _init_bars(bars: list[Bars]) -> None:
+    _BARS[:] = bars
+
+
+def _in_sample(span: tuple[int, int]) -> list[Bars]:
+    """The in-sample slice of the worker's bars (kept while its window is being swept, so
+    each indicator is computed once per window and worker)."""
+    if span not in _SLICES:
+        _SLICES.clear()
+        sliced = [_slice(b, *span) for b in _BARS]
+        _SLICES[span] = [b for b in sliced if len(b)]
+    return _SLICES[span]
+
+
+def _sweep_part(
+    span: tuple[int, int], strategy: str, part: list[dict[str, Scalar]], config: BacktestConfig
+) -> list[dict[str, Any]]:
+    bars = _in_sample(span)
+    return [_one(bars, strategy, params, config) for params in part]
+
+
+def _sweep(
+    pool: ProcessPoolExecutor | None,
+    bars: Sequence[Bars],
+    in_sample: list[Bars],
+    span: tuple[int, int],
+    strategy: str,
+    todo: list[dict[str, Scalar]],
+    config: BacktestConfig,
+) -> list[dict[str, Any]]:
+    """Every combination of ``todo`` on the in-sample bars; the rows that ran."""
+    if pool is None:
+        rows = [_one(in_sample, strategy, params, config) for params in todo]
+    else:
+        size = max(1, len(todo) // 16)
+        parts = [todo[i : i + size] for i in range(0, len(todo), size)]
+        futures = [pool.submit(_sweep_part, span, strategy, part, config) for part in parts]
+        rows = [row for future in futures for row in future.result()]
+    return [row for row in rows if "reason" not in row]
 
 
 def _stitched_stats(

@@ -415,9 +415,18 @@ def sweep(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Also write every row to a .csv, .json or .parquet file."
+            "--output",
+            "-o",
+            help="Also write every row to a .csv, .json or .parquet file. A .csv is written "
+            "as rows finish, with memory flat in the grid's size (up to 50M combinations).",
         ),
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue a stopped sweep from the rows in its --output .csv."
+        ),
+    ] = False,
     no_save: NoSave = False,
     as_json: AsJson = False,
 ) -> None:
@@ -425,9 +434,17 @@ def sweep(
 
     Example: `marketlake backtest sweep -s sma_cross --symbol AAPL -t 1h --start 2024-01-02
     --param fast=5:50:5 --param slow=20:200:10 --sort sharpe`
+
+    Large grids: `--output sweep.csv` streams rows to the file as they finish and keeps only
+    the best 1,000 in memory; after Ctrl-C or a crash, the same command with `--resume`
+    runs only the combinations not yet in the file.
     """
     from marketlake.backtest.runs import save_sweep
-    from marketlake.backtest.sweep import parse_grid, run_sweep, sort_rows
+    from marketlake.backtest.sweep import MAX_STREAMED, parse_grid, run_sweep, sort_rows
+
+    streamed = output is not None and output.suffix.lower() == ".csv"
+    if resume and not streamed:
+        raise InputError("--resume needs --output FILE.csv (the file of the stopped sweep)")
 
     st = state(ctx)
     config = _config(
@@ -443,11 +460,20 @@ def sweep(
         stop_loss,
         take_profit,
     )
-    grid = parse_grid(strategy, param)
+    grid = parse_grid(strategy, param, limit=MAX_STREAMED if streamed else None)
     sort_rows([], sort)  # an unknown --sort fails before the work
     names = _symbols(symbol)
     begin, stop = _range(start, end, period, synthetic)
     bars = _load(st, names, timeframe, begin, stop, synthetic, seed)
+    if streamed:
+        assert output is not None
+        _stream_sweep(st, bars, strategy, grid, config, output, resume, jobs, sort, top,
+                      no_save=no_save, as_json=as_json,
+                      request={"strategy": strategy, "grid": grid, "symbols": names,
+                               "timeframe": timeframe, "start": begin, "end": stop,
+                               "config": config.as_dict(), "sort": sort,
+                               "source": "synthetic" if synthetic else "store"})  # fmt: skip
+        return
     result = _with_progress(
         lambda progress: run_sweep(bars, strategy, grid, config, jobs=jobs, progress=progress),
         quiet=as_json,
@@ -606,6 +632,46 @@ def walk_forward_cmd(
             f"stored as backtest {result.id} (`marketlake backtest show {result.id}`)",
             highlight=False,
         )
+
+
+def _stream_sweep(
+    st: State,
+    bars: list[Bars],
+    strategy: str,
+    grid: dict[str, Any],
+    config: BacktestConfig,
+    output: Path,
+    resume: bool,
+    jobs: int | None,
+    sort: str,
+    top: int,
+    *,
+    no_save: bool,
+    as_json: bool,
+    request: dict[str, Any],
+) -> None:
+    from marketlake.backtest.runs import save_sweep
+    from marketlake.backtest.sweep import stream_sweep
+
+    result = _with_progress(
+        lambda progress: stream_sweep(
+            bars, strategy, grid, config, output=output, sort=sort, resume=resume, jobs=jobs,
+            progress=progress,
+        ),
+        quiet=as_json,
+    )  # fmt: skip
+    if not result.top:
+        raise InputError(f"every combination failed, e.g. {result.first_problem}", param="param")
+    if not no_save:
+        # the store keeps the best rows; the file has them all
+        result.id = save_sweep(st.store, {**request, "output": str(output)}, result.top)
+    err_console.print(
+        f"{result.done - result.resumed:,} combinations run"
+        + (f", {result.resumed:,} already in the file" if result.resumed else "")
+        + f"; every row is in {output}",
+        highlight=False,
+    )
+    _print_sweep(result.top, list(grid), sort, top, result.id, result.skipped, as_json=as_json)
 
 
 def _load(
