@@ -35,17 +35,16 @@ def _bars(n: int) -> Bars:
     return Bars("BTCUSDT", ts, open_, high, low, close, np.full(n, 5.0))
 
 
-def _backtesting_py(bars: Bars, windows_bars: int, combos: int) -> float | None:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from backtesting import Backtest, Strategy
-            from backtesting.lib import crossover
-            from backtesting.test import SMA
-    except ImportError:
-        return None
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from backtesting import Backtest, Strategy
+        from backtesting.lib import crossover
+        from backtesting.test import SMA
 
-    class SmaCross(Strategy):  # type: ignore[misc]
+    class BtSmaCross(Strategy):  # type: ignore[misc]
+        """Module level: backtesting.py's optimize pickles the class to its workers."""
+
         fast = 10
         slow = 50
 
@@ -61,6 +60,13 @@ def _backtesting_py(bars: Bars, windows_bars: int, combos: int) -> float | None:
                 self.position.close()
                 self.sell()
 
+except ImportError:  # pragma: no cover - a dev dependency
+    BtSmaCross = None
+
+
+def _backtesting_py(bars: Bars, windows_bars: int, combos: int) -> float | None:
+    if BtSmaCross is None:
+        return None
     frame = pd.DataFrame(
         {"Open": bars.open, "High": bars.high, "Low": bars.low, "Close": bars.close,
          "Volume": bars.volume},
@@ -70,7 +76,7 @@ def _backtesting_py(bars: Bars, windows_bars: int, combos: int) -> float | None:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        Backtest(frame, SmaCross, cash=1e9, finalize_trades=True).optimize(
+        Backtest(frame, BtSmaCross, cash=1e9, finalize_trades=True).optimize(
             fast=GRID["fast"][:side], slow=GRID["slow"][:side], maximize="Sharpe Ratio"
         )
     return time.perf_counter() - start

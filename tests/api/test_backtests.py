@@ -104,3 +104,83 @@ async def test_an_unknown_backtest_is_404(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/backtests/nope")
     assert r.status_code == 404
     assert "unknown backtest 'nope'" in r.json()["detail"]
+
+
+PORTFOLIO = {
+    "kind": "portfolio",
+    "strategy": "equal_weight",
+    "symbols": ["BTCUSDT", "ETHUSDT", "SOLUSDT"],
+    "timeframe": "1d",
+    "start": "2024-01-01",
+    "end": "2024-07-01",
+    "synthetic": True,
+    "fractional": True,
+    "rebalance": "weekly",
+}
+
+
+async def test_post_runs_a_portfolio_on_one_cash_account(
+    client: httpx.AsyncClient, keys: dict[str, str], seeded: Store
+) -> None:
+    r = await client.post("/api/v1/backtests", json=PORTFOLIO, headers=bearer(keys["write"]))
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["request"]["kind"] == "portfolio"
+    assert created["stats"]["symbols"] == 3
+    assert created["stats"]["turnover_pct"] is not None
+    fills = created["trades"]
+    assert {f["symbol"] for f in fills} == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+    # the first rebalance spends the cash in three equal parts
+    first = [f for f in fills if f["ts"] == fills[0]["ts"]]
+    assert [round(f["value"]) for f in first] == [3333, 3333, 3333]
+    assert created == (await client.get(f"/api/v1/backtests/{created['id']}")).json()
+
+
+async def test_post_runs_a_walk_forward(client: httpx.AsyncClient, keys: dict[str, str]) -> None:
+    body = {
+        "kind": "walk_forward",
+        "strategy": "sma_cross",
+        "grid": {"fast": [5, 10], "slow": [20, 40]},
+        "windows": 3,
+        "symbols": ["BTCUSDT"],
+        "timeframe": "1h",
+        "start": "2024-01-01",
+        "end": "2024-03-01",
+        "synthetic": True,
+        "fractional": True,
+    }
+    r = await client.post("/api/v1/backtests", json=body, headers=bearer(keys["write"]))
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["request"]["kind"] == "walk_forward"
+    assert created["stats"]["windows"] == 3
+    assert len(created["trades"]) == 3  # one row per window
+    assert {s["parameter"] for s in created["stats"]["stability"]} == {"fast", "slow"}
+
+
+async def test_portfolio_and_walk_forward_input_mistakes_are_422(
+    client: httpx.AsyncClient, keys: dict[str, str]
+) -> None:
+    auth = bearer(keys["write"])
+    cases = [
+        ({**PORTFOLIO, "stop_loss_pct": 5}, "do not apply to a portfolio"),
+        ({**PORTFOLIO, "rebalance": "hourly"}, "rebalance"),
+        ({**PORTFOLIO, "strategy": "nope"}, "unknown strategy"),
+        ({**PORTFOLIO, "kind": "walk_forward", "strategy": "sma_cross"}, "needs a grid"),
+        (
+            {**PORTFOLIO, "kind": "walk_forward", "strategy": "sma_cross",
+             "grid": {"fast": list(range(1, 40)), "slow": list(range(50, 90))}},
+            "at most 1000",
+        ),
+        (
+            {**PORTFOLIO, "kind": "walk_forward", "strategy": "sma_cross",
+             "grid": {"fats": [5]}},
+            "unknown parameter 'fats'",
+        ),
+    ]  # fmt: skip
+    for body, message in cases:
+        r = await client.post("/api/v1/backtests", json=body, headers=auth)
+        assert r.status_code == 422, (body, r.text)
+        assert message in r.text, r.text
+    r = await client.post("/api/v1/backtests", json=PORTFOLIO, headers=bearer(keys["read"]))
+    assert r.status_code == 403

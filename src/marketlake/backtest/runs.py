@@ -65,7 +65,7 @@ def run_backtest(
     names = [normalize_symbol(s) for s in symbols]
     if not names:
         raise InputError("give at least one symbol", param="symbols")
-    bars = _bars(store, list(dict.fromkeys(names)), tf, start, end, synthetic, seed)
+    bars = load_for_backtest(store, list(dict.fromkeys(names)), tf, start, end, synthetic, seed)
     result = engine.run(bars, chosen, config, tf)
     if save and store is not None:
         request = {
@@ -105,7 +105,7 @@ def run_portfolio_backtest(
     names = list(dict.fromkeys(normalize_symbol(s) for s in symbols))
     if not names:
         raise InputError("give at least one symbol", param="symbols")
-    bars = _bars(store, names, tf, start, end, synthetic, seed)
+    bars = load_for_backtest(store, names, tf, start, end, synthetic, seed)
     empty = [b.symbol for b in bars if len(b) == 0]
     if empty:
         raise InputError(
@@ -128,7 +128,7 @@ def run_portfolio_backtest(
     return result
 
 
-def _bars(
+def load_for_backtest(
     store: Store | None,
     names: list[str],
     tf: str,
@@ -166,7 +166,7 @@ def save_walk_forward(store: Store, request: dict[str, Any], result: WalkForward
     stats = {**result.stats, "stability": result.stability()}
     return _save(
         store,
-        {"kind": "walk-forward", **request},
+        {"kind": "walk_forward", **request},
         stats,
         result.windows_table().to_pydict(),
         equity_points(result),

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from marketlake.api.deps import ReadAccess, StoreDep, WriteAccess, in_thread
 from marketlake.api.errors import problem_responses
@@ -44,9 +44,15 @@ class BacktestRequest(BaseModel):
         },
     )
 
+    kind: Literal["run", "portfolio", "walk_forward"] = Field(
+        "run",
+        description="run: each symbol on its share of the cash; portfolio: one cash account "
+        "and target weights; walk_forward: choose parameters in-sample, trade out-of-sample",
+    )
     strategy: str = Field(
         examples=["sma_cross"],
-        description="sma_cross, rsi_reversion, bollinger_breakout or buy_and_hold",
+        description="sma_cross, rsi_reversion, bollinger_breakout or buy_and_hold; for a "
+        "portfolio also equal_weight, inverse_volatility, momentum_top_n or fixed_mix",
     )
     params: dict[str, int | float | bool | str] = Field(
         default_factory=dict, examples=[{"fast": 10, "slow": 30}]
@@ -67,6 +73,44 @@ class BacktestRequest(BaseModel):
     size: float = Field(1.0, gt=0, description="The fraction or the units of the sizing")
     stop_loss_pct: float | None = Field(None, gt=0, lt=100)
     take_profit_pct: float | None = Field(None, gt=0)
+    rebalance: Literal["bar", "daily", "weekly", "monthly", "signal"] = Field(
+        "monthly", description="Portfolio: when to rebalance"
+    )
+    drift_band: float | None = Field(
+        None, gt=0, lt=1, description="Portfolio: also rebalance past this weight drift"
+    )
+    max_gross: float = Field(1.0, gt=0, description="Portfolio: largest sum of |weights|")
+    grid: dict[str, list[int | float | bool]] = Field(
+        default_factory=dict,
+        examples=[{"fast": [5, 10, 20], "slow": [30, 50]}],
+        description="Walk-forward: the values to try per parameter",
+    )
+    windows: int = Field(5, ge=1, le=50, description="Walk-forward: out-of-sample windows")
+    train_ratio: float = Field(3.0, gt=0, le=20, description="Walk-forward: IS / OOS length")
+    anchor: Literal["rolling", "anchored"] = "rolling"
+    objective: str = Field("sharpe", description="Walk-forward: statistic to choose by")
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> BacktestRequest:
+        if self.kind == "walk_forward":
+            if not self.grid:
+                raise ValueError("a walk_forward needs a grid of parameter values")
+            combos = 1
+            for values in self.grid.values():
+                combos *= max(len(values), 1)
+            if combos > MAX_API_GRID:
+                raise ValueError(
+                    f"the grid has {combos} combinations; the API runs at most {MAX_API_GRID} "
+                    "(use `marketlake backtest walk-forward` for more)"
+                )
+        if self.kind == "portfolio" and (
+            self.sizing != "all_in" or self.stop_loss_pct or self.take_profit_pct
+        ):
+            raise ValueError(
+                "sizing, stop_loss_pct and take_profit_pct do not apply to a portfolio "
+                "(weights size its positions)"
+            )
+        return self
 
 
 class BacktestOut(BaseModel):
@@ -83,15 +127,23 @@ class BacktestOut(BaseModel):
     finished_at: datetime | None = None
 
 
+MAX_API_GRID = 1_000
+_NOT_RULES = {"kind", "strategy", "params", "symbols", "timeframe", "start", "end", "synthetic"}
+_PORTFOLIO = {"rebalance", "drift_band", "max_gross"}
+_WALK = {"grid", "windows", "train_ratio", "anchor", "objective"}
+
+
 def _run(store: Store, body: BacktestRequest) -> str:
     from marketlake.backtest import BacktestConfig, run_backtest
 
     start = parse_time(body.start, param="start") if body.start else None
     end = parse_time(body.end, param="end") if body.end else None
     check_range(start, end)
-    rules = body.model_dump(
-        exclude={"strategy", "params", "symbols", "timeframe", "start", "end", "synthetic"}
-    )
+    if body.kind == "portfolio":
+        return _portfolio(store, body, start, end)
+    if body.kind == "walk_forward":
+        return _walk_forward(store, body, start, end)
+    rules = body.model_dump(exclude=_NOT_RULES | _PORTFOLIO | _WALK)
     result = run_backtest(
         store,
         body.strategy,
@@ -105,6 +157,74 @@ def _run(store: Store, body: BacktestRequest) -> str:
     )
     assert result.id is not None
     return result.id
+
+
+def _portfolio(store: Store, body: BacktestRequest, start: Any, end: Any) -> str:
+    from marketlake.backtest.portfolio import PortfolioConfig
+    from marketlake.backtest.runs import run_portfolio_backtest
+
+    config = PortfolioConfig(
+        cash=body.cash,
+        rebalance=body.rebalance,
+        drift_band=body.drift_band,
+        fill=body.fill,
+        fractional=body.fractional,
+        allow_short=body.allow_short,
+        max_gross=body.max_gross,
+        commission_bps=body.commission_bps,
+        commission_fixed=body.commission_fixed,
+        slippage_bps=body.slippage_bps,
+    )
+    result = run_portfolio_backtest(
+        store,
+        body.strategy,
+        body.params,
+        symbols=body.symbols,
+        timeframe=body.timeframe,
+        start=start,
+        end=end,
+        config=config,
+        synthetic=body.synthetic,
+    )
+    assert result.id is not None
+    return result.id
+
+
+def _walk_forward(store: Store, body: BacktestRequest, start: Any, end: Any) -> str:
+    from marketlake.backtest import BacktestConfig
+    from marketlake.backtest.runs import load_for_backtest, save_walk_forward
+    from marketlake.backtest.strategies import coerce, get_strategy
+    from marketlake.backtest.walkforward import walk_forward
+    from marketlake.errors import InputError
+    from marketlake.schema import Timeframe, normalize_symbol
+
+    known = {p.name: p for p in get_strategy(body.strategy).parameters()}
+    unknown = sorted(set(body.grid) - set(known))
+    if unknown:
+        raise InputError(
+            f"unknown parameter {unknown[0]!r} for strategy {body.strategy}; valid: "
+            f"{', '.join(known)}",
+            param="grid",
+        )
+    grid = {k: [coerce(known[k], v) for v in values] for k, values in body.grid.items()}
+    tf = str(Timeframe.parse(body.timeframe))
+    names = list(dict.fromkeys(normalize_symbol(s) for s in body.symbols))
+    bars = load_for_backtest(store, names, tf, start, end, body.synthetic, 7)
+    config = BacktestConfig(**body.model_dump(exclude=_NOT_RULES | _PORTFOLIO | _WALK))
+    result = walk_forward(
+        bars,
+        body.strategy,
+        grid,
+        config,
+        windows=body.windows,
+        train_ratio=body.train_ratio,
+        anchor=body.anchor,
+        objective=body.objective,
+        jobs=1,  # inside the server: no worker processes
+        timeframe=tf,
+    )
+    request = body.model_dump(mode="json")
+    return save_walk_forward(store, request, result)
 
 
 @router.post(
