@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
 from marketlake.backtest import get_backtest
 from marketlake.store import Store
@@ -128,6 +129,7 @@ async def test_post_runs_a_portfolio_on_one_cash_account(
     assert created["request"]["kind"] == "portfolio"
     assert created["stats"]["symbols"] == 3
     assert created["stats"]["turnover_pct"] is not None
+    assert sum(created["stats"]["weights"].values()) == pytest.approx(1.0, abs=0.02)
     fills = created["trades"]
     assert {f["symbol"] for f in fills} == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
     # the first rebalance spends the cash in three equal parts

@@ -265,6 +265,30 @@ def test_a_backtest_run_shows_its_equity_curve_and_statistics(
     assert errors == []
 
 
+def test_a_portfolio_backtest_shows_equity_and_weights(browser: object, filled: tuple) -> None:
+    server, counts = filled
+    page, errors = _open(browser, f"{server.url}/#key={counts['key']}", "portfolio")
+    page.goto(f"{server.url}/#AAPL/1d")
+    page.wait_for_selector("#chart[data-candles]:not([data-candles='0'])")
+    page.select_option("#bt-strategy", "equal_weight")
+    page.fill("#bt-symbols", "AAPL, BTCUSDT")
+    page.click("#bt-form button[type=submit]")
+    page.wait_for_function(
+        "document.querySelector('#bt-state').textContent.startsWith('run ') || "
+        "document.querySelector('#bt-state').textContent === 'failed'",
+        timeout=60_000,
+    )
+    assert page.inner_text("#bt-state").startswith("run "), page.inner_text("#banner")
+    weights = page.inner_text("#bt-weights")
+    assert "AAPL" in weights
+    assert "BTCUSDT" in weights
+    # a union of AAPL's sessions and BTCUSDT's every day
+    assert int(page.get_attribute("#bt-chart", "data-points")) >= counts["BTCUSDT/1d"]
+    assert "turnover" in page.inner_text("#bt-stats")
+    _shot(page, "dashboard-portfolio")
+    assert errors == []
+
+
 def test_a_backtest_without_a_key_says_how_to_get_one(browser: object, filled: tuple) -> None:
     server, _ = filled
     page, _ = _open(browser, f"{server.url}/#AAPL/1h", "backtest-nokey")

@@ -156,9 +156,9 @@ def save_portfolio(store: Store, request: dict[str, Any], result: PortfolioResul
     """Store one portfolio backtest (its fills as the trades); return its id."""
     fills = {name: result.fills.column(name).to_pylist() for name in result.fills.column_names}
     fills["ts"] = _iso_times(result.fills.column("ts"))
-    return _save(
-        store, {"kind": "portfolio", **request}, result.stats, fills, equity_points(result)
-    )
+    final = significant(np.nan_to_num(result.weights()[-1])).tolist()
+    stats = {**result.stats, "weights": dict(zip(result.symbols, final, strict=True))}
+    return _save(store, {"kind": "portfolio", **request}, stats, fills, equity_points(result))
 
 
 def save_walk_forward(store: Store, request: dict[str, Any], result: WalkForwardResult) -> str:

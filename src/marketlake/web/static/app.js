@@ -482,13 +482,21 @@ function parseParams(text) {
   return params;
 }
 
+const PORTFOLIO_STRATEGIES = ["equal_weight", "inverse_volatility", "momentum_top_n", "fixed_mix"];
+
 async function runBacktest(e) {
   e.preventDefault();
   let params;
   try { params = parseParams($("bt-params").value); } catch (err) { banner(err.message); return; }
   $("bt-state").textContent = "running…";
   try {
-    const body = { strategy: $("bt-strategy").value, symbols: [state.symbol], timeframe: state.timeframe, params };
+    const listed = $("bt-symbols").value.split(/[\s,]+/).map((s) => s.trim().toUpperCase()).filter(Boolean);
+    const symbols = listed.length ? listed : [state.symbol];
+    const strategy = $("bt-strategy").value;
+    const portfolio = PORTFOLIO_STRATEGIES.includes(strategy) || symbols.length > 1;
+    if (PORTFOLIO_STRATEGIES.includes(strategy) && $("bt-params").value.trim() === "fast=10 slow=30") params = {};
+    const body = { strategy, symbols, timeframe: state.timeframe, params };
+    if (portfolio) Object.assign(body, { kind: "portfolio", rebalance: "monthly", fractional: true });
     if (state.bars.length) { body.start = state.bars[0].ts; body.end = new Date(toSec(state.bars[state.bars.length - 1].ts) * 1000 + tfSeconds(state.timeframe) * 1000).toISOString(); }
     let result;
     try {
@@ -519,6 +527,9 @@ function drawBacktest(result) {
   $("bt-chart").dataset.points = String(points.length);
   const stats = result.stats || {};
   $("bt-stats").innerHTML = Object.entries(stats).filter(([, v]) => typeof v !== "object").map(([k, v]) => `<tr><td>${esc(k.replace(/_/g, " "))}</td><td>${typeof v === "number" ? fmt(v, 4) : esc(v)}</td></tr>`).join("");
+  const weights = stats.weights || null;
+  $("bt-weights").hidden = !weights;
+  $("bt-weights").innerHTML = weights ? `<tr><th>symbol</th><th>final weight</th></tr>` + Object.entries(weights).map(([s, w]) => `<tr><td>${esc(s)}</td><td>${fmt(w * 100, 2)} %</td></tr>`).join("") : "";
   const trades = result.trades || [];
   const marks = [];
   for (const t of trades) {
