@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -248,3 +249,31 @@ def test_the_running_product_for_fractional_units_equals_the_trade_by_trade_loop
         product.trades.column("size").to_numpy(), loop.trades.column("size").to_numpy(), rtol=1e-9
     )
     np.testing.assert_allclose(product.equity, loop.equity, rtol=1e-9)
+
+
+def test_the_indicator_cache_is_bounded_and_keeps_the_recent_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from marketlake.backtest import data
+
+    monkeypatch.setattr(data, "MEMO_BYTES", 3 * 8_000)
+    bars = data.synthetic_bars(
+        ["X"], "1h", datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 12, tzinfo=UTC)
+    )
+    one = data.split_symbols(bars)[0]
+    calls: list[int] = []
+
+    def compute(i: int) -> np.ndarray[Any, Any]:
+        calls.append(i)
+        return np.full(1000, float(i))  # 8,000 bytes
+
+    for i in range(5):
+        one.memo(("x", i), lambda i=i: compute(i))
+    assert calls == [0, 1, 2, 3, 4]
+    one.memo(("x", 4), lambda: compute(99))  # still cached
+    one.memo(("x", 2), lambda: compute(98))  # still cached, now the most recent
+    one.memo(("x", 0), lambda: compute(0))  # evicted long ago: computed again
+    assert calls == [0, 1, 2, 3, 4, 0]
+    assert sum(one._sizes.values()) <= 3 * 8_000
+    assert ("x", 2) in one._cache
+    assert ("x", 3) not in one._cache

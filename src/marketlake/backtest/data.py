@@ -26,6 +26,17 @@ IntArray = np.ndarray[Any, np.dtype[np.int64]]
 PRICE_COLUMNS = ("open", "high", "low", "close")
 
 
+MEMO_BYTES = 256 * 1024 * 1024
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, tuple | list):
+        return sum(_nbytes(v) for v in value)
+    return int(getattr(value, "nbytes", 0) or 0)
+
+
 @dataclass(frozen=True, eq=False)
 class Bars:
     """One symbol's bars: times in epoch microseconds (bar open, UTC) and OHLCV arrays.
@@ -42,15 +53,34 @@ class Bars:
     close: FloatArray
     volume: FloatArray
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False)
+    _sizes: dict[tuple[Any, ...], int] = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def memo(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> Any:
-        """``compute()`` once per ``key`` for these bars."""
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
+        """``compute()`` once per ``key`` for these bars, while the cache holds it.
+
+        The cache keeps at most :data:`MEMO_BYTES` of arrays, dropping the least
+        recently used first: a sweep over thousands of distinct windows keeps its
+        memory flat instead of caching every moving average it ever computed.
+        """
+        cache, sizes = self._cache, self._sizes
+        if key in cache:
+            value = cache.pop(key)  # re-inserted: the dict's order is the recency order
+            cache[key] = value
+            return value
+        value = compute()
+        cache[key] = value
+        sizes[key] = _nbytes(value)
+        total = sum(sizes.values())
+        for old in list(cache):
+            if total <= MEMO_BYTES:
+                break
+            if old != key:
+                total -= sizes.pop(old, 0)
+                del cache[old]
+        return value
 
     def check(self) -> Bars:
         """Raise :class:`DataError` on NaN or non-positive prices or unordered times."""
