@@ -34,6 +34,11 @@ class FillAt(StrEnum):
     close = "close"
 
 
+class EngineName(StrEnum):
+    marketlake = "marketlake"
+    nautilus = "nautilus"
+
+
 class SizingMode(StrEnum):
     all_in = "all-in"
     fraction = "fraction"
@@ -156,6 +161,13 @@ def run(
     synthetic: Synthetic = False,
     seed: Seed = 7,
     report: Annotated[Path | None, typer.Option(help="Write a self-contained HTML report.")] = None,
+    engine: Annotated[
+        EngineName,
+        typer.Option(
+            help="marketlake, or nautilus: the SMA cross in NautilusTrader's engine "
+            "(the nautilus extra; long only, fills at the close, no costs)."
+        ),
+    ] = EngineName.marketlake,
     no_save: NoSave = False,
     as_json: AsJson = False,
 ) -> None:
@@ -167,6 +179,25 @@ def run(
     from marketlake.backtest.runs import run_backtest
 
     st = state(ctx)
+    if engine is EngineName.nautilus:
+        plain = (
+            commission == 0 and commission_fixed == 0 and slippage == 0
+            and sizing is SizingMode.all_in and not allow_short and not fractional
+            and stop_loss is None and take_profit is None and report is None
+        )  # fmt: skip
+        if strategy != "sma_cross" or not plain:
+            raise InputError(
+                "--engine nautilus runs sma_cross only, all-in whole units, long only, "
+                "without costs, stops or a report (the rules both engines share)",
+                param="engine",
+            )
+        names = _symbols(symbol)
+        if len(names) != 1:
+            raise InputError("--engine nautilus runs one --symbol", param="symbol")
+        begin, stop = _range(start, end, period, synthetic)
+        _run_nautilus(st, names[0], timeframe, begin, stop, parse_params(param), cash,
+                      synthetic, seed, as_json)  # fmt: skip
+        return
     config = _config(
         cash,
         commission,
@@ -349,6 +380,52 @@ def _print_portfolio(result: Any, *, as_json: bool) -> None:
             f"stored as backtest {result.id} (`marketlake backtest show {result.id}`)",
             highlight=False,
         )
+
+
+def _run_nautilus(
+    st: State,
+    symbol: str,
+    timeframe: str,
+    start: datetime | None,
+    end: datetime | None,
+    params: dict[str, str],
+    cash: float,
+    synthetic: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
+    from marketlake.backtest import nautilus
+    from marketlake.backtest.runs import trade_records
+    from marketlake.backtest.strategies import SmaCross
+    from marketlake.schema import default_instrument
+
+    chosen = SmaCross.from_params(params)
+    [bars] = _load(st, [symbol], timeframe, start, end, synthetic, seed)
+    instrument = None if synthetic else st.store.get_instrument(symbol, missing_ok=True)
+    result = nautilus.run_sma_cross(
+        instrument or default_instrument(symbol),
+        bars,
+        timeframe,
+        fast=int(chosen.params()["fast"]),
+        slow=int(chosen.params()["slow"]),
+        cash=cash,
+    )
+    summary = {
+        "engine": "nautilus",
+        "strategy": chosen.label(),
+        "symbol": symbol,
+        "timeframe": timeframe,
+        "initial_cash": cash,
+        "final_equity": result.final_equity,
+        "total_return_pct": (result.final_equity / cash - 1) * 100,
+        "fills": result.fills.num_rows,
+        "trades": result.trades.num_rows,
+    }
+    if as_json:
+        emit_json({**summary, "trades": trade_records(result.trades)})
+        return
+    rows = [{"statistic": k, "value": v} for k, v in summary.items()]
+    show_table(rows, ("statistic", "value"), title=f"NautilusTrader: {chosen.label()} on {symbol}")
 
 
 def print_result(result: BacktestResult, *, as_json: bool) -> None:

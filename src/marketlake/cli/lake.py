@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ import typer
 from marketlake.cli.app import state
 from marketlake.cli.output import emit_json, show_table
 from marketlake.errors import InputError
+from marketlake.schema import default_instrument
 from marketlake.store import open_store
 from marketlake.timeseries.times import resolve_range
 
@@ -48,6 +50,11 @@ def _show(summary: dict[str, Any], title: str, as_json: bool) -> None:
     show_table(rows, ("what", "count"), title=title, numeric=("count",))
 
 
+class ExportFormat(StrEnum):
+    lake = "lake"
+    nautilus = "nautilus"
+
+
 def export(
     ctx: typer.Context,
     to: Annotated[Path, typer.Option("--to", help="Lake directory (created if missing).")],
@@ -55,18 +62,31 @@ def export(
     timeframe: TimeframeOpt = None,
     start: Start = None,
     end: End = None,
+    format_: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="lake: hive-partitioned Parquet; nautilus: a NautilusTrader data catalog "
+            "(needs the nautilus extra).",
+        ),
+    ] = ExportFormat.lake,
     as_json: AsJson = False,
 ) -> None:
     """Write stored bars, trades and instruments as hive-partitioned Parquet (zstd).
 
     Layout: DIR/bars/timeframe=…/symbol=…/year=…/part-….parquet, one file per
-    partition per export; DuckDB, Polars and Spark read it directly.
+    partition per export; DuckDB, Polars and Spark read it directly. With
+    `--format nautilus`, DIR becomes a NautilusTrader `ParquetDataCatalog` of the
+    instruments and their bars (stamped at their close, Nautilus' convention).
 
     Example: `marketlake export --to lake/ --symbols AAPL,MSFT --timeframe 1m`
     """
     from marketlake.store.lake import export_lake
 
     begin, stop = resolve_range(start, end, None, required=False)
+    if format_ is ExportFormat.nautilus:
+        _export_nautilus(ctx, to, _symbols(symbols), timeframe, begin, stop, as_json)
+        return
     summary = export_lake(
         state(ctx).store, to, symbols=_symbols(symbols), timeframe=timeframe, start=begin, end=stop
     )
@@ -74,6 +94,38 @@ def export(
     _show(
         {k: result[k] for k in ("files", "bars", "trades", "instruments")},
         f"exported to {to}",
+        as_json,
+    )
+
+
+def _export_nautilus(
+    ctx: typer.Context,
+    to: Path,
+    symbols: list[str] | None,
+    timeframe: str | None,
+    start: Any,
+    end: Any,
+    as_json: bool,
+) -> None:
+    from marketlake.backtest.data import load_bars
+    from marketlake.backtest.nautilus import write_catalog
+
+    store = state(ctx).store
+    if not timeframe:
+        raise InputError("--format nautilus needs --timeframe (one bar type per export)")
+    names = symbols or sorted({row["symbol"] for row in store.bar_summary()})
+    if not names:
+        raise InputError("the store holds no bars to export; ingest some first")
+    bars = load_bars(store, names, timeframe, start, end)
+    items = [
+        (store.get_instrument(b.symbol, missing_ok=True) or default_instrument(b.symbol), b,
+         timeframe)
+        for b in bars
+    ]  # fmt: skip
+    summary = write_catalog(to, items)
+    _show(
+        {"instruments": summary.instruments, "bars": summary.bars},
+        f"NautilusTrader catalog written to {to}",
         as_json,
     )
 
