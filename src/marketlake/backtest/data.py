@@ -26,7 +26,7 @@ IntArray = np.ndarray[Any, np.dtype[np.int64]]
 PRICE_COLUMNS = ("open", "high", "low", "close")
 
 
-MEMO_BYTES = 256 * 1024 * 1024
+MEMO_BYTES = 64 * 1024 * 1024
 
 
 def _nbytes(value: Any) -> int:
