@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"stream", "backtest"},
     {"web"},
     {"api"},
+    {"client"},
     {"cli"},
     {"tools", "__main__", "__init__"},
 ]

@@ -1,0 +1,348 @@
+"""``Lake``: what a notebook or script calls; frames out, the project's errors raised."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import pyarrow as pa
+
+from marketlake.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+As = Literal["pandas", "polars", "arrow"]
+TimeLike = str | date | datetime | None
+
+
+class Transport(Protocol):
+    """What the local and the remote transport both do (one contract, two ways)."""
+
+    name: str
+
+    def instruments(self) -> list[dict[str, Any]]: ...
+    def instrument(self, symbol: str) -> dict[str, Any]: ...
+    def add_instrument(self, fields: dict[str, Any]) -> dict[str, Any]: ...
+    def remove_instrument(self, symbol: str) -> None: ...
+    def bars(
+        self, symbol: str, timeframe: str, start: str | None, end: str | None, adjusted: bool
+    ) -> pa.Table: ...
+    def latest(self, symbol: str) -> dict[str, Any]: ...
+    def jobs(self, limit: int) -> list[dict[str, Any]]: ...
+    def ingest(
+        self,
+        provider: str,
+        symbols: list[str],
+        timeframe: str,
+        start: str | None,
+        end: str | None,
+        period: str | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]: ...
+    def backtest(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def alerts(self, limit: int) -> list[dict[str, Any]]: ...
+    def metrics(self) -> list[dict[str, Any]]: ...
+    def close(self) -> None: ...
+
+
+def connect(uri: str | None = None, *, api_key: str | None = None, timeout: float = 60.0) -> Lake:
+    """Open MarketLake: the configured store, a store URI, or a server's URL.
+
+    >>> lake = connect()                                   # MARKETLAKE_STORE
+    >>> lake = connect("duckdb:///data/marketlake.duckdb")  # a store, in this process
+    >>> lake = connect("http://127.0.0.1:8000", api_key="mlk_…")  # a server
+    """
+    if uri is not None and uri.startswith(("http://", "https://")):
+        from marketlake.client.remote import RemoteTransport
+
+        return Lake(RemoteTransport(uri, api_key=api_key, timeout=timeout))
+    from marketlake.client.local import LocalTransport
+
+    return Lake(LocalTransport(uri))
+
+
+def _iso(value: TimeLike) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def _symbols(symbols: str | Sequence[str]) -> list[str]:
+    names = [symbols] if isinstance(symbols, str) else list(symbols)
+    out = [s.strip().upper() for item in names for s in item.split(",") if s.strip()]
+    if not out:
+        raise InputError("give at least one symbol", param="symbols")
+    return list(dict.fromkeys(out))
+
+
+def frame(table: pa.Table, as_: As, *, index: str | None = "ts") -> Any:
+    """An Arrow table as pandas (with a tz-aware UTC ``index``), Polars or Arrow."""
+    if as_ == "arrow":
+        return table
+    if as_ == "polars":
+        import polars as pl
+
+        return pl.from_arrow(table)
+    if as_ != "pandas":
+        raise InputError(f"as_={as_!r}: use 'pandas', 'polars' or 'arrow'", param="as_")
+    df = table.to_pandas()
+    if index and index in df.columns:
+        df = df.set_index(index)
+    return df
+
+
+@dataclass
+class BacktestRun:
+    """A stored backtest: ``.stats`` (a dict), ``.trades`` and ``.equity`` (DataFrames),
+    ``.plot()`` (a matplotlib figure) and a readable table in Jupyter."""
+
+    id: str
+    request: dict[str, Any]
+    stats: dict[str, Any]
+    trades: pd.DataFrame
+    equity: pd.DataFrame
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> BacktestRun:
+        import pandas as pd
+
+        trades = pd.DataFrame(record.get("trades") or [])
+        for column in ("entry_time", "exit_time", "ts"):
+            if column in trades.columns:
+                trades[column] = pd.to_datetime(trades[column], utc=True)
+        points = record.get("equity") or []
+        equity = pd.DataFrame(points, columns=["ts", "equity"])
+        equity["ts"] = pd.to_datetime(equity["ts"], utc=True)
+        equity = equity.set_index("ts")
+        return cls(
+            str(record["id"]), record.get("request") or {}, record.get("stats") or {}, trades,
+            equity, record,
+        )  # fmt: skip
+
+    def plot(self) -> Any:
+        """The equity curve and its drawdown as a matplotlib figure (``pip install matplotlib``)."""
+        try:
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise InputError("plot() needs matplotlib: pip install matplotlib") from None
+        figure, (top, bottom) = plt.subplots(
+            2, 1, sharex=True, figsize=(9, 5), gridspec_kw={"height_ratios": [3, 1]}
+        )
+        curve = self.equity["equity"]
+        top.plot(curve.index, curve.to_numpy(), color="#2563eb")
+        top.set_ylabel("equity")
+        top.set_title(self.title())
+        drawdown = (curve / curve.cummax() - 1) * 100
+        bottom.fill_between(drawdown.index, drawdown.to_numpy(), 0, color="#dc2626", alpha=0.4)
+        bottom.set_ylabel("drawdown %")
+        figure.tight_layout()
+        return figure
+
+    def title(self) -> str:
+        request = self.request
+        symbols = ", ".join(request.get("symbols") or [])
+        return f"{request.get('strategy', 'backtest')} on {symbols} {request.get('timeframe', '')}"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_cell(v))}</td></tr>"
+            for k, v in self.stats.items()
+            if not isinstance(v, dict | list)
+        )
+        return (
+            f"<div><b>{html.escape(self.title())}</b> <small>(backtest {html.escape(self.id)}, "
+            f"{len(self.trades)} trades)</small><table>{rows}</table></div>"
+        )
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1 else f"{value:,.2f}"
+    return "" if value is None else str(value)
+
+
+class Lake:
+    """One MarketLake, over a local store or a server; see :func:`connect`."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def __repr__(self) -> str:
+        return f"<Lake {self._t.name}>"
+
+    def __enter__(self) -> Lake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._t.close()
+
+    # -- instruments ------------------------------------------------------------------------
+
+    def instruments(self, *, as_: As = "pandas") -> Any:
+        """Every registered instrument, one row each."""
+        rows = self._t.instruments()
+        table = (
+            pa.Table.from_pylist(rows) if rows else pa.table({"symbol": pa.array([], pa.string())})
+        )
+        return frame(table, as_, index="symbol")
+
+    def instrument(self, symbol: str) -> dict[str, Any]:
+        """One instrument as a dict; an unknown symbol raises ``NotFoundError``."""
+        return self._t.instrument(_symbols(symbol)[0])
+
+    def add_instrument(self, symbol: str, **fields: Any) -> dict[str, Any]:
+        """Register (or replace) an instrument: ``name``, ``asset_class``, ``exchange``,
+        ``currency``, ``timezone``."""
+        return self._t.add_instrument({"symbol": _symbols(symbol)[0], **fields})
+
+    def remove_instrument(self, symbol: str) -> None:
+        """Unregister an instrument (its stored data stays)."""
+        self._t.remove_instrument(_symbols(symbol)[0])
+
+    # -- data -------------------------------------------------------------------------------
+
+    def bars(
+        self,
+        symbols: str | Sequence[str],
+        timeframe: str = "1d",
+        start: TimeLike = None,
+        end: TimeLike = None,
+        *,
+        adjusted: bool = False,
+        as_: As = "pandas",
+    ) -> Any:
+        """Stored bars in ``[start, end)``.
+
+        One symbol: a frame indexed by ``ts`` (the bar's open time, tz-aware UTC) with
+        open, high, low, close, volume, trades, vwap, source. Several symbols: the same
+        columns plus ``symbol``, in long format, ordered by symbol then time (pivot it for
+        a wide matrix: ``df.pivot(columns="symbol", values="close")``). ``adjusted``
+        applies splits and dividends.
+        """
+        names = _symbols(symbols)
+        tables = [self._t.bars(s, timeframe, _iso(start), _iso(end), adjusted) for s in names]
+        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        if len(names) == 1 and "symbol" in table.column_names:
+            table = table.drop_columns(["symbol"])
+        if "timeframe" in table.column_names:
+            table = table.drop_columns(["timeframe"])
+        return frame(table, as_)
+
+    def latest(self, symbol: str) -> dict[str, Any]:
+        """The newest price of a symbol and the time of the bar (or trade) it comes from."""
+        return self._t.latest(_symbols(symbol)[0])
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def jobs(self, limit: int = 20, *, as_: As = "pandas") -> Any:
+        """The newest ingest jobs."""
+        rows = self._t.jobs(limit)
+        table = pa.Table.from_pylist(rows) if rows else pa.table({"id": pa.array([], pa.string())})
+        return frame(table, as_, index=None)
+
+    def ingest(
+        self,
+        provider: str,
+        symbols: str | Sequence[str],
+        timeframe: str = "1d",
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        period: str | None = None,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Fetch ``symbols`` from ``provider`` (yahoo, alpaca, binance, synthetic …) and store
+        them as one recorded job; returns the job (status, rows, per-symbol results)."""
+        with _Progress(enabled=progress, label=f"ingest {provider}") as bar:
+            return self._t.ingest(
+                provider, _symbols(symbols), timeframe, _iso(start), _iso(end), period, bar.update
+            )
+
+    # -- backtests --------------------------------------------------------------------------
+
+    def backtest(
+        self,
+        strategy: str,
+        symbols: str | Sequence[str],
+        timeframe: str = "1d",
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        portfolio: bool = False,
+        config: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> BacktestRun:
+        """Run and store a backtest; ``params`` are the strategy's (``fast=10, slow=30``),
+        ``config`` the trading rules (``{"commission_bps": 5, "fill": "close"}``);
+        ``portfolio=True`` (or a portfolio strategy) trades all symbols on one cash account."""
+        from marketlake.backtest.portfolio import PORTFOLIO_STRATEGIES
+
+        body: dict[str, Any] = {
+            "strategy": strategy,
+            "symbols": _symbols(symbols),
+            "timeframe": timeframe,
+            "start": _iso(start),
+            "end": _iso(end),
+            "params": params,
+            **(config or {}),
+        }
+        if portfolio or strategy in PORTFOLIO_STRATEGIES:
+            body["kind"] = "portfolio"
+        return BacktestRun.of(self._t.backtest(body))
+
+    # -- live -------------------------------------------------------------------------------
+
+    def alerts(self, limit: int = 100, *, as_: As = "pandas") -> Any:
+        """Stored alerts, newest first."""
+        rows = self._t.alerts(limit)
+        table = pa.Table.from_pylist(rows) if rows else pa.table({"id": pa.array([], pa.string())})
+        return frame(table, as_, index=None)
+
+    def metrics(self, *, as_: As = "pandas") -> Any:
+        """The latest streaming analytics per symbol."""
+        rows = self._t.metrics()
+        table = (
+            pa.Table.from_pylist(rows) if rows else pa.table({"symbol": pa.array([], pa.string())})
+        )
+        return frame(table, as_, index=None)
+
+
+class _Progress:
+    """A Rich progress bar in terminals and notebooks (Rich renders in Jupyter too)."""
+
+    def __init__(self, *, enabled: bool, label: str) -> None:
+        self.enabled = enabled
+        self.label = label
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+            self._bar = Progress(
+                BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.label, total=None)
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total or None)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

@@ -1,0 +1,154 @@
+"""The local transport: the store opened in this process, the same code the CLI and API run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from marketlake.config import Settings
+from marketlake.errors import InputError, NotFoundError
+from marketlake.schema import Instrument, Timeframe, normalize_symbol, parse_time
+from marketlake.store import Store, open_store
+
+
+class LocalTransport:
+    """Opens ``uri`` (default: the configured store) on first use."""
+
+    def __init__(self, uri: str | None = None, settings: Settings | None = None) -> None:
+        self.settings = settings or (Settings(store=uri) if uri else Settings())
+        self.name = self.settings.store
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.settings.store)
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def instruments(self) -> list[dict[str, Any]]:
+        from marketlake.api.models import InstrumentOut
+
+        return [
+            InstrumentOut(
+                **i.model_dump(), auto_registered=self.store.is_auto_registered(i.symbol)
+            ).model_dump(mode="json")
+            for i in self.store.list_instruments()
+        ]
+
+    def instrument(self, symbol: str) -> dict[str, Any]:
+        from marketlake.api.models import InstrumentOut
+
+        found = self.store.instrument(symbol)
+        auto = self.store.is_auto_registered(symbol)
+        return InstrumentOut(**found.model_dump(), auto_registered=auto).model_dump(mode="json")
+
+    def add_instrument(self, fields: dict[str, Any]) -> dict[str, Any]:
+        instrument = Instrument(**fields)
+        with self.store.transaction():
+            self.store.add_instrument(instrument)
+        return self.instrument(instrument.symbol)
+
+    def remove_instrument(self, symbol: str) -> None:
+        self.store.delete_instrument(symbol)
+
+    def bars(
+        self, symbol: str, timeframe: str, start: str | None, end: str | None, adjusted: bool
+    ) -> pa.Table:
+        tf = Timeframe.parse(timeframe)
+        begin = parse_time(start, param="start") if start else None
+        stop = parse_time(end, param="end") if end else None
+        self.store.instrument(symbol)  # an unknown symbol is NotFoundError, as in the API
+        if adjusted:
+            from marketlake.timeseries.adjust import read_adjusted
+
+            return read_adjusted(self.store, symbol, tf, begin, stop)
+        table: pa.Table = self.store.read_bars(symbol, tf, begin, stop).table
+        return table
+
+    def latest(self, symbol: str) -> dict[str, Any]:
+        from marketlake.api.routes.prices import _latest_price
+
+        symbol = normalize_symbol(symbol)
+        self.store.instrument(symbol)
+        body = _latest_price(self.store, symbol)
+        if body is None:
+            raise NotFoundError(
+                f"no prices stored for {symbol}; ingest bars or stream trades first"
+            )
+        found: dict[str, Any] = json.loads(body)
+        return found
+
+    def jobs(self, limit: int) -> list[dict[str, Any]]:
+        from marketlake.api.routes.jobs import _job
+
+        return [_job(j).model_dump(mode="json") for j in self.store.list_jobs(limit, None)]
+
+    def ingest(
+        self,
+        provider: str,
+        symbols: list[str],
+        timeframe: str,
+        start: str | None,
+        end: str | None,
+        period: str | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
+        from marketlake.ingest.jobs import run_ingest
+        from marketlake.providers import get_provider
+        from marketlake.timeseries.times import resolve_range
+
+        begin, stop = resolve_range(start, end, period)
+        if begin is None or stop is None:
+            raise InputError("give start (and end) or period", param="start")
+        source = get_provider(provider, self.settings)
+        fractions = dict.fromkeys(symbols, 0.0)
+
+        def report(symbol: str, rows: int, done: float) -> None:
+            # the bar counts symbols done, in thousandths, so partial progress shows
+            fractions[symbol] = done
+            if progress is not None:
+                progress(int(sum(fractions.values()) * 1000), len(symbols) * 1000)
+
+        async def work() -> Any:
+            try:
+                return await run_ingest(
+                    self.store, source, symbols, timeframe, begin, stop, progress=report
+                )
+            finally:
+                await source.aclose()
+
+        result = asyncio.run(work())
+        return self.job(result.job_id)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        from marketlake.api.routes.jobs import _job
+
+        return _job(self.store.get_job(job_id)).model_dump(mode="json")
+
+    def backtest(self, body: dict[str, Any]) -> dict[str, Any]:
+        from marketlake.api.routes.backtests import BacktestRequest, _run
+        from marketlake.backtest.runs import get_backtest
+
+        try:
+            request = BacktestRequest(**body)
+        except ValueError as exc:
+            raise InputError(str(exc).splitlines()[-1] if str(exc) else "bad backtest") from None
+        backtest_id = _run(self.store, request)
+        return get_backtest(self.store, backtest_id)
+
+    def alerts(self, limit: int) -> list[dict[str, Any]]:
+        raise InputError("alerts() needs a server for now: connect to its URL")
+
+    def metrics(self) -> list[dict[str, Any]]:
+        from marketlake.api.routes.metrics import read_metrics
+
+        return [m.model_dump(mode="json") for m in read_metrics(self.store)]

@@ -1,0 +1,151 @@
+"""The remote transport: a MarketLake server's REST API; bars travel as Arrow IPC."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+
+from marketlake.errors import (
+    AuthError,
+    ConflictError,
+    InputError,
+    MarketLakeError,
+    NotFoundError,
+)
+
+ARROW = "application/vnd.apache.arrow.stream"
+
+
+class RemoteTransport:
+    """Talks to ``url`` (``http://host:8000``) with ``api_key`` as a bearer token."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        self.name = self.url
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise MarketLakeError(
+                f"cannot reach the MarketLake server at {self.url} ({type(exc).__name__}); "
+                "start it with `marketlake serve` or check the URL"
+            ) from None
+        if response.status_code >= 400:
+            raise _error(response)
+        return response
+
+    def instruments(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call("GET", "/instruments").json()
+        return rows
+
+    def instrument(self, symbol: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._call("GET", f"/instruments/{_path(symbol)}").json()
+        return found
+
+    def add_instrument(self, fields: dict[str, Any]) -> dict[str, Any]:
+        body = {k: v for k, v in fields.items() if v is not None}
+        created: dict[str, Any] = self._call("POST", "/instruments", json=body).json()
+        return created
+
+    def remove_instrument(self, symbol: str) -> None:
+        self._call("DELETE", f"/instruments/{_path(symbol)}")
+
+    def bars(
+        self, symbol: str, timeframe: str, start: str | None, end: str | None, adjusted: bool
+    ) -> pa.Table:
+        params: dict[str, Any] = {"timeframe": timeframe, "format": "arrow"}
+        if start:
+            params["start"] = start
+        if end:
+            params["end"] = end
+        if adjusted:
+            params["adjusted"] = "true"
+        response = self._call(
+            "GET", f"/bars/{_path(symbol)}", params=params, headers={"Accept": ARROW}
+        )
+        with pa.ipc.open_stream(response.content) as reader:
+            return reader.read_all()
+
+    def latest(self, symbol: str) -> dict[str, Any]:
+        found: dict[str, Any] = self._call("GET", f"/prices/{_path(symbol)}/latest").json()
+        return found
+
+    def jobs(self, limit: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call("GET", "/jobs", params={"limit": limit}).json()
+        return rows
+
+    def ingest(
+        self,
+        provider: str,
+        symbols: list[str],
+        timeframe: str,
+        start: str | None,
+        end: str | None,
+        period: str | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> dict[str, Any]:
+        body = {"provider": provider, "symbols": symbols, "timeframe": timeframe}
+        body |= {k: v for k, v in (("start", start), ("end", end), ("period", period)) if v}
+        accepted = self._call("POST", "/ingest/run", json=body).json()
+        while True:
+            job: dict[str, Any] = self._call("GET", f"/jobs/{accepted['job_id']}").json()
+            done = len((job.get("summary") or {}).get("symbols") or [])
+            if progress is not None:
+                progress(done, len(symbols))
+            if job["status"] not in ("pending", "running"):
+                return job
+            time.sleep(0.2)
+
+    def backtest(self, body: dict[str, Any]) -> dict[str, Any]:
+        clean = {k: v for k, v in body.items() if v is not None}
+        created: dict[str, Any] = self._call("POST", "/backtests", json=clean).json()
+        return created
+
+    def alerts(self, limit: int) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call("GET", "/alerts", params={"limit": limit}).json()
+        return rows
+
+    def metrics(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._call("GET", "/metrics/latest").json()
+        return rows
+
+
+def _path(symbol: str) -> str:
+    from urllib.parse import quote
+
+    return quote(symbol, safe="")
+
+
+def _error(response: Any) -> MarketLakeError:
+    """The project's exception for an error answer, with the server's one-line detail."""
+    try:
+        detail = response.json().get("detail") or response.text
+    except ValueError:
+        detail = response.text
+    if isinstance(detail, list):  # a validation error: the first problem
+        first = detail[0] if detail else {}
+        detail = first.get("msg", str(first)) if isinstance(first, dict) else str(first)
+    message = str(detail).strip() or f"HTTP {response.status_code}"
+    status = response.status_code
+    if status == 404:
+        return NotFoundError(message)
+    if status == 409:
+        return ConflictError(message)
+    if status in (401, 403):
+        return AuthError(message)
+    if status < 500:
+        return InputError(message)
+    return MarketLakeError(f"the server failed: {message}")
