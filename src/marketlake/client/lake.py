@@ -83,7 +83,9 @@ def _symbols(symbols: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def frame(table: pa.Table, as_: As, *, index: str | None = "ts") -> Any:
+def frame(
+    table: pa.Table, as_: As, *, index: str | None = "ts", categorical: tuple[str, ...] = ()
+) -> Any:
     """An Arrow table as pandas (with a tz-aware UTC ``index``), Polars or Arrow."""
     if as_ == "arrow":
         return table
@@ -93,6 +95,11 @@ def frame(table: pa.Table, as_: As, *, index: str | None = "ts") -> Any:
         return pl.from_arrow(table)
     if as_ != "pandas":
         raise InputError(f"as_={as_!r}: use 'pandas', 'polars' or 'arrow'", param="as_")
+    # repeated strings (source, symbol) become categoricals: a Python string per row is
+    # most of the cost of a large conversion
+    for i, field_ in enumerate(table.schema):
+        if pa.types.is_string(field_.type) and field_.name in categorical:
+            table = table.set_column(i, field_.name, table.column(i).dictionary_encode())
     df = table.to_pandas()
     if index and index in df.columns:
         df = df.set_index(index)
@@ -226,10 +233,11 @@ class Lake:
         """Stored bars in ``[start, end)``.
 
         One symbol: a frame indexed by ``ts`` (the bar's open time, tz-aware UTC) with
-        open, high, low, close, volume, trades, vwap, source. Several symbols: the same
-        columns plus ``symbol``, in long format, ordered by symbol then time (pivot it for
-        a wide matrix: ``df.pivot(columns="symbol", values="close")``). ``adjusted``
-        applies splits and dividends.
+        open, high, low, close, volume, trades, vwap, source (categorical). Several
+        symbols: the same columns plus ``symbol`` (categorical), in long format, ordered
+        by symbol then time (pivot it for a wide matrix:
+        ``df.pivot(columns="symbol", values="close")``). ``adjusted`` applies splits and
+        dividends.
         """
         names = _symbols(symbols)
         tables = [self._t.bars(s, timeframe, _iso(start), _iso(end), adjusted) for s in names]
@@ -238,7 +246,7 @@ class Lake:
             table = table.drop_columns(["symbol"])
         if "timeframe" in table.column_names:
             table = table.drop_columns(["timeframe"])
-        return frame(table, as_)
+        return frame(table, as_, categorical=("source", "symbol"))
 
     def latest(self, symbol: str) -> dict[str, Any]:
         """The newest price of a symbol and the time of the bar (or trade) it comes from."""

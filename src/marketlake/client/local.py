@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -13,6 +14,19 @@ from marketlake.config import Settings
 from marketlake.errors import InputError, NotFoundError
 from marketlake.schema import Instrument, Timeframe, normalize_symbol, parse_time
 from marketlake.store import Store, open_store
+
+T = TypeVar("T")
+
+
+def run_sync(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to its end from synchronous code, also inside Jupyter (whose event
+    loop is already running in this thread: the work then runs on a thread of its own)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work())
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(work())).result()
 
 
 class LocalTransport:
@@ -126,7 +140,7 @@ class LocalTransport:
             finally:
                 await source.aclose()
 
-        result = asyncio.run(work())
+        result = run_sync(work)
         return self.job(result.job_id)
 
     def job(self, job_id: str) -> dict[str, Any]:
