@@ -239,6 +239,13 @@ class PostgresStore(Store):
             finally:
                 self._local.conn = None
 
+    @contextmanager
+    def serialized(self, name: str) -> Iterator[None]:
+        with self.transaction(), self._connection() as conn:
+            space = _signed(_crc(f"marketlake:{self.options.schema}:serialized"))
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [space, _signed(_crc(name))])
+            yield
+
     def close(self) -> None:
         self._pool.close()
 
