@@ -6,9 +6,6 @@ API servers answering 40 concurrent POSTs and PUTs of one instrument and one ale
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,23 +17,9 @@ from marketlake.schema import Instrument
 from marketlake.store import Store
 from tests.api.server import running
 from tests.conftest import PG
+from tests.store.procs import ingest
 
 pytestmark = pytest.mark.postgres
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _ingest(store_uri: str, symbol: str, start: str, end: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            *(sys.executable, "-m", "marketlake", "--store", store_uri),
-            *("ingest", "synthetic", symbol, "-t", "1m", "--start", start, "--end", end),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "MARKETLAKE_INGEST_BATCH_ROWS": "500"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 @pytest.mark.slow
@@ -44,8 +27,8 @@ def _ingest(store_uri: str, symbol: str, start: str, end: str) -> subprocess.Pop
 def test_two_processes_ingesting_one_new_symbol_both_succeed(pg: Store, round_: int) -> None:
     symbol = f"RACE{round_}"
     procs = [
-        _ingest(PG.connect(), symbol, "2024-03-04", "2024-03-06"),
-        _ingest(PG.connect(), symbol, "2024-03-05", "2024-03-07"),
+        ingest(PG.connect(), [symbol], "2024-03-04", "2024-03-06"),
+        ingest(PG.connect(), [symbol], "2024-03-05", "2024-03-07"),
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]

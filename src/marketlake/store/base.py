@@ -16,11 +16,11 @@ import base64
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pyarrow as pa
 
@@ -39,6 +39,7 @@ from marketlake.store.merge import Group, split_groups
 from marketlake.store.tables import TABLES
 
 OnConflict = Literal["ignore", "replace"]
+T = TypeVar("T")
 MAX_LIMIT = 1_000_000
 
 
@@ -191,6 +192,17 @@ class Store(ABC):
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:
         """A context in which ``execute`` calls commit together or not at all."""
+
+    def atomically(self, work: Callable[[], T], what: str = "the transaction") -> T:
+        """Run ``work`` in one transaction and return its result.
+
+        A backend that can lose its connection (PostgreSQL) rolls back and runs ``work``
+        again on a fresh connection after a transient failure, so ``work`` must leave
+        nothing behind outside the store that a second run would repeat. The embedded
+        store runs it once.
+        """
+        with self.transaction():
+            return work()
 
     def serialized(self, name: str) -> AbstractContextManager[None]:
         """A transaction that holds a lock named ``name`` until it ends, for a check and
