@@ -81,25 +81,26 @@ def create_key(
     if not name:
         raise InputError("a key needs a name, e.g. `marketlake keys create ci`", param="name")
     parsed = parse_scopes(scopes)
-    if any(row["revoked_at"] is None for row in store.select_rows("api_keys", {"name": name})):
-        raise ConflictError(
-            f"an active key named {name!r} exists already; revoke it or pick another name"
-        )
     key_id = secrets.token_hex(5)
     plaintext = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     created = utcnow()
-    store.insert_row(
-        "api_keys",
-        {
-            "id": key_id,
-            "name": name,
-            "prefix": key_id,
-            "hash": hash_key(plaintext),
-            "scopes": ",".join(parsed),
-            "created_at": created,
-            "revoked_at": None,
-        },
-    )
+    with store.serialized(f"api_keys:{name}"):  # one active key per name, even in a race
+        if any(row["revoked_at"] is None for row in store.select_rows("api_keys", {"name": name})):
+            raise ConflictError(
+                f"an active key named {name!r} exists already; revoke it or pick another name"
+            )
+        store.insert_row(
+            "api_keys",
+            {
+                "id": key_id,
+                "name": name,
+                "prefix": key_id,
+                "hash": hash_key(plaintext),
+                "scopes": ",".join(parsed),
+                "created_at": created,
+                "revoked_at": None,
+            },
+        )
     return ApiKey(key_id, name, parsed, created), plaintext
 
 

@@ -181,8 +181,7 @@ class _Job:
         ]
         outcomes: list[_Outcome] = []
         try:
-            with self.store.transaction():
-                outcomes, found = self._write(todo)
+            outcomes, found = self._write_atomically(todo)
             self.quality.record(found)
         except MarketLakeError:
             outcomes = []
@@ -190,8 +189,7 @@ class _Job:
                 if item.result.symbol in self.failed_writes:
                     continue
                 try:
-                    with self.store.transaction():
-                        done, found = self._write([item])
+                    done, found = self._write_atomically([item])
                 except MarketLakeError as exc:
                     self._write_failed(item.result, exc)
                     continue
@@ -205,6 +203,17 @@ class _Job:
         """Roll up and score the symbols whose fetch ended and whose bars are written."""
         self._finish([r for r in ended if r.ok])
         return ended
+
+    def _write_atomically(self, items: list[_Handover]) -> tuple[list[_Outcome], QualityReport]:
+        """:meth:`_write` in one transaction, run again from the same state when the
+        store retries it after a dropped connection."""
+        instruments, auto = dict(self.instruments), set(self.auto)
+
+        def attempt() -> tuple[list[_Outcome], QualityReport]:
+            self.instruments, self.auto = dict(instruments), set(auto)
+            return self._write(items)
+
+        return self.store.atomically(attempt, "writing the bars of a batch")
 
     def _write(self, items: list[_Handover]) -> tuple[list[_Outcome], QualityReport]:
         """Apply the quality rules to the bars of ``items`` (all symbols at once), then
@@ -322,20 +331,26 @@ class _Job:
     ) -> None:
         by_symbol = {r.symbol: r for r in results}
         try:
-            with self.store.transaction():
-                rolled = rollup_spans(
+            rolled = self.store.atomically(
+                lambda: rollup_spans(
                     self.store,
                     spans,
                     self.tf,
                     self.rollups,
                     instruments=self._instruments(list(spans)),
-                )
+                ),
+                "rolling up the bars",
+            )
         except MarketLakeError:  # one symbol at a time, to tell which one fails
             rolled = {}
             for symbol, span in spans.items():
                 try:
-                    with self.store.transaction():
-                        rolled |= rollup_spans(self.store, {symbol: span}, self.tf, self.rollups)
+                    rolled |= self.store.atomically(
+                        lambda s=symbol, sp=span: rollup_spans(  # type: ignore[misc]
+                            self.store, {s: sp}, self.tf, self.rollups
+                        ),
+                        "rolling up the bars",
+                    )
                 except MarketLakeError as exc:
                     by_symbol[symbol].error = exc.message
         for symbol, bars in rolled.items():

@@ -16,11 +16,11 @@ import base64
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import pyarrow as pa
 
@@ -39,6 +39,7 @@ from marketlake.store.merge import Group, split_groups
 from marketlake.store.tables import TABLES
 
 OnConflict = Literal["ignore", "replace"]
+T = TypeVar("T")
 MAX_LIMIT = 1_000_000
 
 
@@ -192,6 +193,26 @@ class Store(ABC):
     def transaction(self) -> AbstractContextManager[None]:
         """A context in which ``execute`` calls commit together or not at all."""
 
+    def atomically(self, work: Callable[[], T], what: str = "the transaction") -> T:
+        """Run ``work`` in one transaction and return its result.
+
+        A backend that can lose its connection (PostgreSQL) rolls back and runs ``work``
+        again on a fresh connection after a transient failure, so ``work`` must leave
+        nothing behind outside the store that a second run would repeat. The embedded
+        store runs it once.
+        """
+        with self.transaction():
+            return work()
+
+    def serialized(self, name: str) -> AbstractContextManager[None]:
+        """A transaction that holds a lock named ``name`` until it ends, for a check and
+        a write that no unique key can make atomic (one writer per name at a time).
+
+        The embedded store is one process holding the file, whose transactions are
+        serialised already; a server backend overrides this with a real lock.
+        """
+        return self.transaction()
+
     @abstractmethod
     def write_bars(self, table: pa.Table, *, on_conflict: OnConflict = "ignore") -> WriteResult:
         """Write canonical bars idempotently on (symbol, timeframe, ts).
@@ -250,23 +271,45 @@ class Store(ABC):
     # -- instruments --------------------------------------------------------------------
 
     def add_instrument(self, instrument: Instrument, *, auto: bool = False) -> Instrument:
-        """Register an instrument; an existing symbol is a :class:`ConflictError`."""
-        if self.get_instrument(instrument.symbol, missing_ok=True) is not None:
+        """Register an instrument; an existing symbol is a :class:`ConflictError`.
+
+        The check and the insert are one statement (``ON CONFLICT DO NOTHING``), so
+        of two concurrent registrations of one symbol exactly one succeeds.
+        """
+        if not self._insert_instrument(instrument, auto=auto):
             raise ConflictError(
                 f"instrument {instrument.symbol} exists already; use `instruments show` to "
                 "see it or update it instead"
             )
-        now = utcnow()
-        self.insert_row(
-            "instruments",
-            {
-                **instrument.model_dump(),
-                "auto_registered": auto,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
         return instrument
+
+    def _insert_instrument(self, instrument: Instrument, *, auto: bool = False) -> bool:
+        """Insert the instrument unless its symbol is registered; True when inserted."""
+        now = utcnow()
+        row = {
+            **instrument.model_dump(),
+            "auto_registered": auto,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return bool(self.insert_new("instruments", [row]))
+
+    def put_instrument(self, instrument: Instrument) -> bool:
+        """Create or replace an instrument atomically; True when it was created.
+
+        Concurrent calls for one symbol never fail: one creates it, the others
+        replace its fields (the last writer's fields stay).
+        """
+        for _ in range(5):  # a delete between the insert and the update: try again
+            if self._insert_instrument(instrument):
+                return True
+            values = {**instrument.model_dump(), "auto_registered": False, "updated_at": utcnow()}
+            if self.update_rows("instruments", {"symbol": instrument.symbol}, values):
+                return False
+        raise ConflictError(  # pragma: no cover - needs a delete racing five times
+            f"instrument {instrument.symbol} was deleted and re-created while it was saved; "
+            "send the request again"
+        )
 
     def update_instrument(self, instrument: Instrument) -> Instrument:
         values = {**instrument.model_dump(), "auto_registered": False, "updated_at": utcnow()}
@@ -310,11 +353,15 @@ class Store(ABC):
                 self.execute("DELETE FROM trades WHERE symbol = ?", [symbol])
 
     def ensure_instruments(self, symbols: Sequence[str]) -> list[str]:
-        """Register unknown symbols with defaults; return the ones that were new."""
+        """Register unknown symbols with defaults; return the ones that were new.
+
+        Atomic: concurrent callers registering one new symbol both succeed, and the
+        symbol is reported as new by exactly one of them.
+        """
         known = {i.symbol for i in self.list_instruments()}
-        new = [s for s in dict.fromkeys(normalize_symbol(s) for s in symbols) if s not in known]
+        wanted = [s for s in dict.fromkeys(normalize_symbol(s) for s in symbols) if s not in known]
         now = utcnow()
-        self.insert_rows(
+        inserted = self.insert_new(
             "instruments",
             [
                 {
@@ -323,10 +370,11 @@ class Store(ABC):
                     "created_at": now,
                     "updated_at": now,
                 }
-                for symbol in new
+                for symbol in wanted
             ],
         )
-        return new
+        new = {key[0] for key in inserted}
+        return [symbol for symbol in wanted if symbol in new]
 
     def auto_registered(self) -> set[str]:
         """The symbols registered with defaults when first seen, and not refined since."""
@@ -552,26 +600,21 @@ class Store(ABC):
             return
         symbols = {normalize_symbol(symbol): ts for symbol, ts in last.items()}
         now = utcnow()
-        with self.transaction():
-            self.execute(
-                f"DELETE FROM checkpoints WHERE provider = ? AND timeframe = ? "
-                f"AND symbol IN ({', '.join('?' * len(symbols))})",
-                [provider, timeframe, *symbols],
-            )
-            self.insert_rows(
-                "checkpoints",
-                [
-                    {
-                        "provider": provider,
-                        "symbol": symbol,
-                        "timeframe": timeframe,
-                        "last_ts": ts,
-                        "job_id": job_id,
-                        "updated_at": now,
-                    }
-                    for symbol, ts in symbols.items()
-                ],
-            )
+        self.upsert_rows(
+            "checkpoints",
+            [
+                {
+                    "provider": provider,
+                    "symbol": symbol,
+                    "timeframe": timeframe,
+                    "last_ts": ts,
+                    "job_id": job_id,
+                    "updated_at": now,
+                }
+                for symbol, ts in symbols.items()
+            ],
+            key=("provider", "symbol", "timeframe"),
+        )
 
     def get_checkpoint(self, provider: str, symbol: str, timeframe: str) -> datetime | None:
         rows = self.select_rows(
@@ -593,12 +636,67 @@ class Store(ABC):
         """Insert many rows with the same keys, ``chunk`` rows per statement."""
         if not rows:
             return
+        for sql, params in self._insert_statements(table, rows, _columns(table, rows[0]), chunk):
+            self.execute(sql, params)
+
+    def insert_new(
+        self, table: str, rows: Sequence[dict[str, Any]], *, chunk: int = 200
+    ) -> list[tuple[Any, ...]]:
+        """Insert the rows whose primary key is not stored yet, atomically (``INSERT …
+        ON CONFLICT DO NOTHING``); return the keys of the rows inserted.
+
+        A row a concurrent writer stored first is skipped, never an error: this is
+        how registrations and other create-if-missing writes stay race-free.
+        """
+        if not rows:
+            return []
+        key = self._key_of(table)
         columns = _columns(table, rows[0])
+        target = ", ".join(f'"{c}"' for c in key)
+        inserted: list[tuple[Any, ...]] = []
+        for sql, params in self._insert_statements(table, rows, columns, chunk):
+            found = self.query(
+                f"{sql} ON CONFLICT ({target}) DO NOTHING RETURNING {target}", params
+            )
+            self.generation += 1
+            inserted += list(zip(*(found.column(c).to_pylist() for c in key), strict=True))
+        return inserted
+
+    def upsert_rows(
+        self,
+        table: str,
+        rows: Sequence[dict[str, Any]],
+        *,
+        key: Sequence[str],
+        chunk: int = 200,
+    ) -> None:
+        """Insert or replace rows on ``key`` (a unique key of ``table``), atomically:
+        one ``INSERT … ON CONFLICT (key) DO UPDATE`` per chunk of rows."""
+        if not rows:
+            return
+        columns = _columns(table, rows[0])
+        _columns(table, dict.fromkeys(key))
+        target = ", ".join(f'"{c}"' for c in key)
+        sets = ", ".join(f'"{c}" = excluded."{c}"' for c in columns if c not in key)
+        action = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+        for sql, params in self._insert_statements(table, rows, columns, chunk):
+            self.execute(f"{sql} ON CONFLICT ({target}) {action}", params)
+
+    @staticmethod
+    def _key_of(table: str) -> list[str]:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        return [c.name for c in TABLES[table].primary_key.columns]
+
+    @staticmethod
+    def _insert_statements(
+        table: str, rows: Sequence[dict[str, Any]], columns: list[str], chunk: int
+    ) -> Iterator[tuple[str, list[Any]]]:
         quoted = ", ".join(f'"{c}"' for c in columns)  # quality_findings has a "values" column
         one = f"({', '.join('?' * len(columns))})"
         for lo in range(0, len(rows), chunk):
             part = rows[lo : lo + chunk]
-            self.execute(
+            yield (
                 f"INSERT INTO {table} ({quoted}) VALUES {', '.join([one] * len(part))}",
                 [row[c] for row in part for c in columns],
             )

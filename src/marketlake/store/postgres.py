@@ -26,6 +26,7 @@ version: ``marketlake migrate`` applies the migrations.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import threading
@@ -149,6 +150,9 @@ class PostgresStore(Store):
             self.partitioned = self._is_partitioned(first)
         finally:
             first.close()
+        # A broken pooled connection is replaced at once (see _checkout); the pool's
+        # warning for each one it discards would only repeat what happened.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self._pool = ConnectionPool(
             self.options.conninfo,
             kwargs=self.options.connect_kwargs(),
@@ -156,7 +160,6 @@ class PostgresStore(Store):
             max_size=self.options.pool_max,
             open=True,
             timeout=pool_timeout_s,
-            check=ConnectionPool.check_connection,
             name=f"marketlake-{self.options.schema}",
         )
         self._fast = {
@@ -189,8 +192,7 @@ class PostgresStore(Store):
         )
 
     def schema_version(self) -> int:
-        with self._connection() as conn:
-            return version_of(conn, self.options.schema)
+        return self._statement(lambda conn: version_of(conn, self.options.schema))
 
     def _is_partitioned(self, conn: Connection) -> bool:
         row = conn.execute(
@@ -218,13 +220,43 @@ class PostgresStore(Store):
             raise StoreError(f"PostgreSQL: {_one_line(exc)}") from exc
 
     @contextmanager
+    def _checkout(self) -> Iterator[Connection]:
+        """A pooled connection that works, as ``ConnectionPool.connection()`` gives it.
+
+        Each connection is checked (one empty query) when it is taken. A broken one —
+        ended by ``pg_terminate_backend``, a failover or a restart — is discarded at
+        once (the pool opens a replacement in the background) and the next one is
+        taken without waiting: the pool's own ``check`` sleeps 1, 2, 4 … s between two
+        broken connections and runs out of its 30 s after five of them.
+        """
+        conn = self._healthy()
+        try:
+            with conn:
+                yield conn
+        finally:
+            self._pool.putconn(conn)
+
+    def _healthy(self) -> Connection:
+        deadline = time.monotonic() + self._timeout
+        while True:
+            conn = self._pool.getconn(timeout=max(0.001, deadline - time.monotonic()))
+            try:
+                ConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                self._pool.putconn(conn)  # closed or bad: the pool discards and replaces it
+                if time.monotonic() >= deadline:
+                    raise PoolTimeout() from None
+                continue
+            return conn
+
+    @contextmanager
     def _connection(self) -> Iterator[Connection]:
         current = getattr(self._local, "conn", None)
         if current is not None:
             with self._errors():
                 yield current
             return
-        with self._errors(), self._pool.connection() as conn:
+        with self._errors(), self._checkout() as conn:
             yield conn
 
     @contextmanager
@@ -232,36 +264,94 @@ class PostgresStore(Store):
         if getattr(self._local, "conn", None) is not None:
             yield
             return
-        with self._errors(), self._pool.connection() as conn, conn.transaction():
+        with self._errors(), self._checkout() as conn, conn.transaction():
             self._local.conn = conn
             try:
                 yield
             finally:
                 self._local.conn = None
 
+    def atomically(self, work: Callable[[], T], what: str = "the transaction") -> T:
+        """Run ``work`` in one transaction; after a transient failure (connection lost,
+        deadlock, serialisation failure) roll back and run it again on a fresh
+        connection, ``write_retries`` times. Inside a caller's transaction it runs once:
+        the caller's own retry covers it."""
+        if getattr(self._local, "conn", None) is not None:
+            return work()
+
+        def attempt() -> T:
+            with self.transaction():
+                return work()
+
+        return self._with_retries(attempt, what, psycopg.OperationalError)
+
+    def _with_retries(
+        self,
+        run: Callable[[], T],
+        what: str,
+        retryable: type[BaseException] | tuple[type[BaseException], ...],
+    ) -> T:
+        """``run``, again after a :class:`StoreError` caused by ``retryable`` (jittered
+        backoff; ``write_retries`` + 1 attempts in all)."""
+        attempts = self.options.write_retries + 1
+        for attempt in range(attempts):
+            try:
+                return run()
+            except StoreError as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, retryable) or attempt == attempts - 1:
+                    if isinstance(cause, retryable):
+                        raise StoreError(
+                            f"{what} failed {attempts} times ({_one_line(cause)}); "
+                            "nothing of this batch was written"
+                        ) from cause
+                    raise
+                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextmanager
+    def serialized(self, name: str) -> Iterator[None]:
+        with self.transaction(), self._connection() as conn:
+            space = _signed(_crc(f"marketlake:{self.options.schema}:serialized"))
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", [space, _signed(_crc(name))])
+            yield
+
     def close(self) -> None:
         self._pool.close()
 
     # -- primitives ----------------------------------------------------------------
 
+    def _statement(self, run: Callable[[Connection], T]) -> T:
+        """One statement: in the caller's transaction, or on its own connection, run again
+        on a fresh one when the connection was lost (one statement outside a transaction
+        that failed is rolled back, so running it again is safe)."""
+        if getattr(self._local, "conn", None) is not None:
+            with self._connection() as conn:
+                return run(conn)
+
+        def attempt() -> T:
+            with self._connection() as conn:
+                return run(conn)
+
+        return self._with_retries(attempt, "the statement", psycopg.OperationalError)
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        with self._connection() as conn:
-            return conn.execute(_pg(sql), list(params)).rowcount
+        return self._statement(lambda conn: conn.execute(_pg(sql), list(params)).rowcount)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
+        return self._statement(lambda conn: self._query(conn, sql, params))
+
+    def _query(self, conn: Connection, sql: str, params: Sequence[Any]) -> pa.Table:
         match = _FAST_SELECT_RE.match(sql)
-        with self._connection() as conn:
-            if match is not None and match.group(1) in self._fast:
-                spec = self._fast[match.group(1)]
-                statement = (
-                    f"SELECT {spec.select_list()} FROM {match.group(1)}{match.group(2) or ''}"
-                )
-                try:
-                    return decode_rows(copy_out(conn, _pg(statement), params), spec)
-                except CopyFormatError:
-                    pass  # a value the binary layout cannot carry: take the general path
-            cursor = conn.execute(_pg(sql), list(params))
-            return _rows_to_arrow(cursor.description or [], cursor.fetchall())
+        if match is not None and match.group(1) in self._fast:
+            spec = self._fast[match.group(1)]
+            statement = f"SELECT {spec.select_list()} FROM {match.group(1)}{match.group(2) or ''}"
+            try:
+                return decode_rows(copy_out(conn, _pg(statement), params), spec)
+            except CopyFormatError:
+                pass  # a value the binary layout cannot carry: take the general path
+        cursor = conn.execute(_pg(sql), list(params))
+        return _rows_to_arrow(cursor.description or [], cursor.fetchall())
 
     def _select_bars(
         self,
@@ -274,9 +364,10 @@ class PostgresStore(Store):
     ) -> pa.Table:
         """One binary COPY per symbol, its rows in index order; symbol and timeframe are
         constants on the client instead of text on the wire."""
-        tables: list[pa.Table] = []
-        remaining = limit
-        with self._connection() as conn:
+
+        def rows(conn: Connection) -> pa.Table:
+            tables: list[pa.Table] = []
+            remaining = limit
             for symbol in symbols:
                 if after is not None and symbol < after[0]:
                     continue
@@ -300,7 +391,9 @@ class PostgresStore(Store):
                     remaining -= rows.num_rows
                     if remaining <= 0:
                         break
-        return pa.concat_tables(tables) if tables else BAR_SCHEMA.empty_table()
+            return pa.concat_tables(tables) if tables else BAR_SCHEMA.empty_table()
+
+        return self._statement(rows)
 
     # -- writes ----------------------------------------------------------------------
 
@@ -349,22 +442,12 @@ class PostgresStore(Store):
         if current is not None:  # inside the caller's transaction: it decides
             with self._errors():
                 return write(current)
-        attempts = self.options.write_retries + 1
-        for attempt in range(attempts):
-            try:
-                with self._errors(), self._pool.connection() as conn, conn.transaction():
-                    return write(conn)
-            except StoreError as exc:
-                cause = exc.__cause__
-                if not isinstance(cause, _RETRYABLE) or attempt == attempts - 1:
-                    if isinstance(cause, _RETRYABLE):
-                        raise StoreError(
-                            f"writing {what} failed {attempts} times ({_one_line(cause)}); "
-                            "nothing of this batch was written"
-                        ) from cause
-                    raise
-                time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def attempt() -> T:
+            with self._errors(), self._checkout() as conn, conn.transaction():
+                return write(conn)
+
+        return self._with_retries(attempt, f"writing {what}", _RETRYABLE)
 
     def _lock_series(self, conn: Connection, table: str, keys: list[str]) -> None:
         """Serialise writers of the same series (hashed into buckets, locked in order)."""

@@ -477,13 +477,11 @@ def add_rule(store: Store, data: dict[str, Any], path: Path | None = None) -> Ru
     """Validate a rule and store it; an id in use is a :class:`ConflictError`."""
     rule = parse_rule(data)
     in_file = {r.id for r in load_rule_file(path)} if path is not None else set()
-    if rule.id in in_file or store.select_rows("alert_rules", {"id": rule.id}):
+    row = {"id": rule.id, "definition": rule.model_dump_json(), "created_at": utcnow()}
+    if rule.id in in_file or not store.insert_new("alert_rules", [row]):
         raise ConflictError(
             f"alert rule {rule.id!r} exists already; delete it first or pick another id"
         )
-    store.insert_row(
-        "alert_rules", {"id": rule.id, "definition": rule.model_dump_json(), "created_at": utcnow()}
-    )
     return rule
 
 

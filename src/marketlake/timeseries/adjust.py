@@ -43,15 +43,16 @@ def write_actions(store: Any, table: pa.Table, *, replace: bool = False) -> int:
 
     An action stored already keeps its value unless ``replace`` is set.
     """
-    written = 0
+    rows = table.to_pylist()
     with store.transaction():
-        for row in table.to_pylist():
+        new = set(store.insert_new("corporate_actions", rows))
+        written = len(new)
+        for row in rows:
             key = {"symbol": row["symbol"], "ts": row["ts"], "kind": row["kind"]}
+            if not replace or (row["symbol"], row["ts"], row["kind"]) in new:
+                continue
             found = store.select_rows("corporate_actions", key)
-            if not found:
-                store.insert_row("corporate_actions", row)
-                written += 1
-            elif replace and found[0]["value"] != row["value"]:
+            if found and found[0]["value"] != row["value"]:
                 store.update_rows("corporate_actions", key, row)
                 written += 1
     return written

@@ -77,15 +77,7 @@ async def put_instrument(
     """Replace the instrument's fields, or register it (201) when it is new."""
     instrument = Instrument(symbol=symbol, **body.model_dump())
 
-    def save() -> bool:
-        with store.transaction():
-            if store.get_instrument(symbol, missing_ok=True) is None:
-                store.add_instrument(instrument)
-                return True
-            store.update_instrument(instrument)
-            return False
-
-    if await in_thread(save):
+    if await in_thread(store.put_instrument, instrument):
         response.status_code = status.HTTP_201_CREATED
         response.headers["Location"] = f"/api/v1/instruments/{symbol}"
     return InstrumentOut(**instrument.model_dump())
