@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,24 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORE_URI = "duckdb:///./data/marketlake.duckdb"
+_URI_AUTHORITY = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.\-]*://)([^\s/?#]*)")
+_SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api_?key)=([^&\s]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URI in it, and ``password=``-like query
+    parameters, replaced by ``***``: the one way a URI or a message that may carry one
+    is shown or logged (``postgresql://app:***@db/x``, ``redis://:***@cache:6379/0``)."""
+
+    def authority(match: re.Match[str]) -> str:
+        scheme, netloc = match.group(1), match.group(2)
+        if "@" not in netloc:
+            return match.group(0)
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        return f"{scheme}{user}:***@{host}" if has_password else match.group(0)
+
+    return _SECRET_PARAM.sub(r"\1=***", _URI_AUTHORITY.sub(authority, text))
 
 
 class Settings(BaseSettings):
