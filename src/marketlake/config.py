@@ -93,6 +93,17 @@ class Settings(BaseSettings):
     )
     api_workers: int = Field(1, description="Worker processes of `marketlake serve`")
     api_access_log: bool = Field(True, description="Log one structured line per API request")
+    api_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body the API reads (larger: 413)"
+    )
+    api_trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses (or CIDR ranges) of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; from anyone else these headers are ignored",
+    )
+    api_sse_clients_per_client: int = Field(
+        20, ge=1, description="Open SSE streams one API key or address may hold (more: 429)"
+    )
 
     metrics_port: int = Field(
         9464, description="Port of the Prometheus endpoint of `marketlake worker` (0: none)"

@@ -164,11 +164,11 @@ class Instrument(BaseModel):
     """A tradable or quoted thing; ``symbol`` is its unique upper-case key."""
 
     symbol: str = Field(examples=["AAPL"])
-    name: str = ""
+    name: str = Field("", max_length=200)
     asset_class: AssetClass = "stock"
-    exchange: str = ""
-    currency: str = "USD"
-    timezone: str = "America/New_York"
+    exchange: str = Field("", max_length=32)
+    currency: str = Field("USD", max_length=16)
+    timezone: str = Field("America/New_York", max_length=64)
     active: bool = True
 
     @field_validator("symbol", mode="before")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from marketlake.config import Settings
@@ -116,3 +117,158 @@ def test_the_csv_provider_confines_every_path(csv_tree: Path) -> None:
     for bad in ("../SECRET/PRICES", "/SECRET/PRICES", "A/../../SECRET/PRICES"):
         with pytest.raises(InputError, match="no path syntax"):
             provider.file_for(bad)
+
+
+# -- body size, field lengths, NUL bytes --------------------------------------------------
+
+
+async def test_a_body_over_the_limit_is_413_before_any_route_runs(
+    make_client: Any, seeded: Store, keys: dict[str, str]
+) -> None:
+    big = {"symbol": "BIG", "name": "x" * 2_000_000}
+    async with make_client(api_max_body_bytes=65_536) as client:
+        r = await client.post("/api/v1/instruments", json=big, headers=bearer(keys["write"]))
+        assert r.status_code == 413
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "larger than 65,536 bytes (MARKETLAKE_API_MAX_BODY_BYTES)" in r.json()["detail"]
+
+        async def chunks() -> Any:  # no Content-Length: counted as it arrives
+            for _ in range(100):
+                yield b"x" * 1024
+
+        r = await client.post(
+            "/api/v1/instruments",
+            content=chunks(),
+            headers=bearer(keys["write"]) | {"content-type": "application/json"},
+        )
+        assert r.status_code == 413
+    assert "BIG" not in {i.symbol for i in seeded.list_instruments()}
+
+
+@pytest.mark.parametrize(
+    ("field", "size"), [("name", 201), ("exchange", 33), ("currency", 17), ("timezone", 65)]
+)
+async def test_an_overlong_instrument_field_is_422_naming_it(
+    client: httpx.AsyncClient, seeded: Store, keys: dict[str, str], field: str, size: int
+) -> None:
+    body = {"symbol": "LONG", field: "A" * size}
+    r = await client.post("/api/v1/instruments", json=body, headers=bearer(keys["write"]))
+    assert r.status_code == 422
+    assert r.json()["param"] == field
+    r = await client.put(
+        "/api/v1/instruments/LONG", json={field: "A" * size}, headers=bearer(keys["write"])
+    )
+    assert r.status_code == 422
+    assert "LONG" not in {i.symbol for i in seeded.list_instruments()}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/v1/jobs?kind=in%00gest", None),
+        ("GET", "/api/v1/jobs/ab%00cd", None),
+        ("GET", "/api/v1/backtests/ab%00cd", None),
+        ("GET", "/api/v1/bars/AAPL?timeframe=1%00m", None),
+        ("PUT", "/api/v1/instruments/NUL", '{"name": "a\\u0000b"}'),
+        ("POST", "/api/v1/instruments", '{"symbol": "NUL", "name": "a\\u0000b"}'),
+        (
+            "POST",
+            "/api/v1/alerts/rules",
+            '{"id":"n","kind":"price_above","threshold":1,"message":"\\u0000"}',
+        ),
+    ],
+)
+async def test_a_nul_byte_anywhere_is_422_not_503(
+    client: httpx.AsyncClient, keys: dict[str, str], method: str, path: str, body: str | None
+) -> None:
+    r = await client.request(
+        method,
+        path,
+        content=body,
+        headers=bearer(keys["admin"]) | {"content-type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert "NUL character" in r.json()["detail"]
+
+
+# -- security headers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "csp"),
+    [
+        ("/", "script-src 'self';"),
+        ("/docs", "script-src 'self' 'unsafe-inline'"),
+        ("/api/v1/instruments", "default-src 'none'"),
+        ("/api/v1/bars/NOPE", "default-src 'none'"),
+        ("/no/such/route", "script-src 'self';"),
+    ],
+)
+async def test_every_answer_carries_the_security_headers(
+    client: httpx.AsyncClient, path: str, csp: str
+) -> None:
+    r = await client.get(path)
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert r.headers["x-frame-options"] == "DENY"
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert csp in r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+
+
+# -- alert rules: numbers and templates are checked when the rule is made ---------------
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ('{"id": "big", "kind": "price_above", "threshold": 1e400}', "threshold"),
+        ('{"id": "nan", "kind": "price_above", "threshold": NaN}', "threshold"),
+        ('{"id": "inf", "kind": "price_below", "threshold": -Infinity}', "threshold"),
+        ('{"id": "t1", "kind": "price_above", "threshold": 1, "message": "{Symbol}"}', "message"),
+        (
+            '{"id": "t2", "kind": "price_above", "threshold": 1, "message": "{value:999999999}"}',
+            "message",
+        ),
+    ],
+)
+async def test_a_rule_with_a_bad_number_or_template_is_422_and_not_stored(
+    client: httpx.AsyncClient, seeded: Store, keys: dict[str, str], body: str, param: str
+) -> None:
+    r = await client.post(
+        "/api/v1/alerts/rules",
+        content=body,
+        headers=bearer(keys["write"]) | {"content-type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.json()["param"].endswith(param)
+    assert seeded.select_rows("alert_rules") == []
+
+
+# -- forwarded headers --------------------------------------------------------------------
+
+
+def test_x_forwarded_for_is_believed_only_from_configured_proxies(tmp_path: Path) -> None:
+    from tests.api.server import running
+
+    def statuses(base: str) -> list[int]:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            return [
+                http.get(
+                    "/api/v1/instruments", headers={"X-Forwarded-For": f"10.9.8.{i}"}
+                ).status_code
+                for i in range(8)
+            ]
+
+    limited = {
+        "MARKETLAKE_API_RATE_LIMIT_PER_MINUTE": "3",
+        "MARKETLAKE_STORE": "duckdb:///:memory:",
+    }
+    with running(["serve"], tmp_path / "a.log", env=limited) as (base, _):
+        spoofed = statuses(base)
+    # one client, whatever the header says: the bucket of 3 empties and stays empty
+    assert spoofed == [200] * 3 + [429] * 5, spoofed
+    trusted = limited | {"MARKETLAKE_API_TRUSTED_PROXIES": '["127.0.0.1"]'}
+    with running(["serve"], tmp_path / "b.log", env=trusted) as (base, _):
+        believed = statuses(base)
+    # from a configured proxy each forwarded address is a client of its own
+    assert believed == [200] * 8, believed
