@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -9,6 +10,24 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_STORE_URI = "duckdb:///./data/marketlake.duckdb"
+_URI_AUTHORITY = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.\-]*://)([^\s/?#]*)")
+_SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api_?key)=([^&\s]+)")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URI in it, and ``password=``-like query
+    parameters, replaced by ``***``: the one way a URI or a message that may carry one
+    is shown or logged (``postgresql://app:***@db/x``, ``redis://:***@cache:6379/0``)."""
+
+    def authority(match: re.Match[str]) -> str:
+        scheme, netloc = match.group(1), match.group(2)
+        if "@" not in netloc:
+            return match.group(0)
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        return f"{scheme}{user}:***@{host}" if has_password else match.group(0)
+
+    return _SECRET_PARAM.sub(r"\1=***", _URI_AUTHORITY.sub(authority, text))
 
 
 class Settings(BaseSettings):
@@ -74,6 +93,17 @@ class Settings(BaseSettings):
     )
     api_workers: int = Field(1, description="Worker processes of `marketlake serve`")
     api_access_log: bool = Field(True, description="Log one structured line per API request")
+    api_max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body the API reads (larger: 413)"
+    )
+    api_trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses (or CIDR ranges) of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; from anyone else these headers are ignored",
+    )
+    api_sse_clients_per_client: int = Field(
+        20, ge=1, description="Open SSE streams one API key or address may hold (more: 429)"
+    )
 
     metrics_port: int = Field(
         9464, description="Port of the Prometheus endpoint of `marketlake worker` (0: none)"

@@ -143,27 +143,40 @@ def parse_time(text: str | datetime, *, param: str = "time") -> datetime:
 
 AssetClass = Literal["stock", "index", "crypto", "fx", "etf", "future"]
 _SYMBOL_RE = re.compile(r"^[A-Z0-9^._=\-/]{1,32}$")
+_SYMBOL_RULE = (
+    "must be 1-32 characters of A-Z, 0-9 and ^ . _ = - /, with no path syntax"
+    " ('..', a leading or trailing '/', '//')"
+)
+
+
+def _symbol_problem(symbol: str) -> bool:
+    """True when an upper-cased symbol breaks the rule: bad characters or path syntax.
+
+    ``/`` is allowed between two names (``BTC/USD``) but never so that the symbol could
+    name a parent directory, an absolute path or an empty path segment.
+    """
+    if not _SYMBOL_RE.match(symbol):
+        return True
+    return ".." in symbol or symbol.startswith(("/", ".")) or symbol.endswith("/") or "//" in symbol
 
 
 class Instrument(BaseModel):
     """A tradable or quoted thing; ``symbol`` is its unique upper-case key."""
 
     symbol: str = Field(examples=["AAPL"])
-    name: str = ""
+    name: str = Field("", max_length=200)
     asset_class: AssetClass = "stock"
-    exchange: str = ""
-    currency: str = "USD"
-    timezone: str = "America/New_York"
+    exchange: str = Field("", max_length=32)
+    currency: str = Field("USD", max_length=16)
+    timezone: str = Field("America/New_York", max_length=64)
     active: bool = True
 
     @field_validator("symbol", mode="before")
     @classmethod
     def _upper_symbol(cls, value: object) -> str:
         symbol = str(value).strip().upper()
-        if not _SYMBOL_RE.match(symbol):
-            raise ValueError(
-                f"symbol {value!r} must be 1-32 characters of A-Z, 0-9 and ^ . _ = - /"
-            )
+        if _symbol_problem(symbol):
+            raise ValueError(f"symbol {value!r} {_SYMBOL_RULE}")
         return symbol
 
     @field_validator("timezone")
@@ -181,11 +194,8 @@ class Instrument(BaseModel):
 def normalize_symbol(symbol: str) -> str:
     """Upper-case and check a symbol; a malformed one raises :class:`InputError`."""
     text = str(symbol).strip().upper()
-    if not _SYMBOL_RE.match(text):
-        raise InputError(
-            f"symbol {symbol!r} must be 1-32 characters of A-Z, 0-9 and ^ . _ = - /",
-            param="symbol",
-        )
+    if _symbol_problem(text):
+        raise InputError(f"symbol {symbol!r} {_SYMBOL_RULE}", param="symbol")
     return text
 
 

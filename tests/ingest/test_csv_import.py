@@ -614,7 +614,7 @@ def test_the_csv_provider_serves_files_from_the_csv_dir(duck: Store, tmp_path: P
     assert by_symbol["AAPL"].inserted == 2
     assert by_symbol["MSFT"].inserted == 0
     assert "line 5, column High" in (by_symbol["MSFT"].error or "")
-    assert "does not exist" in (by_symbol["NONE"].error or "")
+    assert "no file NONE.csv in the CSV directory" in (by_symbol["NONE"].error or "")
     assert closes(duck) == [(utc(2024, 3, 5), 12.0), (utc(2024, 3, 6), 13.0)]
 
 

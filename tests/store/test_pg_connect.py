@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from marketlake.cli.app import cli
+from marketlake.config import redact
 from marketlake.errors import ConfigError, StoreError
 from marketlake.store import open_store
-from marketlake.store.pgconn import mask, parse_uri
+from marketlake.store.pgconn import parse_uri
 from marketlake.store.postgres import PostgresStore
 from tests.conftest import PG
 
@@ -74,8 +75,8 @@ def test_a_bad_uri_is_a_config_error_saying_what_is_wrong(uri: str, message: str
 
 
 def test_passwords_never_appear_in_messages() -> None:
-    assert mask("postgresql://bob:hunter2@h/db") == "postgresql://bob:***@h/db"
-    assert mask("postgresql://bob@h/db") == "postgresql://bob@h/db"
+    assert redact("postgresql://bob:hunter2@h/db") == "postgresql://bob:***@h/db"
+    assert redact("postgresql://bob@h/db") == "postgresql://bob@h/db"
 
 
 def _free_port() -> int:

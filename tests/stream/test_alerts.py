@@ -320,3 +320,83 @@ def test_rules_added_through_the_store_are_reloaded(tmp_path: Path, duck: Store)
 
 def test_a_missing_rule_file_has_no_rules(tmp_path: Path) -> None:
     assert RuleSource(tmp_path / "none.yml").load().rules == ()
+
+
+# -- message templates and thresholds are checked when a rule is made ------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "problem"),
+    [
+        ("{Symbol} is high", "unknown field {Symbol}"),
+        ("{value:999999999999}", "is not allowed"),
+        ("{value:9999}", "is not allowed"),
+        ("{value:.{rule}f}", "is not allowed"),
+        ("{value.real}", "unknown field {value.real}"),
+        ("{symbol[0]}", "unknown field {symbol[0]}"),
+        ("{0}", "unknown field {0}"),
+        ("{value:d}", "does not format"),
+        ("unclosed {value", "not a valid template"),
+        ("x" * 501, "at most 500 characters"),
+    ],
+)
+def test_a_bad_message_template_is_refused_when_the_rule_is_made(
+    message: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError, match="field 'message'") as caught:
+        parse_rule({"id": "t", "kind": "price_above", "threshold": 1, "message": message})
+    assert problem in caught.value.message
+
+
+def test_good_templates_pass_and_format() -> None:
+    message = "{symbol} at {price:,.2f}: {value:>10.4g} ({rule!r}) {{literal}}"
+    alerts = _run(
+        [{"id": "t", "kind": "price_above", "threshold": 100, "message": message}], [99, 101]
+    )
+    assert alerts[0].message == "BTCUSDT at 101.00:        101 ('t') {literal}"
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), float("-inf"), "1e400", "NaN"])
+def test_a_threshold_that_is_not_a_finite_number_is_refused(threshold: object) -> None:
+    with pytest.raises(ConfigError, match="field 'threshold'"):
+        parse_rule({"id": "t", "kind": "price_above", "threshold": threshold})
+
+
+def test_a_bad_template_in_the_rule_file_names_the_rule(tmp_path: Path) -> None:
+    from marketlake.stream.alerts import load_rule_file
+
+    path = tmp_path / "alert_rules.yml"
+    path.write_text(
+        "rules:\n  - id: ok\n    kind: price_above\n    threshold: 1\n"
+        "  - id: bad\n    kind: price_above\n    threshold: 1\n    message: '{Symbol}'\n"
+    )
+    with pytest.raises(ConfigError, match=r"alert rule #2 'bad': field 'message'.*\{Symbol\}"):
+        load_rule_file(path)
+
+
+def test_a_rule_that_fails_at_run_time_is_disabled_and_the_others_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from marketlake.stream.alerts import PriceAbove
+
+    good = parse_rule({"id": "good", "kind": "price_above", "threshold": 100})
+    # a stored definition from before templates were checked, bypassing validation
+    bad = PriceAbove.model_construct(
+        id="bad", kind="price_above", threshold=100, symbol="*", cooldown=0.0, message="{Symbol}"
+    )
+    engine = AlertEngine(RuleSet((bad, good)), bucket_s=60)
+    state = SymbolAnalytics("BTCUSDT", AnalyticsConfig(window=5))
+    with caplog.at_level("ERROR"):
+        _feed(engine, state, T0 + np.arange(2) * MIN, [99, 101])
+        _feed(engine, state, T0 + np.arange(2, 4) * MIN, [98, 102])
+    assert [a.rule_id for a in engine.drain()] == ["good", "good"]
+    assert engine.disabled == {"bad": "KeyError: 'Symbol'"}
+    assert [r.message for r in caplog.records].count(
+        "alert rule bad disabled until it is changed: KeyError: 'Symbol'"
+    ) == 1
+    # a changed definition is armed again
+    fixed = parse_rule(
+        {"id": "bad", "kind": "price_above", "threshold": 100, "message": "{symbol}"}
+    )
+    engine.set_rules(RuleSet((fixed, good)))
+    assert engine.disabled == {}

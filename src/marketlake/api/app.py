@@ -31,6 +31,7 @@ from marketlake.api.deps import ApiContext
 from marketlake.api.errors import Problem, install_error_handlers, log, problem_responses
 from marketlake.api.fastpath import HotRoutes, hot_routes
 from marketlake.api.jobs import JobRunner
+from marketlake.api.limits import GuardMiddleware
 from marketlake.api.observability import ApiMetrics, FindingsCollector, ObservabilityMiddleware
 from marketlake.api.ratelimit import make_rate_limiter
 from marketlake.api.routes import API_ROUTERS
@@ -151,6 +152,7 @@ def create_app(
     app.add_middleware(
         HotRoutes, fastapi_app=app, routes=hot_routes(API_PREFIX, API_ROUTERS, HOT_ROUTES)
     )
+    app.add_middleware(GuardMiddleware, max_body_bytes=settings.api_max_body_bytes)
     if settings.api_cors_origins:
         app.add_middleware(
             CORSMiddleware,

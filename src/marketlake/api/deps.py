@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, Path, Request
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from marketlake.api.auth import Authenticator, Principal
@@ -27,7 +26,6 @@ from marketlake.api.jobs import JobRunner
 from marketlake.api.observability import ApiMetrics
 from marketlake.api.ratelimit import RateLimiter
 from marketlake.config import Settings
-from marketlake.errors import InputError
 from marketlake.schema import normalize_symbol
 from marketlake.store import Store, open_store
 from marketlake.stream.bus import Bus, open_bus
@@ -175,15 +173,9 @@ async def symbol_param(
 ) -> str:
     """The path's symbol, upper-cased and checked."""
     upper = symbol.strip().upper()
-    if _SYMBOL.match(upper):  # the common case, without building a model
-        return upper
-    try:
-        return normalize_symbol(symbol)
-    except ValidationError:
-        raise InputError(
-            f"symbol {symbol!r} is not valid: use 1-32 characters of A-Z, 0-9 and ^ . _ = - /",
-            param="symbol",
-        ) from None
+    if _SYMBOL.match(upper) and not upper.startswith(".") and ".." not in upper:
+        return upper  # the common case, without building a model
+    return normalize_symbol(symbol)
 
 
 SymbolDep = Annotated[str, Depends(symbol_param)]

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from marketlake.config import redact
 from marketlake.errors import AuthError, MarketLakeError, RateLimitError
 
 PROBLEM_JSON = "application/problem+json"
@@ -109,7 +110,7 @@ def problem_response(
         "type": problem_type(status),
         "title": title,
         "status": status,
-        "detail": detail,
+        "detail": redact(detail),
         "instance": request.url.path,
     }
     if param is not None:

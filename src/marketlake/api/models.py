@@ -33,11 +33,11 @@ class InstrumentFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field("", examples=["Apple Inc."])
+    name: str = Field("", max_length=200, examples=["Apple Inc."])
     asset_class: AssetClass = "stock"
-    exchange: str = Field("", examples=["XNAS"])
-    currency: str = Field("USD", examples=["USD"])
-    timezone: str = Field("America/New_York", examples=["America/New_York"])
+    exchange: str = Field("", max_length=32, examples=["XNAS"])
+    currency: str = Field("USD", max_length=16, examples=["USD"])
+    timezone: str = Field("America/New_York", max_length=64, examples=["America/New_York"])
     active: bool = True
 
 

@@ -24,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from marketlake.config import redact
 from marketlake.errors import MarketLakeError
 
 log = structlog.get_logger("marketlake.api")
@@ -198,6 +199,11 @@ def _orjson(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
+def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A log processor: no credentials of a URI in any text value of a log line."""
+    return {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
+
+
 def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
     """Structured logs on stderr: JSON lines (``json=True``) or readable console lines."""
     processors: list[Any] = [
@@ -205,6 +211,7 @@ def configure_logging(level: str = "INFO", *, json: bool = True) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
+        _redact_secrets,
     ]
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_orjson)

@@ -11,6 +11,7 @@ import typer
 
 from marketlake.cli.app import State, state
 from marketlake.cli.output import console, emit_json, err_console, show_table
+from marketlake.config import redact
 from marketlake.schema import Instrument
 
 DEMO_INSTRUMENTS = (
@@ -67,7 +68,7 @@ def demo(
     symbols = [i.symbol for i in DEMO_INSTRUMENTS]
     say.print(
         f"[bold]1/5[/] loading {days} days of synthetic 1-minute bars for "
-        f"{len(DEMO_INSTRUMENTS)} symbols into {st.settings.store}"
+        f"{len(DEMO_INSTRUMENTS)} symbols into {redact(st.settings.store)}"
     )
     from marketlake.ingest.jobs import run_ingest
     from marketlake.providers.synthetic import SyntheticProvider

@@ -8,7 +8,7 @@ import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import show_table
-from marketlake.config import Settings
+from marketlake.config import Settings, redact
 from marketlake.store.pgschema import TimescaleOptions
 from marketlake.store.tables import SCHEMA_VERSION
 
@@ -62,7 +62,7 @@ def migrate(
             )
             layout = "timescaledb hypertables" if report.timescale else "monthly partitions"
             row = {"store": uri, "before": report.before, "after": report.after, "layout": layout}
-    row["store"] = _masked(str(row["store"]))
+    row["store"] = redact(str(row["store"]))
     row["target"] = SCHEMA_VERSION
     show_table(
         [row],
@@ -73,12 +73,6 @@ def migrate(
     )
     if check and row["after"] != SCHEMA_VERSION:
         raise typer.Exit(1)
-
-
-def _masked(uri: str) -> str:
-    from marketlake.store.pgconn import mask
-
-    return mask(uri)
 
 
 def register(app: typer.Typer) -> None:

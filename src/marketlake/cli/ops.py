@@ -9,6 +9,7 @@ import typer
 from marketlake import __version__
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
+from marketlake.config import redact
 from marketlake.errors import MarketLakeError
 
 jobs_group = typer.Typer(help="Recorded jobs (ingest, import, …).", no_args_is_help=True)
@@ -93,7 +94,7 @@ def doctor(
     ok = True
     try:
         store = st.store
-        checks.append({"check": "store", "status": "ok", "detail": st.settings.store})
+        checks.append({"check": "store", "status": "ok", "detail": redact(st.settings.store)})
         checks.append(
             {"check": "schema version", "status": "ok", "detail": str(store.schema_version())}
         )
@@ -102,7 +103,7 @@ def doctor(
         )
     except MarketLakeError as exc:
         ok = False
-        checks.append({"check": "store", "status": "FAIL", "detail": exc.message})
+        checks.append({"check": "store", "status": "FAIL", "detail": redact(exc.message)})
     checks.append(_bus_check(st.settings.bus))
     ok = ok and checks[-1]["status"] != "FAIL"
     if as_json:
@@ -123,8 +124,8 @@ def _bus_check(uri: str) -> dict[str, str]:
         client.ping()
         client.close()
     except Exception as exc:  # noqa: BLE001 - doctor reports any failure as text
-        return {"check": "bus", "status": "FAIL", "detail": f"{uri}: {exc}"}
-    return {"check": "bus", "status": "ok", "detail": uri}
+        return {"check": "bus", "status": "FAIL", "detail": redact(f"{uri}: {exc}")}
+    return {"check": "bus", "status": "ok", "detail": redact(uri)}
 
 
 def register(app: typer.Typer) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from marketlake.config import redact
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -60,9 +62,9 @@ def show_table(
 
 
 def error(message: str) -> None:
-    """One readable line on stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One readable line on stderr, with any credentials in it redacted."""
+    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {redact(message)}", highlight=False, soft_wrap=True)

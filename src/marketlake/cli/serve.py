@@ -47,7 +47,10 @@ def run_server(
         "port": port,
         "log_config": None,
         "access_log": False,
-        "proxy_headers": True,
+        # X-Forwarded-For/-Proto only from the configured proxies: anyone else could
+        # rotate the header to dodge the per-address rate limit
+        "proxy_headers": bool(settings.api_trusted_proxies),
+        "forwarded_allow_ips": ",".join(settings.api_trusted_proxies) or "",
         "server_header": False,
     }
     if workers > 1:

@@ -12,7 +12,7 @@ import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
-from marketlake.config import Settings
+from marketlake.config import Settings, redact
 from marketlake.errors import ConfigError, InputError
 from marketlake.timeseries.times import resolve_range
 
@@ -188,7 +188,7 @@ def worker(
     )
     if not as_json:
         console.print(
-            f"worker {job.stats.name} consuming {bus.uri} "
+            f"worker {job.stats.name} consuming {redact(bus.uri)} "
             f"({len(job.pipeline.engine.rules.rules)} alert rules)",
             highlight=False,
         )

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from marketlake.config import redact
 from marketlake.errors import ConfigError, MarketLakeError, StoreError, StoreVersionError
 
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -57,18 +58,6 @@ class PgOptions:
         return {"options": f"{extra} {options}" if extra else options}
 
 
-def mask(uri: str) -> str:
-    """The URI with its password replaced by ``***``."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return "<unparseable URI>"
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _int_param(own: dict[str, str], name: str, default: int, low: int, display: str) -> int:
     raw = own.get(name)
     if raw is None:
@@ -82,7 +71,7 @@ def _int_param(own: dict[str, str], name: str, default: int, low: int, display: 
 
 def parse_uri(uri: str) -> PgOptions:
     """Parse and check a ``postgresql://`` or ``postgres://`` store URI."""
-    display = mask(uri)
+    display = redact(uri)
     try:
         parts = urlsplit(uri)
         port = parts.port

@@ -62,12 +62,23 @@ Verdict = tuple[Array, Array]
 class _Rule(BaseModel):
     """Fields every rule has."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
     symbol: str = Field("*", description="A symbol, or * for every symbol")
     cooldown: float = Field(0.0, description="Seconds (or 30s, 5m …) between two firings")
-    message: str | None = Field(None, description="Text with {symbol}, {value}, {rule}")
+    message: str | None = Field(
+        None,
+        max_length=500,
+        description="Text with {symbol}, {value}, {price} and {rule}, e.g. {value:.2f}",
+    )
+
+    @field_validator("message")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_template(value)
+        return value
 
     @field_validator("symbol", mode="before")
     @classmethod
@@ -194,6 +205,43 @@ RULE_KINDS = (
 )
 
 
+MESSAGE_FIELDS = ("symbol", "value", "price", "rule")
+_SAMPLE = {"symbol": "BTCUSDT", "value": 1.5, "price": 67012.5, "rule": "r"}
+# [[fill]align][sign][z][#][0][width][grouping][.precision][type], width and precision short
+_SPEC_RE = re.compile(r"^(.?[<>=^])?[-+ ]?z?#?0?(\d{1,3})?[,_]?(\.\d{1,2})?[bcdeEfFgGnosxX%]?$")
+
+
+def check_template(text: str) -> None:
+    """Refuse a message template that would fail (or blow up) when the rule fires.
+
+    Fields are {symbol}, {value}, {price} and {rule}; a format spec is a plain one
+    with a width of at most 3 digits and a precision of at most 2 (``{value:.2f}``).
+    """
+    import string
+
+    fields = ", ".join("{" + f + "}" for f in MESSAGE_FIELDS)
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as exc:
+        raise ValueError(
+            f"not a valid template ({exc}); write literal braces as {{{{ }}}}"
+        ) from None
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in MESSAGE_FIELDS:
+            raise ValueError(f"unknown field {{{name}}}; a message may use {fields}")
+        if conversion not in (None, "s", "r", "a") or not _SPEC_RE.match(spec or ""):
+            raise ValueError(
+                f"format {{{name}:{spec}}} is not allowed; use a short spec such as "
+                "{value:.2f} or {value:>10.4g}"
+            )
+    try:
+        text.format(**_SAMPLE)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"does not format ({exc}); use a spec such as {{value:.2f}}") from None
+
+
 def parse_rule(data: object, *, where: str = "alert rule") -> Rule:
     """Validate one rule; a bad one raises :class:`ConfigError` naming rule and field."""
     name = data.get("id") if isinstance(data, dict) else None
@@ -309,10 +357,14 @@ class AlertEngine:
         self.rules = rules
         self._armed: dict[str, list[_Armed]] = {}
         self._fired: list[Alert] = []
+        self.disabled: dict[str, str] = {}
+        """Rules that failed at run time (id → why): skipped until their definition changes."""
 
     def set_rules(self, rules: RuleSet) -> None:
         """Switch to new rules; unchanged rules keep their cooldown and de-dup state."""
         old = {(s, a.rule.id): a for s, armed in self._armed.items() for a in armed}
+        same = {r.id for r in rules.rules if r in self.rules.rules}
+        self.disabled = {k: v for k, v in self.disabled.items() if k in same}
         self.rules = rules
         self._armed = {}
         for symbol in {s for s, _ in old}:
@@ -352,24 +404,35 @@ class AlertEngine:
         looked at one by one (for the cooldown).
         """
         for a in armed:
-            hit, values = a.rule.evaluate(obs, self.bucket_s)
-            if a.edge:
-                rising = hit
-            else:
-                before = np.empty_like(hit)
-                before[0] = a.active
-                before[1:] = hit[:-1]
-                rising = hit & ~before
-            a.active = bool(hit[-1])
-            for i in np.flatnonzero(rising).tolist():
-                ts = int(obs.ts[i])
-                if a.last_us is not None and ts - a.last_us < a.cooldown_us:
-                    continue
-                a.last_us = ts
-                a.seq += 1
-                self._fired.append(
-                    self._alert(a, symbol, ts, float(obs.price[i]), float(values[i]))
+            if a.rule.id in self.disabled:
+                continue
+            try:
+                self._check_rule(a, symbol, obs)
+            except Exception as exc:  # noqa: BLE001 - a rule must never take the worker down
+                self.disabled[a.rule.id] = f"{type(exc).__name__}: {exc}"
+                log.error(
+                    "alert rule %s disabled until it is changed: %s",
+                    a.rule.id,
+                    self.disabled[a.rule.id],
                 )
+
+    def _check_rule(self, a: _Armed, symbol: str, obs: Observed) -> None:
+        hit, values = a.rule.evaluate(obs, self.bucket_s)
+        if a.edge:
+            rising = hit
+        else:
+            before = np.empty_like(hit)
+            before[0] = a.active
+            before[1:] = hit[:-1]
+            rising = hit & ~before
+        a.active = bool(hit[-1])
+        for i in np.flatnonzero(rising).tolist():
+            ts = int(obs.ts[i])
+            if a.last_us is not None and ts - a.last_us < a.cooldown_us:
+                continue
+            a.last_us = ts
+            a.seq += 1
+            self._fired.append(self._alert(a, symbol, ts, float(obs.price[i]), float(values[i])))
 
     def _alert(self, a: _Armed, symbol: str, ts: int, price: float, value: float) -> Alert:
         rule = a.rule

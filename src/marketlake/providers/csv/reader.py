@@ -202,6 +202,8 @@ class CsvBarReader:
             raise InputError(f"{self.path} does not exist")
         if self.path.is_dir():
             raise InputError(f"{self.path} is a directory; give a CSV file")
+        if not self.path.is_file():  # a FIFO or a device would block or never end
+            raise InputError(f"{self.path} is not a regular file; give a CSV file")
         self.layout = detect_layout(self.path, self.delimiter)
         self.size = self.path.stat().st_size
         if self.layout.ignored:
@@ -405,7 +407,27 @@ class CsvProvider(Provider):
     needs_network: ClassVar[bool] = False
 
     def file_for(self, symbol: str) -> Path:
-        return Path(self.settings.csv_dir) / f"{normalize_symbol(symbol)}.csv"
+        """The file of ``symbol``, confined to ``csv_dir`` after resolving symlinks.
+
+        Errors name the file relative to the directory, never the server's path: a
+        client of the API must not learn where the server keeps its files.
+        """
+        name = f"{normalize_symbol(symbol)}.csv"
+        root = Path(self.settings.csv_dir).resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise InputError(
+                f"{name} resolves outside the CSV directory (MARKETLAKE_CSV_DIR); "
+                "the csv provider reads only files inside it",
+                param="symbol",
+            )
+        if not path.is_file():
+            raise InputError(
+                f"no file {name} in the CSV directory (MARKETLAKE_CSV_DIR); "
+                "add it there or check the symbol",
+                param="symbol",
+            )
+        return path
 
     async def fetch_bars(
         self, symbol: str, timeframe: str | Timeframe, start: datetime, end: datetime
@@ -414,7 +436,7 @@ class CsvProvider(Provider):
         reader = CsvBarReader(self.file_for(symbol), symbol, tf, source=self.name)
         for batch in reader.batches():
             if batch.bad:
-                raise first_problem(batch.bad, f"fix {reader.path}")
+                raise first_problem(batch.bad, f"fix {reader.symbol}.csv in the CSV directory")
         for batch in reader.batches():
             ts = batch.bars.column("ts")
             keep = pc.and_(
