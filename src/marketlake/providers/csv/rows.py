@@ -66,12 +66,25 @@ def _epoch_us(values: Array) -> Array:
 @dataclass(slots=True)
 class Times:
     """Parsed times: µs since the epoch (UTC), readable rows, naive datetimes without a zone,
-    and local times that do not exist (a DST gap)."""
+    local times that do not exist (a DST gap), and rows that are calendar dates.
+
+    ``dates`` marks rows whose value is a date at 00:00 UTC that was never placed in a
+    timezone (a date-only cell, a file of midnight-only naive times, or an aware time or
+    epoch at exactly 00:00 UTC): for a daily bar that date is the trading date itself,
+    whatever ``--tz`` says.
+    """
 
     us: Array
     ok: Array
     naive: Array
     missing: Array
+    dates: Array | None = None
+
+    def date_rows(self) -> Array:
+        """The ``dates`` mask (all false when the parser did not set it)."""
+        if self.dates is None:
+            return np.zeros(len(self.us), dtype=bool)
+        return self.dates
 
 
 def parse_times(column: pa.Array, tz: str | None) -> Times:
@@ -87,14 +100,16 @@ def parse_times(column: pa.Array, tz: str | None) -> Times:
             ).to_numpy()
         )
         if typ.tz is not None:
-            return Times(us, valid, none, none)
+            return Times(us, valid, none, none, valid & (us % DAY_US == 0))
         return _localize(us, valid, tz)
     if pa.types.is_date(typ):
         days = np.asarray(pc.fill_null(column.cast(pa.date32()).cast(pa.int32()), 0).to_numpy())
-        return Times(days.astype(np.int64) * DAY_US, valid, none, none)
+        return Times(days.astype(np.int64) * DAY_US, valid, none, none, valid.copy())
     if pa.types.is_integer(typ) or pa.types.is_floating(typ):
         values = np.asarray(pc.fill_null(column.cast(pa.float64()), 0.0).to_numpy())
-        return Times(_epoch_us(values), valid & np.isfinite(values), none, none)
+        us = _epoch_us(values)
+        ok = valid & np.isfinite(values)
+        return Times(us, ok, none, none, ok & (us % DAY_US == 0))
     return _parse_text(column.cast(pa.string()), valid, tz)
 
 
@@ -104,7 +119,11 @@ def _localize(naive_us: Array, valid: Array, tz: str | None) -> Times:
     has_time = valid & (naive_us % DAY_US != 0)
     if tz is None or not has_time.any():
         return Times(
-            naive_us, valid, has_time if tz is None else np.zeros(n, bool), np.zeros(n, bool)
+            naive_us,
+            valid,
+            has_time if tz is None else np.zeros(n, bool),
+            np.zeros(n, bool),
+            valid & ~has_time,
         )
     local = pa.array(naive_us, pa.int64()).cast(pa.timestamp("us"))
     try:
@@ -155,12 +174,14 @@ def _parse_rows(values: list[str | None], valid: Array, tz: str | None) -> Times
         if parsed is None:
             continue
         us[i], ok[i], naive[i] = parsed[0], True, parsed[1]
+    aware_dates = ok & ~naive & (us % DAY_US == 0)
     if naive.any():
         local = _localize(us, naive, tz)
         us = np.where(naive, local.us, us)
         ok &= ~local.missing
-        return Times(us, ok & valid, local.naive, local.missing)
-    return Times(us, ok & valid, np.zeros(n, bool), np.zeros(n, bool))
+        dates = aware_dates | (naive & local.date_rows())
+        return Times(us, ok & valid, local.naive, local.missing, dates & valid)
+    return Times(us, ok & valid, np.zeros(n, bool), np.zeros(n, bool), aware_dates & valid)
 
 
 def _parse_one(text: str) -> tuple[int, bool] | None:
@@ -292,7 +313,7 @@ class RowChecks:
             lambda i: "is empty",
         )
         flag(~times.ok, names["ts"], cell["ts"], lambda i: f"is not a time; {TIME_HINT}")
-        parsed: dict[str, Array] = {"ts": self._label(times.us, times.ok)}
+        parsed: dict[str, Array] = {"ts": self._label(times)}
         for name in ("open", "high", "low", "close", "volume", "trades", "vwap"):
             if name not in raw:
                 continue
@@ -309,9 +330,14 @@ class RowChecks:
             )
         return parsed, bad_mask, bad
 
-    def _label(self, us: Array, ok: Array) -> Array:
+    def _label(self, times: Times) -> Array:
         """Daily and coarser bars carry their local trading date at 00:00 UTC (then the
-        Monday of the week, the first of the month)."""
+        Monday of the week, the first of the month).
+
+        A row that is a date already (see :class:`Times`) keeps it; ``--tz`` only places
+        the rows that carry a time of day, which are converted to their local date once.
+        """
+        us, ok = times.us, times.ok
         if self.timeframe.is_intraday:
             return us
         local = us
@@ -322,6 +348,7 @@ class RowChecks:
                 .cast(pa.int64())
                 .to_numpy()
             )
+            local = np.where(times.date_rows(), us, local)
         labels = np.asarray(self.timeframe.floor_us((local // DAY_US) * DAY_US))
         self.relabelled += int(((labels != us) & ok).sum())
         return labels
