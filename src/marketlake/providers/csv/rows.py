@@ -41,7 +41,18 @@ Array = np.ndarray[Any, Any]
 DAY_US = 86400 * US_PER_SECOND
 _NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(nan|NaN|NAN|inf|Inf|INF|Infinity)$"
 _EPOCH = re.compile(r"^[-+]?\d+(\.\d*)?$")
-TIME_HINT = "use ISO 8601 such as 2024-03-04 or 2024-03-04T14:30:00Z, or epoch seconds/ms"
+TIME_HINT = (
+    "use ISO 8601 such as 2024-03-04 or 2024-03-04T14:30:00Z, or epoch seconds/ms, "
+    "or pass --date-format (e.g. --date-format %m/%d/%Y for 03/04/2024)"
+)
+_DOTTED_DATE = r"^(\d{4})\.(\d{2})\.(\d{2})"  # MetaTrader: 2024.03.04
+
+
+def time_hint(date_format: str | None) -> str:
+    """What to do about a cell that is not a time."""
+    if date_format:
+        return f"does not match --date-format {date_format!r}"
+    return f"is not a time; {TIME_HINT}"
 
 
 def zone(tz: str | None) -> ZoneInfo | None:
@@ -87,11 +98,26 @@ class Times:
         return self.dates
 
 
-def parse_times(column: pa.Array, tz: str | None) -> Times:
-    """Parse a time column of any type Arrow inferred (or text)."""
+def parse_times(column: pa.Array, tz: str | None, date_format: str | None = None) -> Times:
+    """Parse a time column of any type Arrow inferred (or text); ``date_format`` is a
+    strptime format for text cells (``%z`` makes them aware, else ``tz`` places them)."""
     n = len(column)
     none = np.zeros(n, dtype=bool)
     typ = column.type
+    if date_format and (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        try:
+            stamps = pc.strptime(
+                pc.utf8_trim_whitespace(column),
+                format=date_format,
+                unit="us",
+                error_is_null=True,
+            )
+        except pa.ArrowInvalid as exc:
+            raise InputError(
+                f"--date-format {date_format!r} is not a strptime format: {exc}",
+                param="date_format",
+            ) from None
+        return parse_times(stamps, tz)
     valid = np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False))
     if pa.types.is_timestamp(typ):
         us = np.asarray(
@@ -159,6 +185,9 @@ def _parse_text(text: pa.Array, valid: Array, tz: str | None) -> Times:
         except pa.ArrowInvalid:
             continue
     trimmed = pc.utf8_trim_whitespace(text)
+    if pc.any(pc.match_substring_regex(trimmed, _DOTTED_DATE)).as_py():
+        dashed = pc.replace_substring_regex(trimmed, _DOTTED_DATE, r"\1-\2-\3")
+        return _parse_text(dashed, valid, tz)
     if pc.all(pc.match_substring_regex(trimmed, _EPOCH.pattern)).as_py():
         return parse_times(pc.cast(trimmed, pa.float64()), tz)
     return _parse_rows(text.to_pylist(), valid, tz)
@@ -207,11 +236,12 @@ class Numbers:
     unreadable: Array
 
 
-def parse_numbers(column: pa.Array) -> Numbers:
-    """Parse a numeric column of any type Arrow inferred (or text)."""
+def parse_numbers(column: pa.Array, decimal: str = ".") -> Numbers:
+    """Parse a numeric column of any type Arrow inferred (or text); ``decimal`` is the
+    file's decimal mark."""
     empty = np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False))
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        text = column
+        text = column if decimal == "." else pc.replace_substring(column, decimal, ".")
         try:
             column = pc.cast(text, pa.float64())
         except pa.ArrowInvalid:
@@ -256,12 +286,20 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _not_a_number(text: str) -> str:
+    if re.match(r"^[-+]?\d+,\d+$", text.strip()):
+        return "is not a number (a decimal comma? pass --decimal ,)"
+    return "is not a number"
+
+
 @dataclass
 class RowChecks:
     """The rules every CSV row must pass, for one timeframe and timezone."""
 
     timeframe: Timeframe
     tz: str | None = None
+    date_format: str | None = None
+    decimal: str = "."
     relabelled: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -290,7 +328,7 @@ class RowChecks:
             name: (lambda i, c=col: "" if c[i].as_py() is None else _text(c[i].as_py()))
             for name, col in raw.items()
         }
-        times = parse_times(raw["ts"], self.tz)
+        times = parse_times(raw["ts"], self.tz, self.date_format)
         first_naive = np.flatnonzero(times.naive & rows)
         if first_naive.size:
             i = int(first_naive[0])
@@ -312,12 +350,13 @@ class RowChecks:
             cell["ts"],
             lambda i: "is empty",
         )
-        flag(~times.ok, names["ts"], cell["ts"], lambda i: f"is not a time; {TIME_HINT}")
+        hint = time_hint(self.date_format)
+        flag(~times.ok, names["ts"], cell["ts"], lambda i: hint)
         parsed: dict[str, Array] = {"ts": self._label(times)}
-        for name in ("open", "high", "low", "close", "volume", "trades", "vwap"):
+        for name in ("open", "high", "low", "close", "volume", "trades", "vwap", "quote volume"):
             if name not in raw:
                 continue
-            number = parse_numbers(raw[name])
+            number = parse_numbers(raw[name], self.decimal)
             parsed[name] = self._check_number(name, number, names[name], cell[name], flag)
         self._check_ohlc(parsed, names, flag)
         if self.timeframe.is_intraday:
@@ -356,10 +395,10 @@ class RowChecks:
     @staticmethod
     def _check_number(name: str, number: Numbers, label: str, cell: Any, flag: Any) -> Array:
         values = number.values
-        optional = name in ("trades", "vwap")
+        optional = name in ("trades", "vwap", "quote volume")
         if not optional:
             flag(number.empty, label, cell, lambda i: "is empty")
-        flag(number.unreadable, label, cell, lambda i: "is not a number")
+        flag(number.unreadable, label, cell, lambda i: _not_a_number(cell(i)))
         flag(~number.empty & np.isnan(values), label, cell, lambda i: "is NaN")
         if name in ("open", "high", "low", "close"):
             flag(~(values > 0) & ~number.empty, label, cell, lambda i: "must be a positive price")
