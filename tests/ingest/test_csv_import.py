@@ -21,6 +21,9 @@ GOOD = """Date,Open,High,Low,Close,Volume
 2024-03-06,12,14,11,13,1200
 """
 
+# Files of every calendar day (weekends included): the closed_day rule would reject those.
+EVERY_DAY = QualityPolicy().with_actions(closed_day="off")
+
 
 def utc(*args: int) -> datetime:
     return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
@@ -376,7 +379,13 @@ def test_line_numbers_stay_right_across_blocks_blank_lines_and_short_rows(
     rows.append("2024-01-03,10,12,9,11.5,5")  # repeats line 4 from an earlier block
     text = "date,open,high,low,close,volume\n" + "\n".join(rows) + "\n"
     result = import_csv(
-        duck, write(tmp_path, text), "AAPL", timeframe="1d", on_error="skip", block_bytes=120
+        duck,
+        write(tmp_path, text),
+        "AAPL",
+        timeframe="1d",
+        on_error="skip",
+        block_bytes=120,
+        policy=EVERY_DAY,
     )
     assert [str(b) for b in result.skipped] == [
         "line 11: has 3 fields, expected 6",
@@ -391,7 +400,9 @@ def test_an_unsorted_file_keeps_every_row(duck: Store, tmp_path: Path) -> None:
     text = "date,open,high,low,close,volume\n" + "".join(
         f"2024-01-{d:02d},10,12,9,{10 + d / 10},5\n" for d in days
     )
-    result = import_csv(duck, write(tmp_path, text), "AAPL", timeframe="1d", block_bytes=64)
+    result = import_csv(
+        duck, write(tmp_path, text), "AAPL", timeframe="1d", block_bytes=64, policy=EVERY_DAY
+    )
     assert result.inserted == 9
     assert [c for _, c in closes(duck)] == [10 + d / 10 for d in sorted(days)]
 
@@ -501,12 +512,12 @@ def test_the_cli_lists_skipped_lines(
 SATURDAY = GOOD + (
     "2024-03-07,13,15,12,14,1300\n2024-03-08,14,16,13,15,1400\n2024-03-09,15,16,14,15.5,1500\n"
 )  # no NYSE session on a Saturday
-REJECT_OUTSIDE = QualityPolicy().with_actions(outside_session="reject")
+FLAG_CLOSED_DAYS = QualityPolicy().with_actions(closed_day="flag")
 EVERY_RULE_OFF = QualityPolicy().with_actions(**dict.fromkeys(RULES, "off"))
 
 
 def test_a_bar_a_reject_rule_catches_is_not_stored(duck: Store, tmp_path: Path) -> None:
-    result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL", policy=REJECT_OUTSIDE)
+    result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL")  # closed_day rejects
     assert (result.rows, result.inserted, result.rejected, result.flagged) == (6, 5, 1, 0)
     assert [ts for ts, _ in closes(duck)] == [utc(2024, 3, d) for d in (4, 5, 6, 7, 8)]
     assert result.status == "succeeded"  # the policy did its job; no line was bad
@@ -515,16 +526,16 @@ def test_a_bar_a_reject_rule_catches_is_not_stored(duck: Store, tmp_path: Path) 
 def test_a_flagged_bar_is_stored_and_its_finding_names_the_line(
     duck: Store, tmp_path: Path
 ) -> None:
-    result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL")
+    result = import_csv(duck, write(tmp_path, SATURDAY), "AAPL", policy=FLAG_CLOSED_DAYS)
     assert (result.inserted, result.rejected, result.flagged) == (6, 0, 1)
     assert utc(2024, 3, 9) in [ts for ts, _ in closes(duck)]
     assert result.score == 1.0  # every session bar is there and clean; the Saturday is extra
     report, findings = load_report(duck, str(result.quality_report))
     assert report["job_id"] == result.job_id
     assert report["scope"]["kind"] == "import"
-    assert report["summary"]["counts"] == {"outside_session": 1}
+    assert report["summary"]["counts"] == {"closed_day": 1}
     assert [(f["rule"], f["ts"], f["values"]["line"]) for f in findings] == [
-        ("outside_session", utc(2024, 3, 9), 7)
+        ("closed_day", utc(2024, 3, 9), 7)
     ]
 
 
@@ -545,7 +556,6 @@ def test_the_policy_applies_to_every_block_of_a_big_file(duck: Store, tmp_path: 
         write(tmp_path, SATURDAY),
         "AAPL",
         timeframe="1d",
-        policy=REJECT_OUTSIDE,
         block_bytes=40,
         one_transaction_bytes=0,
     )
@@ -567,7 +577,7 @@ def test_the_cli_applies_the_configured_policy_and_names_the_report(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("MARKETLAKE_QUALITY_RULES", '{"outside_session": "reject"}')
+    monkeypatch.setenv("MARKETLAKE_QUALITY_RULES", '{"closed_day": "flag"}')
     assert (
         cli(
             [
@@ -583,14 +593,14 @@ def test_the_cli_applies_the_configured_policy_and_names_the_report(
         == 0
     )
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["inserted"], summary["rejected"], summary["flagged"]) == (5, 1, 0)
+    assert (summary["inserted"], summary["rejected"], summary["flagged"]) == (6, 0, 1)
     report = summary["quality_report"]
     assert (
         cli(["--store", store_uri, "import-csv", str(write(tmp_path, SATURDAY)), "-s", "AAPL"]) == 0
     )
     out = capsys.readouterr().out
     assert "rejected (quality)" in out
-    assert "quality: 1 bars rejected (not stored), 0 flagged; see `marketlake validate" in out
+    assert "quality: 0 bars rejected (not stored), 1 flagged; see `marketlake validate" in out
     assert report not in out  # a second import, a second report
 
 
@@ -637,6 +647,7 @@ def test_a_big_file_is_checked_whole_before_anything_is_written(
         block_bytes=100,
         one_transaction_bytes=10,
         progress=lambda *a: calls.append(a),
+        policy=EVERY_DAY,
     )
     assert result.inserted == 28
     size = good.stat().st_size

@@ -70,7 +70,7 @@ async def test_running_a_job_twice_adds_nothing(duck: Store) -> None:
 def shifted(symbol: str, timeframe: str, start: datetime, end: datetime) -> pa.Table:
     """The synthetic market with every price 1 % higher: a vendor that corrected its data."""
     table = synthetic_source(symbol, timeframe, start, end)
-    for name in ("open", "high", "low", "close"):
+    for name in ("open", "high", "low", "close", "vwap"):
         index = table.schema.get_field_index(name)
         table = table.set_column(
             index,

@@ -147,3 +147,15 @@ def test_the_provider_yields_the_range_in_chunks() -> None:
 def test_the_provider_refuses_a_bad_timeframe() -> None:
     with pytest.raises(TimeframeError):
         SyntheticProvider(Settings()).check_timeframe("1y")
+
+
+@pytest.mark.parametrize("timeframe", ["1m", "1h", "1d"])
+def test_stock_volumes_are_whole_shares_crypto_keeps_fractions(timeframe: str) -> None:
+    stock = generate_bars("AAPL", timeframe, utc(2024, 3, 4), utc(2024, 3, 9))
+    volume = stock.column("volume").to_numpy()
+    assert len(volume) > 0
+    assert np.all(volume == np.round(volume))
+    assert np.all(volume >= 0)
+    crypto = generate_bars("BTCUSDT", timeframe, utc(2024, 3, 4), utc(2024, 3, 9))
+    fractions = crypto.column("volume").to_numpy() % 1
+    assert np.any(fractions != 0)

@@ -325,3 +325,48 @@ def test_an_empty_table_is_fine() -> None:
     report, reject = validate_bars(BAR_SCHEMA.empty_table())
     assert report.counts == {}
     assert len(reject) == 0
+
+
+def test_a_vwap_outside_low_high_is_an_error_and_the_bar_is_rejected() -> None:
+    """A Binance quote volume read as the vwap (6.2 M on a price of 61 k) is caught."""
+    table = bars(minutes("2024-03-04T10:00", 4), [61000.0, 61010.0, 61020.0, 61030.0])
+    table = edit(table, 1, vwap=6_200_000.0)
+    table = edit(table, 2, vwap=float("nan"))  # no vwap given: nothing to check
+    kept, report = check(table)
+    assert report.counts == {"vwap": 1}
+    [finding] = report.findings
+    assert (finding.rule, finding.severity, finding.ts) == (
+        "vwap",
+        "error",
+        utc("2024-03-04T10:01"),
+    )
+    assert finding.message.startswith("vwap 6200000.0 is outside [low 60390.0, high 61620.1")
+    assert kept.num_rows == 3
+    assert 6_200_000.0 not in kept.column("vwap").to_pylist()
+
+
+def test_a_vwap_on_the_high_or_the_low_is_inside() -> None:
+    table = bars(minutes("2024-03-04T10:00", 2), [100.0, 101.0])
+    rows = table.to_pylist()
+    table = edit(edit(table, 0, vwap=rows[0]["high"]), 1, vwap=rows[1]["low"])
+    _, report = check(table)
+    assert "vwap" not in report.counts
+
+
+def test_a_daily_bar_on_a_day_without_session_is_an_error_for_a_stock_not_for_crypto() -> None:
+    days = [utc("2024-03-08"), utc("2024-03-09"), utc("2024-03-11"), utc("2024-07-04")]
+    kept, report = check(bars(days, symbol="AAPL", timeframe="1d"))
+    closed = [f for f in report.findings if f.rule == "closed_day"]
+    assert [f.ts for f in closed] == [days[1], days[3]]  # a Saturday, Independence Day
+    assert {f.severity for f in closed} == {"error"}
+    assert closed[0].message == (
+        "daily bar on 2024-03-09 (Saturday), a day with no XNYS session; "
+        "are the dates shifted (check --tz) or the exchange wrong?"
+    )
+    assert kept.column("ts").to_pylist() == [days[0], days[2]]  # rejected by default
+    assert "outside_session" not in report.counts
+    _, crypto = check(bars(days, timeframe="1d"))
+    assert "closed_day" not in crypto.counts
+    flag = QualityPolicy().with_actions(closed_day="flag")
+    kept, _ = check(bars(days, symbol="AAPL", timeframe="1d"), flag)
+    assert kept.num_rows == 4

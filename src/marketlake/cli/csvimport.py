@@ -56,6 +56,20 @@ def import_csv_command(
         ),
     ] = False,
     delimiter: Annotated[str, typer.Option(help="Column separator.")] = ",",
+    date_format: Annotated[
+        str | None,
+        typer.Option(
+            "--date-format",
+            help="strptime format of the time column, e.g. %m/%d/%Y for 03/04/2024 "
+            "(date and time columns are joined with a space: %d.%m.%Y %H:%M).",
+        ),
+    ] = None,
+    decimal: Annotated[
+        str,
+        typer.Option(
+            "--decimal", help="Decimal mark of the numbers: . or , (with ',' pass --delimiter ';')."
+        ),
+    ] = ".",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
@@ -94,6 +108,8 @@ def import_csv_command(
             tz=tz,
             on_error=on_error.value,
             delimiter=delimiter,
+            date_format=date_format,
+            decimal=decimal,
             on_conflict="replace" if replace else "ignore",
             progress=progress,
             policy=QualityPolicy.from_settings(st.settings),

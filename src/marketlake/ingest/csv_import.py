@@ -105,6 +105,8 @@ def import_csv(
     policy: QualityPolicy | None = None,
     block_bytes: int = BLOCK_BYTES,
     one_transaction_bytes: int = ONE_TRANSACTION_BYTES,
+    date_format: str | None = None,
+    decimal: str = ".",
 ) -> ImportResult:
     """Import one CSV file of bars for ``symbol``; see the module docstring.
 
@@ -115,7 +117,9 @@ def import_csv(
         raise InputError(f"--on-error {on_error!r} must be fail or skip", param="on_error")
     check_on_conflict(on_conflict)
     tf = Timeframe.parse(timeframe) if timeframe else None
-    reader = CsvBarReader(Path(path), symbol, tf, tz, delimiter, source, block_bytes)
+    reader = CsvBarReader(
+        Path(path), symbol, tf, tz, delimiter, source, block_bytes, date_format, decimal
+    )
     job = store.create_job(
         "import",
         {

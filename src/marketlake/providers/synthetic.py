@@ -179,8 +179,9 @@ def generate_minutes(symbol: str, start: datetime, end: datetime, seed: int = 7)
     high = np.maximum(open_, close) * np.exp(np.abs(_normal(keys, 4)) * wick)
     low = np.minimum(open_, close) * np.exp(-np.abs(_normal(keys, 5)) * wick)
     base_volume = (2.0 if is_crypto else 25_000.0) * np.exp(_uniform(np.array([key]), 98)[0])
-    volume = np.round(
-        base_volume * u_shape * np.exp(0.5 * _normal(keys, 6)) * np.exp(0.35 * cluster[day_idx]), 4
+    volume = np.round(  # stocks trade whole shares, crypto keeps fractions
+        base_volume * u_shape * np.exp(0.5 * _normal(keys, 6)) * np.exp(0.35 * cluster[day_idx]),
+        4 if is_crypto else 0,
     )
     trades = np.maximum(1, np.round(volume / (0.05 if is_crypto else 120.0))).astype(np.int64)
     vwap = np.clip((high + low + 2 * close) / 4, low, high)

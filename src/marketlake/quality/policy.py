@@ -55,6 +55,13 @@ RULES: dict[str, Rule] = {
         Rule("volume", "error", "reject", "volume is finite and not negative"),
         Rule("duplicate", "error", "reject", "one bar per timestamp (same values may repeat)"),
         Rule("misaligned", "error", "reject", "timestamps are bar starts of the timeframe"),
+        Rule("vwap", "error", "reject", "vwap, when given, lies inside [low, high]"),
+        Rule(
+            "closed_day",
+            "error",
+            "reject",
+            "daily bars fall on a trading day of the instrument's calendar",
+        ),
         Rule("outside_session", "warning", "flag", "bars lie inside the exchange's sessions"),
         Rule("gap", "warning", "flag", "every expected session bar is present", rejectable=False),
         Rule("stale", "warning", "flag", "the close does not freeze while volume trades"),

@@ -9,8 +9,13 @@ itself. The rules (severity and default action in :data:`~marketlake.quality.pol
 - ``price``: prices positive and finite; ``volume``: finite and not negative;
 - ``duplicate``: one timestamp holding bars with different values (every such bar);
 - ``misaligned``: a timestamp that is not a bar start of its timeframe;
-- ``outside_session``: a bar outside the exchange sessions (holidays and half days
-  from ``exchange-calendars``; crypto trades 24/7, see :mod:`marketlake.timeseries.sessions`);
+- ``vwap``: a vwap (when given) outside [low, high] (a mislabelled column, e.g. a quote
+  volume read as the vwap);
+- ``closed_day``: a daily bar on a day the instrument's calendar has no session (a
+  weekend, a holiday, or dates shifted by a timezone); an error, rejected by default;
+- ``outside_session``: an intraday bar outside the exchange sessions (holidays and half
+  days from ``exchange-calendars``; crypto trades 24/7, see
+  :mod:`marketlake.timeseries.sessions`);
 - ``gap``: expected session bars that are missing, as ranges;
 - ``stale``: the same close ``stale_bars`` times in a row while volume trades;
 - ``outlier``: a return beyond ``outlier_z`` robust z-scores (median and MAD of the
@@ -261,6 +266,31 @@ class _Checker:
         ):
             self._per_series(rule, self.bad[(bits & bit) != 0], describe)
         self._per_series("duplicate", self.conflicts, self._describe_duplicate)
+        if self.policy.enabled("vwap"):
+            self._per_series("vwap", self._vwap_outside(), self._describe_vwap)
+
+    def _vwap_outside(self) -> Array:
+        """Rows whose vwap is given and lies outside [low, high] (a relative 1e-9 slack
+        for rounding); rows with broken prices are left to the price and ohlc rules."""
+        self.w = float_values(self.bars.table.column("vwap"))
+        slack = 1e-9 * np.abs(self.h)
+        with np.errstate(invalid="ignore"):
+            outside = ~np.isnan(self.w) & (
+                (self.w < self.l - slack) | (self.w > self.h + slack) | ~np.isfinite(self.w)
+            )
+        outside &= self.flags & (PRICE | OHLC) == 0
+        return np.flatnonzero(outside)
+
+    def _describe_vwap(self, rows: Array, k: int) -> Iterable[tuple[dict[str, Any], str]]:
+        for values, vwap in zip(self._ohlc_values(rows), self.w[rows].tolist(), strict=True):
+            values["vwap"] = vwap
+            yield (
+                values,
+                (
+                    f"vwap {vwap} is outside [low {values['low']}, high {values['high']}]; "
+                    "the source's vwap column holds something else (e.g. a quote volume)"
+                ),
+            )
 
     def _per_series(self, rule: str, rows: Array, describe: _Describe) -> None:
         series = self.bars.series_of(rows)
@@ -372,9 +402,8 @@ class _Checker:
             self.add("misaligned", k, misaligned, self._describe_misaligned)
             uncounted = np.union1d(uncounted, misaligned)
         outside = lo + outside_rows(ts, tf, instrument)
-        self.add(
-            "outside_session", k, outside, lambda rows, _: self._describe_outside(rows, instrument)
-        )
+        rule = "closed_day" if str(tf) == "1d" else "outside_session"
+        self.add(rule, k, outside, lambda rows, _: self._describe_outside(rows, instrument, tf))
         uncounted = np.union1d(uncounted, outside)
         conflicts = self.conflicts[
             np.searchsorted(self.conflicts, lo) : np.searchsorted(self.conflicts, hi)
@@ -477,15 +506,25 @@ class _Checker:
         )
 
     def _describe_outside(
-        self, rows: Array, instrument: Instrument
+        self, rows: Array, instrument: Instrument, tf: Timeframe
     ) -> Iterable[tuple[dict[str, Any], str]]:
         from marketlake.timeseries.sessions import calendar_name
 
         calendar = calendar_name(instrument)
         for t in self.ts[rows].tolist():
+            if tf.is_intraday:
+                yield (
+                    {"ts": _iso(t), "calendar": calendar},
+                    f"bar at {_iso(t)} is outside the {calendar} trading sessions",
+                )
+                continue
+            day = from_epoch_us(t)
             yield (
-                {"ts": _iso(t), "calendar": calendar},
-                (f"bar at {_iso(t)} is outside the {calendar} trading sessions"),
+                {"ts": _iso(t)[:10], "calendar": calendar},
+                (
+                    f"daily bar on {day:%Y-%m-%d} ({day:%A}), a day with no {calendar} "
+                    "session; are the dates shifted (check --tz) or the exchange wrong?"
+                ),
             )
 
     def _describe_split(self, rows: Array, index: Array) -> Iterable[tuple[dict[str, Any], str]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -36,7 +36,13 @@ import pyarrow.csv as pacsv
 
 from marketlake.errors import DataError, InputError
 from marketlake.providers.base import Provider
-from marketlake.providers.csv.rows import BadRow, RowChecks, infer_timeframe, parse_times
+from marketlake.providers.csv.rows import (
+    BadRow,
+    RowChecks,
+    infer_timeframe,
+    parse_times,
+    time_hint,
+)
 from marketlake.schema import BAR_SCHEMA, Timeframe, constant_column, normalize_symbol
 
 BLOCK_BYTES = 16 << 20
@@ -54,7 +60,27 @@ _FIELD_NAMES = {
     "trades": "trades",
     "number of trades": "trades",
     "vwap": "vwap",
+    "count": "trades",
+    "quote volume": "quote volume",
+    "quote asset volume": "quote volume",
 }
+BINANCE_KLINE_COLUMNS = (
+    "open_time",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "close_time",
+    "quote_volume",
+    "count",
+    "taker_buy_volume",
+    "taker_buy_quote_volume",
+    "ignore",
+)
+"""The columns of a Binance kline, in the order of the REST answer and of the public
+data dumps (data.binance.vision): ``count`` is the number of trades, the vwap is
+``quote_volume / volume``."""
 _HEADERLESS = ("time", "open", "high", "low", "close", "volume", "trades", "vwap")
 _OTHER_DELIMITERS = {";": ("';'", "';'"), "\t": ("tabs", "$'\\t'"), "|": ("'|'", "'|'")}
 
@@ -68,6 +94,9 @@ class Layout:
     time: list[int]  # one column, or date + time
     fields: dict[str, int]  # bar field -> column index
     ignored: list[str]
+    header_lines: int = 1  # lines before the data when there is a header (yfinance: 3)
+    kind: str = ""  # a recognised format: "binance", "yfinance", "metatrader"
+    tickers: tuple[str, ...] = ()  # yfinance: the Ticker row
 
 
 @dataclass(slots=True)
@@ -82,11 +111,17 @@ class CsvBatch:
 
 
 def _key(text: str) -> str:
-    return re.sub(r"[\s_\-]+", " ", text.strip().strip('"').strip().lower())
+    return re.sub(r"[\s_\-]+", " ", text.strip().strip('"').strip().strip("<>").lower())
 
 
 def _first_line(path: Path) -> tuple[str, int]:
     """The first line of the file (BOM removed) and the file size; checks for binary data."""
+    lines, size = _first_lines(path)
+    return lines[0], size
+
+
+def _first_lines(path: Path) -> tuple[list[str], int]:
+    """The first (up to three) lines of the file (BOM removed) and the file size."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(65536)
@@ -98,9 +133,9 @@ def _first_line(path: Path) -> tuple[str, int]:
     nul = head.find(b"\0")
     if nul >= 0:
         raise InputError(f"{path} is binary data (a NUL byte at offset {nul}), not a CSV text file")
-    raw = head.splitlines()[0]
+    raw = head.splitlines()[:3]
     try:
-        return raw.decode("utf-8-sig"), size
+        return [raw[0].decode("utf-8-sig"), *(r.decode("utf-8") for r in raw[1:])], size
     except UnicodeDecodeError:
         raise InputError(
             f"{path} is not UTF-8 text: its first line cannot be decoded; "
@@ -110,8 +145,12 @@ def _first_line(path: Path) -> tuple[str, int]:
 
 def detect_layout(path: Path, delimiter: str = ",") -> Layout:
     """Read the first line: header or data, and which column holds what."""
-    line, _ = _first_line(path)
+    lines, _ = _first_lines(path)
+    line = lines[0]
     tokens = [t.strip() for t in line.split(delimiter)]
+    yfinance = _yfinance_layout(path, lines, delimiter)
+    if yfinance is not None:
+        return yfinance
     if len(tokens) < 2:
         for other, (name, option) in _OTHER_DELIMITERS.items():
             if other != delimiter and line.count(other) >= 4:
@@ -126,6 +165,15 @@ def detect_layout(path: Path, delimiter: str = ",") -> Layout:
     keys = [_key(t) for t in tokens]
     known = set(_TIME_NAMES) | set(_FIELD_NAMES)
     if not any(k in known for k in keys):
+        if _is_binance_kline(tokens):
+            names = list(BINANCE_KLINE_COLUMNS)
+            layout = _map_columns(path, names, [_key(n) for n in names], header=False)
+            return replace(layout, kind="binance")
+        if re.match(r"^[\d\-+.:TZ /]+$", tokens[0]) and _TIME_OF_DAY.match(tokens[1]):
+            names = ["date", "time", "open", "high", "low", "close", "volume"][: len(tokens)]
+            names += [f"column {i + 1}" for i in range(len(names), len(tokens))]
+            layout = _map_columns(path, names, [_key(n) for n in names], header=False)
+            return replace(layout, kind="metatrader")
         if re.match(r"^[\d\-+.:TZ /]+$", tokens[0]):
             names = [
                 *_HEADERLESS[: len(tokens)],
@@ -137,6 +185,42 @@ def detect_layout(path: Path, delimiter: str = ",") -> Layout:
             "(date, open, high, low, close, volume) nor a data row"
         )
     return _map_columns(path, tokens, keys, header=True)
+
+
+_TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?$")
+
+
+def _yfinance_layout(path: Path, lines: list[str], delimiter: str) -> Layout | None:
+    """yfinance >= 0.2.51 writes three header rows: ``Price,Close,…``, ``Ticker,AAPL,…``
+    and ``Date,,,…``; the first names the fields, the second the symbol of each column."""
+    if len(lines) < 3:
+        return None
+    rows = [[t.strip() for t in line.split(delimiter)] for line in lines[:3]]
+    if [_key(r[0]) for r in rows] != ["price", "ticker", _key(rows[2][0])] or any(rows[2][1:]):
+        return None
+    if _key(rows[2][0]) not in ("date", "datetime"):
+        return None
+    tickers = tuple(dict.fromkeys(t for t in rows[1][1:] if t))
+    if len(tickers) > 1:
+        raise InputError(
+            f"{path} is a yfinance download of {len(tickers)} tickers "
+            f"({', '.join(tickers)}); download one ticker per file "
+            "(yf.download('AAPL')) or split the columns"
+        )
+    names = [rows[2][0], *rows[0][1:]]
+    layout = _map_columns(path, names, [_key(n) for n in names], header=True)
+    return replace(layout, header_lines=3, kind="yfinance", tickers=tickers)
+
+
+def _is_binance_kline(tokens: list[str]) -> bool:
+    """A headerless row of the 12 Binance kline fields: open and close time as epoch
+    integers, the close time after the open time."""
+    if len(tokens) != len(BINANCE_KLINE_COLUMNS) or not all(
+        re.match(r"^-?\d+(\.\d*)?$", t) for t in tokens
+    ):
+        return False
+    opened, closed = tokens[0], tokens[6]
+    return opened.isdigit() and closed.isdigit() and int(closed) > int(opened)
 
 
 def _map_columns(path: Path, names: list[str], keys: list[str], *, header: bool) -> Layout:
@@ -191,6 +275,8 @@ class CsvBarReader:
     delimiter: str = ","
     source: str = "csv"
     block_bytes: int = BLOCK_BYTES
+    date_format: str | None = None
+    decimal: str = "."
     layout: Layout = field(init=False)
     size: int = field(init=False)
     notes: list[str] = field(init=False, default_factory=list)
@@ -198,6 +284,13 @@ class CsvBarReader:
 
     def __post_init__(self) -> None:
         self.symbol = normalize_symbol(self.symbol)
+        if self.decimal not in (".", ","):
+            raise InputError(f"--decimal {self.decimal!r} must be . or ,", param="decimal")
+        if self.decimal == self.delimiter:
+            raise InputError(
+                "--decimal , needs another column separator; pass --delimiter ';'",
+                param="decimal",
+            )
         if not self.path.exists():
             raise InputError(f"{self.path} does not exist")
         if self.path.is_dir():
@@ -206,6 +299,15 @@ class CsvBarReader:
             raise InputError(f"{self.path} is not a regular file; give a CSV file")
         self.layout = detect_layout(self.path, self.delimiter)
         self.size = self.path.stat().st_size
+        if self.layout.kind == "binance":
+            self.notes.append("a Binance kline file: trades = count, vwap = quote_volume / volume")
+        if self.layout.kind == "yfinance":
+            self.notes.append("a yfinance download (three header rows)")
+            if self.layout.tickers and normalize_symbol(self.layout.tickers[0]) != self.symbol:
+                self.notes.append(
+                    f"the file's Ticker row says {self.layout.tickers[0]}; "
+                    f"imported as {self.symbol}"
+                )
         if self.layout.ignored:
             self.notes.append(f"ignored columns: {', '.join(self.layout.ignored)}")
 
@@ -221,7 +323,9 @@ class CsvBarReader:
             if batch.num_rows == 0 and not invalid:
                 continue
             if self.checks is None:
-                self.checks = RowChecks(self._timeframe(batch), self.tz)
+                self.checks = RowChecks(
+                    self._timeframe(batch), self.tz, self.date_format, self.decimal
+                )
             yield self._parse(batch, invalid, first_line, position, self.checks)
 
     def _chunks(self) -> Iterator[tuple[bytes, int, int]]:
@@ -232,7 +336,7 @@ class CsvBarReader:
         """
         line = self._first_line_number()
         with self.path.open("rb") as handle:
-            if self.layout.header:
+            for _ in range(self.layout.header_lines if self.layout.header else 0):
                 handle.readline()
             carry = b""
             while True:
@@ -284,7 +388,10 @@ class CsvBarReader:
                     invalid_row_handler=on_invalid,
                 ),
                 convert_options=pacsv.ConvertOptions(
-                    column_types=types, null_values=[""], strings_can_be_null=True
+                    column_types=types,
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    decimal_point=self.decimal,
                 ),
             )
         except pa.ArrowInvalid as exc:
@@ -310,7 +417,7 @@ class CsvBarReader:
         return types
 
     def _first_line_number(self) -> int:
-        return 2 if self.layout.header else 1
+        return self.layout.header_lines + 1 if self.layout.header else 1
 
     @property
     def time_label(self) -> str:
@@ -320,9 +427,20 @@ class CsvBarReader:
     def _timeframe(self, batch: pa.RecordBatch) -> Timeframe:
         if self.timeframe is not None:
             return self.timeframe
-        times = parse_times(self._time_column(batch), self.tz)
+        column = self._time_column(batch)
+        times = parse_times(column, self.tz, self.date_format)
         inferred = infer_timeframe(times.us[times.ok])
         if inferred is None:
+            unreadable = np.flatnonzero(
+                ~times.ok & np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False))
+            )
+            if unreadable.size:  # the real problem, not the timeframe
+                i = int(unreadable[0])
+                line = self._first_line_number() + i  # the first block: lines are exact
+                raise InputError(
+                    f"{self.path}: line {line}, column {self.time_label} "
+                    f"{column[i].as_py()!r}: {time_hint(self.date_format)}"
+                )
             raise InputError(
                 f"{self.path}: cannot tell the timeframe from the first rows; "
                 "pass --timeframe (e.g. 1m, 1h, 1d)"
@@ -381,6 +499,10 @@ class CsvBarReader:
             else pa.array(trades, pa.float64(), from_pandas=True).cast(pa.int64())
         )
         vwap = parsed.get("vwap")
+        quote = parsed.get("quote volume")
+        if vwap is None and quote is not None and volume is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                vwap = np.where(volume > 0, quote / volume, np.nan)  # Binance: quote / base
         columns["vwap"] = (
             pa.nulls(n, pa.float64())
             if vwap is None

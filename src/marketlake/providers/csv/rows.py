@@ -41,7 +41,18 @@ Array = np.ndarray[Any, Any]
 DAY_US = 86400 * US_PER_SECOND
 _NUMBER = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(nan|NaN|NAN|inf|Inf|INF|Infinity)$"
 _EPOCH = re.compile(r"^[-+]?\d+(\.\d*)?$")
-TIME_HINT = "use ISO 8601 such as 2024-03-04 or 2024-03-04T14:30:00Z, or epoch seconds/ms"
+TIME_HINT = (
+    "use ISO 8601 such as 2024-03-04 or 2024-03-04T14:30:00Z, or epoch seconds/ms, "
+    "or pass --date-format (e.g. --date-format %m/%d/%Y for 03/04/2024)"
+)
+_DOTTED_DATE = r"^(\d{4})\.(\d{2})\.(\d{2})"  # MetaTrader: 2024.03.04
+
+
+def time_hint(date_format: str | None) -> str:
+    """What to do about a cell that is not a time."""
+    if date_format:
+        return f"does not match --date-format {date_format!r}"
+    return f"is not a time; {TIME_HINT}"
 
 
 def zone(tz: str | None) -> ZoneInfo | None:
@@ -66,19 +77,47 @@ def _epoch_us(values: Array) -> Array:
 @dataclass(slots=True)
 class Times:
     """Parsed times: µs since the epoch (UTC), readable rows, naive datetimes without a zone,
-    and local times that do not exist (a DST gap)."""
+    local times that do not exist (a DST gap), and rows that are calendar dates.
+
+    ``dates`` marks rows whose value is a date at 00:00 UTC that was never placed in a
+    timezone (a date-only cell, a file of midnight-only naive times, or an aware time or
+    epoch at exactly 00:00 UTC): for a daily bar that date is the trading date itself,
+    whatever ``--tz`` says.
+    """
 
     us: Array
     ok: Array
     naive: Array
     missing: Array
+    dates: Array | None = None
+
+    def date_rows(self) -> Array:
+        """The ``dates`` mask (all false when the parser did not set it)."""
+        if self.dates is None:
+            return np.zeros(len(self.us), dtype=bool)
+        return self.dates
 
 
-def parse_times(column: pa.Array, tz: str | None) -> Times:
-    """Parse a time column of any type Arrow inferred (or text)."""
+def parse_times(column: pa.Array, tz: str | None, date_format: str | None = None) -> Times:
+    """Parse a time column of any type Arrow inferred (or text); ``date_format`` is a
+    strptime format for text cells (``%z`` makes them aware, else ``tz`` places them)."""
     n = len(column)
     none = np.zeros(n, dtype=bool)
     typ = column.type
+    if date_format and (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+        try:
+            stamps = pc.strptime(
+                pc.utf8_trim_whitespace(column),
+                format=date_format,
+                unit="us",
+                error_is_null=True,
+            )
+        except pa.ArrowInvalid as exc:
+            raise InputError(
+                f"--date-format {date_format!r} is not a strptime format: {exc}",
+                param="date_format",
+            ) from None
+        return parse_times(stamps, tz)
     valid = np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False))
     if pa.types.is_timestamp(typ):
         us = np.asarray(
@@ -87,14 +126,16 @@ def parse_times(column: pa.Array, tz: str | None) -> Times:
             ).to_numpy()
         )
         if typ.tz is not None:
-            return Times(us, valid, none, none)
+            return Times(us, valid, none, none, valid & (us % DAY_US == 0))
         return _localize(us, valid, tz)
     if pa.types.is_date(typ):
         days = np.asarray(pc.fill_null(column.cast(pa.date32()).cast(pa.int32()), 0).to_numpy())
-        return Times(days.astype(np.int64) * DAY_US, valid, none, none)
+        return Times(days.astype(np.int64) * DAY_US, valid, none, none, valid.copy())
     if pa.types.is_integer(typ) or pa.types.is_floating(typ):
         values = np.asarray(pc.fill_null(column.cast(pa.float64()), 0.0).to_numpy())
-        return Times(_epoch_us(values), valid & np.isfinite(values), none, none)
+        us = _epoch_us(values)
+        ok = valid & np.isfinite(values)
+        return Times(us, ok, none, none, ok & (us % DAY_US == 0))
     return _parse_text(column.cast(pa.string()), valid, tz)
 
 
@@ -104,7 +145,11 @@ def _localize(naive_us: Array, valid: Array, tz: str | None) -> Times:
     has_time = valid & (naive_us % DAY_US != 0)
     if tz is None or not has_time.any():
         return Times(
-            naive_us, valid, has_time if tz is None else np.zeros(n, bool), np.zeros(n, bool)
+            naive_us,
+            valid,
+            has_time if tz is None else np.zeros(n, bool),
+            np.zeros(n, bool),
+            valid & ~has_time,
         )
     local = pa.array(naive_us, pa.int64()).cast(pa.timestamp("us"))
     try:
@@ -140,6 +185,9 @@ def _parse_text(text: pa.Array, valid: Array, tz: str | None) -> Times:
         except pa.ArrowInvalid:
             continue
     trimmed = pc.utf8_trim_whitespace(text)
+    if pc.any(pc.match_substring_regex(trimmed, _DOTTED_DATE)).as_py():
+        dashed = pc.replace_substring_regex(trimmed, _DOTTED_DATE, r"\1-\2-\3")
+        return _parse_text(dashed, valid, tz)
     if pc.all(pc.match_substring_regex(trimmed, _EPOCH.pattern)).as_py():
         return parse_times(pc.cast(trimmed, pa.float64()), tz)
     return _parse_rows(text.to_pylist(), valid, tz)
@@ -155,12 +203,14 @@ def _parse_rows(values: list[str | None], valid: Array, tz: str | None) -> Times
         if parsed is None:
             continue
         us[i], ok[i], naive[i] = parsed[0], True, parsed[1]
+    aware_dates = ok & ~naive & (us % DAY_US == 0)
     if naive.any():
         local = _localize(us, naive, tz)
         us = np.where(naive, local.us, us)
         ok &= ~local.missing
-        return Times(us, ok & valid, local.naive, local.missing)
-    return Times(us, ok & valid, np.zeros(n, bool), np.zeros(n, bool))
+        dates = aware_dates | (naive & local.date_rows())
+        return Times(us, ok & valid, local.naive, local.missing, dates & valid)
+    return Times(us, ok & valid, np.zeros(n, bool), np.zeros(n, bool), aware_dates & valid)
 
 
 def _parse_one(text: str) -> tuple[int, bool] | None:
@@ -186,11 +236,12 @@ class Numbers:
     unreadable: Array
 
 
-def parse_numbers(column: pa.Array) -> Numbers:
-    """Parse a numeric column of any type Arrow inferred (or text)."""
+def parse_numbers(column: pa.Array, decimal: str = ".") -> Numbers:
+    """Parse a numeric column of any type Arrow inferred (or text); ``decimal`` is the
+    file's decimal mark."""
     empty = np.asarray(pc.is_null(column).to_numpy(zero_copy_only=False))
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        text = column
+        text = column if decimal == "." else pc.replace_substring(column, decimal, ".")
         try:
             column = pc.cast(text, pa.float64())
         except pa.ArrowInvalid:
@@ -235,12 +286,20 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _not_a_number(text: str) -> str:
+    if re.match(r"^[-+]?\d+,\d+$", text.strip()):
+        return "is not a number (a decimal comma? pass --decimal ,)"
+    return "is not a number"
+
+
 @dataclass
 class RowChecks:
     """The rules every CSV row must pass, for one timeframe and timezone."""
 
     timeframe: Timeframe
     tz: str | None = None
+    date_format: str | None = None
+    decimal: str = "."
     relabelled: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -269,7 +328,7 @@ class RowChecks:
             name: (lambda i, c=col: "" if c[i].as_py() is None else _text(c[i].as_py()))
             for name, col in raw.items()
         }
-        times = parse_times(raw["ts"], self.tz)
+        times = parse_times(raw["ts"], self.tz, self.date_format)
         first_naive = np.flatnonzero(times.naive & rows)
         if first_naive.size:
             i = int(first_naive[0])
@@ -291,12 +350,13 @@ class RowChecks:
             cell["ts"],
             lambda i: "is empty",
         )
-        flag(~times.ok, names["ts"], cell["ts"], lambda i: f"is not a time; {TIME_HINT}")
-        parsed: dict[str, Array] = {"ts": self._label(times.us, times.ok)}
-        for name in ("open", "high", "low", "close", "volume", "trades", "vwap"):
+        hint = time_hint(self.date_format)
+        flag(~times.ok, names["ts"], cell["ts"], lambda i: hint)
+        parsed: dict[str, Array] = {"ts": self._label(times)}
+        for name in ("open", "high", "low", "close", "volume", "trades", "vwap", "quote volume"):
             if name not in raw:
                 continue
-            number = parse_numbers(raw[name])
+            number = parse_numbers(raw[name], self.decimal)
             parsed[name] = self._check_number(name, number, names[name], cell[name], flag)
         self._check_ohlc(parsed, names, flag)
         if self.timeframe.is_intraday:
@@ -309,9 +369,14 @@ class RowChecks:
             )
         return parsed, bad_mask, bad
 
-    def _label(self, us: Array, ok: Array) -> Array:
+    def _label(self, times: Times) -> Array:
         """Daily and coarser bars carry their local trading date at 00:00 UTC (then the
-        Monday of the week, the first of the month)."""
+        Monday of the week, the first of the month).
+
+        A row that is a date already (see :class:`Times`) keeps it; ``--tz`` only places
+        the rows that carry a time of day, which are converted to their local date once.
+        """
+        us, ok = times.us, times.ok
         if self.timeframe.is_intraday:
             return us
         local = us
@@ -322,6 +387,7 @@ class RowChecks:
                 .cast(pa.int64())
                 .to_numpy()
             )
+            local = np.where(times.date_rows(), us, local)
         labels = np.asarray(self.timeframe.floor_us((local // DAY_US) * DAY_US))
         self.relabelled += int(((labels != us) & ok).sum())
         return labels
@@ -329,10 +395,10 @@ class RowChecks:
     @staticmethod
     def _check_number(name: str, number: Numbers, label: str, cell: Any, flag: Any) -> Array:
         values = number.values
-        optional = name in ("trades", "vwap")
+        optional = name in ("trades", "vwap", "quote volume")
         if not optional:
             flag(number.empty, label, cell, lambda i: "is empty")
-        flag(number.unreadable, label, cell, lambda i: "is not a number")
+        flag(number.unreadable, label, cell, lambda i: _not_a_number(cell(i)))
         flag(~number.empty & np.isnan(values), label, cell, lambda i: "is NaN")
         if name in ("open", "high", "low", "close"):
             flag(~(values > 0) & ~number.empty, label, cell, lambda i: "must be a positive price")
