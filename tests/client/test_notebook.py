@@ -17,9 +17,7 @@ def test_notebook_runs(notebook: Path, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("MARKETLAKE_EXAMPLE_DIR", str(tmp_path))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     book = nbformat.read(notebook, as_version=4)
-    nbclient.NotebookClient(book, timeout=300, kernel_name="python3").execute(
-        cwd=str(tmp_path)
-    )
+    nbclient.NotebookClient(book, timeout=300, kernel_name="python3").execute(cwd=str(tmp_path))
     outputs = [o for cell in book.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
