@@ -145,6 +145,18 @@ def test_backtest_returns_stats_trades_equity_and_html(lake: ml.Lake) -> None:
     assert set(portfolio.stats["weights"]) == {"AAPL", "BTCUSDT"}
 
 
+def test_walk_forward_returns_windows_and_stability(lake: ml.Lake) -> None:
+    run = lake.walk_forward(
+        "sma_cross", "BTCUSDT", "5m", grid={"fast": [3, 5], "slow": [12, 20]}, windows=3,
+        start=START, end=END, config={"fractional": True},
+    )  # fmt: skip
+    assert run.request["kind"] == "walk_forward"
+    assert len(run.trades) == 3  # one row per window
+    assert {"param_fast", "param_slow"} <= set(run.trades.columns)
+    assert {s["parameter"] for s in run.stats["stability"]} == {"fast", "slow"}
+    assert str(run.equity.index.tz) == "UTC"
+
+
 def test_both_transports_give_equal_frames(tmp_path: Path, server: tuple[str, str]) -> None:
     url, key = server
     uri = f"duckdb:///{tmp_path}/ml.duckdb"
