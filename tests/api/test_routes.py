@@ -12,6 +12,7 @@ import pytest
 
 from marketlake.schema import parse_time
 from marketlake.store import Store
+from marketlake.store.tables import SCHEMA_VERSION
 from tests.api.conftest import bearer
 
 
@@ -23,7 +24,7 @@ async def test_health_says_ok_with_the_version(client: httpx.AsyncClient) -> Non
 async def test_ready_checks_the_store(client: httpx.AsyncClient) -> None:
     r = await client.get("/api/v1/ready")
     assert r.status_code == 200
-    assert r.json()["checks"]["store"] == "ok (schema 1)"
+    assert r.json()["checks"]["store"] == f"ok (schema {SCHEMA_VERSION})"
 
 
 async def test_ready_is_503_when_the_store_is_gone(

@@ -149,7 +149,9 @@ class JobOut(BaseModel):
     kind: str = Field(examples=["ingest"])
     status: str = Field(
         examples=["succeeded"],
-        description="pending, running, succeeded, partial, failed or cancelled",
+        description="pending, running, succeeded, partial, failed, cancelled, or interrupted "
+        "(its process stopped: killed or crashed; the summary's rows_committed says what "
+        "it wrote)",
     )
     params: dict[str, Any] = Field(examples=[{"provider": "synthetic", "symbols": ["AAPL"]}])
     summary: dict[str, Any] = Field(examples=[{"symbols": [{"symbol": "AAPL", "inserted": 780}]}])

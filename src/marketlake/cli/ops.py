@@ -31,7 +31,10 @@ def jobs_list(
                 "kind": job.kind,
                 "status": job.status,
                 "created": job.created_at,
-                "rows": sum(s.get("inserted", 0) for s in symbols),
+                "rows": sum(s.get("inserted", 0) for s in symbols)
+                if job.status not in ("running", "interrupted")
+                or "rows_committed" not in job.summary
+                else job.summary["rows_committed"],
                 "error": (job.error or "")[:60],
             }
         )

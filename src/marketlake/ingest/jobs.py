@@ -168,6 +168,9 @@ class _Job:
     """The instruments of the job's symbols, read once, kept up to date as it refines them."""
     auto: set[str] = field(default_factory=set)
     """The symbols registered with defaults, which the provider's details may refine."""
+    committed: dict[str, int] = field(default_factory=dict)
+    """Per symbol: the bars inserted or replaced by the transactions committed so far;
+    recorded in the job's summary with each of them, so that a killed job shows it."""
     failed_writes: set[str] = field(default_factory=set)
     """Symbols whose bars could not be written: later batches of theirs are not written,
     so their checkpoint never passes the bars that are missing."""
@@ -207,13 +210,27 @@ class _Job:
     def _write_atomically(self, items: list[_Handover]) -> tuple[list[_Outcome], QualityReport]:
         """:meth:`_write` in one transaction, run again from the same state when the
         store retries it after a dropped connection."""
-        instruments, auto = dict(self.instruments), set(self.auto)
+        instruments, auto, committed = dict(self.instruments), set(self.auto), self.committed
 
         def attempt() -> tuple[list[_Outcome], QualityReport]:
             self.instruments, self.auto = dict(instruments), set(auto)
-            return self._write(items)
+            outcomes, found = self._write(items)
+            counts = dict(committed)
+            for outcome in outcomes:
+                symbol = outcome.item.result.symbol
+                counts[symbol] = (
+                    counts.get(symbol, 0) + outcome.written.inserted + outcome.written.replaced
+                )
+            self.store.update_job(self.id, summary=self.committed_summary(counts))
+            self.committed = counts
+            return outcomes, found
 
         return self.store.atomically(attempt, "writing the bars of a batch")
+
+    def committed_summary(self, committed: dict[str, int] | None = None) -> dict[str, Any]:
+        """The summary of a running job: the bars its committed transactions wrote."""
+        counts = self.committed if committed is None else committed
+        return {"rows_committed": sum(counts.values()), "committed": dict(sorted(counts.items()))}
 
     def _write(self, items: list[_Handover]) -> tuple[list[_Outcome], QualityReport]:
         """Apply the quality rules to the bars of ``items`` (all symbols at once), then
@@ -483,6 +500,8 @@ async def run_ingest(
         "refresh": refresh,
         "concurrency": concurrency,
     }
+    if resume:
+        store.reap_jobs()  # the runs this one resumes, if killed, read as interrupted
     if job_id is None:
         job_id = store.create_job("ingest", params).id
     store.update_job(job_id, status="running")
@@ -521,7 +540,7 @@ async def run_ingest(
         if time.perf_counter() - saved[0] >= SUMMARY_EVERY_S and len(done) < len(names):
             saved[0] = time.perf_counter()
             result.symbols = [results[s] for s in names if s in done]
-            store.update_job(job_id, summary=result.summary())
+            store.update_job(job_id, summary={**result.summary(), **job.committed_summary()})
 
     writer = _Writer(job, batch_rows, ended)
 

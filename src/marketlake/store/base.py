@@ -35,6 +35,7 @@ from marketlake.schema import (
     parse_time,
     utcnow,
 )
+from marketlake.store.liveness import LIVE_STATUSES, Heartbeat, is_dead, this_owner
 from marketlake.store.merge import Group, split_groups
 from marketlake.store.tables import TABLES
 
@@ -101,6 +102,9 @@ class Job:
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    owner: str | None = None
+    """``host:pid:start`` of the process that runs it."""
+    heartbeat_at: datetime | None = None
 
 
 def encode_cursor(symbol: str, ts: datetime) -> str:
@@ -174,6 +178,7 @@ class Store(ABC):
         self.uri = uri
         #: Counts writes made through this object; backends bump it on every write.
         self.generation = 0
+        self._heartbeat = Heartbeat(self._touch_jobs)
 
     # -- the abstract core -------------------------------------------------------------
 
@@ -524,12 +529,16 @@ class Store(ABC):
     # -- jobs and checkpoints --------------------------------------------------------
 
     def create_job(self, kind: str, params: dict[str, Any]) -> Job:
+        """Record a pending job owned by this process (which keeps its heartbeat)."""
+        now = utcnow()
         job = Job(
             id=uuid.uuid4().hex[:12],
             kind=kind,
             status="pending",
             params=params,
-            created_at=utcnow(),
+            created_at=now,
+            owner=this_owner(),
+            heartbeat_at=now,
         )
         self.insert_row(
             "jobs",
@@ -540,8 +549,11 @@ class Store(ABC):
                 "params": json.dumps(params, default=str),
                 "summary": "{}",
                 "created_at": job.created_at,
+                "owner": job.owner,
+                "heartbeat_at": now,
             },
         )
+        self._heartbeat.add(job.id)
         return job
 
     def update_job(
@@ -552,19 +564,51 @@ class Store(ABC):
         summary: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
+        """Change a job. ``status="running"`` makes this process its owner; a final
+        status ends its heartbeat."""
         values: dict[str, Any] = {}
         if status is not None:
             values["status"] = status
             if status == "running":
-                values["started_at"] = utcnow()
-            elif status in ("succeeded", "failed", "partial", "cancelled"):
+                values["started_at"] = values["heartbeat_at"] = utcnow()
+                values["owner"] = this_owner()
+                self._heartbeat.add(job_id)
+            elif status not in LIVE_STATUSES:
                 values["finished_at"] = utcnow()
+                self._heartbeat.discard(job_id)
         if summary is not None:
             values["summary"] = json.dumps(summary, default=str)
         if error is not None:
             values["error"] = error
         if not self.update_rows("jobs", {"id": job_id}, values):
             raise NotFoundError(f"unknown job {job_id}")
+
+    def _touch_jobs(self, job_ids: list[str]) -> None:
+        self.execute(
+            f"UPDATE jobs SET heartbeat_at = ? WHERE id IN ({', '.join('?' * len(job_ids))}) "
+            "AND status IN ('pending', 'running')",
+            [utcnow(), *job_ids],
+        )
+
+    def reap_jobs(self) -> list[str]:
+        """Record the jobs whose owner is gone as ``interrupted`` (their summary keeps
+        what they committed); return their ids."""
+        rows = self.select_rows("jobs", {"status": "running"}) + self.select_rows(
+            "jobs", {"status": "pending"}
+        )
+        now = utcnow()
+        dead = [r["id"] for r in rows if is_dead(r["owner"], r["heartbeat_at"], now)]
+        for job_id in dead:
+            self.update_rows(
+                "jobs",
+                {"id": job_id},
+                {
+                    "status": "interrupted",
+                    "finished_at": now,
+                    "error": "the process running the job stopped (killed or crashed)",
+                },
+            )
+        return dead
 
     def get_job(self, job_id: str) -> Job:
         rows = self.select_rows("jobs", {"id": job_id})
@@ -758,14 +802,22 @@ def _instrument(row: dict[str, Any]) -> Instrument:
 
 
 def _job(row: dict[str, Any]) -> Job:
+    """A job as stored, except that a live status whose owner is gone reads as
+    ``interrupted`` (the store records it so at the next :meth:`Store.reap_jobs`)."""
+    status, error = row["status"], row["error"]
+    if status in LIVE_STATUSES and is_dead(row.get("owner"), row.get("heartbeat_at"), utcnow()):
+        status = "interrupted"
+        error = error or "the process running the job stopped (killed or crashed)"
     return Job(
         id=row["id"],
         kind=row["kind"],
-        status=row["status"],
+        status=status,
         params=json.loads(row["params"] or "{}"),
         summary=json.loads(row["summary"] or "{}"),
-        error=row["error"],
+        error=error,
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+        owner=row.get("owner"),
+        heartbeat_at=row.get("heartbeat_at"),
     )

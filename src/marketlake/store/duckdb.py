@@ -141,6 +141,7 @@ class DuckDBStore(Store):
         return int(row[0]) if row else 0
 
     def close(self) -> None:
+        self._heartbeat.stop()
         with self._lock:
             self._con.close()
 

@@ -317,6 +317,7 @@ class PostgresStore(Store):
             yield
 
     def close(self) -> None:
+        self._heartbeat.stop()
         self._pool.close()
 
     # -- primitives ----------------------------------------------------------------

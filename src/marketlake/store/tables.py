@@ -28,7 +28,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -95,13 +95,15 @@ jobs = Table(
     metadata,
     Column("id", String, primary_key=True),
     Column("kind", String, nullable=False),
-    Column("status", String, nullable=False),  # pending | running | succeeded | failed | partial
+    Column("status", String, nullable=False),  # pending | running | succeeded | failed | partial …
     Column("params", Text, nullable=False, default="{}"),  # JSON
     Column("summary", Text, nullable=False, default="{}"),  # JSON: per-symbol counts
     Column("error", Text),
     _ts("created_at"),
     _ts("started_at"),
     _ts("finished_at"),
+    Column("owner", String),  # host:pid of the process running the job (schema 2)
+    _ts("heartbeat_at"),  # refreshed while the owner runs the job (schema 2)
 )
 
 checkpoints = Table(
