@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     ingest_batch_rows: int = Field(
         100_000, ge=1, description="Bars an ingest job buffers (all symbols) before a checked write"
     )
+    import_one_transaction_mib: int = Field(
+        256,
+        ge=1,
+        description="import-csv writes a file up to this size in one transaction; a larger "
+        "one is checked first, then written in resumable parts (rerun the import to finish)",
+    )
     rate_limit: bool = Field(
         True, description="Per-provider rate limiters; turn off only for a local mirror"
     )

@@ -113,6 +113,7 @@ def import_csv_command(
             on_conflict="replace" if replace else "ignore",
             progress=progress,
             policy=QualityPolicy.from_settings(st.settings),
+            one_transaction_bytes=st.settings.import_one_transaction_mib << 20,
         )
     print_import(result, as_json=as_json)
 

@@ -70,6 +70,8 @@ class ImportResult:
     score: float | None = None
     skipped: list[BadRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    in_parts: bool = False
+    """Written in several transactions (a file above the one-transaction limit)."""
     seconds: float = 0.0
 
     @property
@@ -117,6 +119,8 @@ def import_csv(
         raise InputError(f"--on-error {on_error!r} must be fail or skip", param="on_error")
     check_on_conflict(on_conflict)
     tf = Timeframe.parse(timeframe) if timeframe else None
+    # a file written in parts is written in at least 16 of them
+    block_bytes = min(block_bytes, max(64 << 10, one_transaction_bytes // 16))
     reader = CsvBarReader(
         Path(path), symbol, tf, tz, delimiter, source, block_bytes, date_format, decimal
     )
@@ -142,6 +146,14 @@ def import_csv(
                 run.write()
         else:
             run.check()
+            result.notes.append(
+                f"the file is larger than the one-transaction limit "
+                f"({one_transaction_bytes / 2**20:g} MiB, MARKETLAKE_IMPORT_ONE_TRANSACTION_MIB): "
+                "it was checked completely, then written in parts, each in its own "
+                "transaction; an interrupted import keeps the parts it wrote, and running "
+                "the same import again completes it (it inserts only what is missing)"
+            )
+            result.in_parts = True
             run.write()
     except MarketLakeError as exc:
         result.seconds = time.perf_counter() - began
@@ -150,7 +162,7 @@ def import_csv(
     run.save_quality(job.id)
     result.seconds = time.perf_counter() - began
     result.timeframe = str(reader.timeframe or "")
-    result.notes = reader.notes
+    result.notes = [*result.notes, *reader.notes]
     if reader.checks is not None and reader.checks.relabelled:
         result.notes.append(
             f"{reader.checks.relabelled} times relabelled to the start of their "
