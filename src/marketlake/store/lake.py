@@ -10,8 +10,9 @@ without MarketLake)::
 Partition values are percent-encoded the way Spark and Arrow do (``^GSPC``
 becomes ``symbol=%5EGSPC``) and are not repeated inside the files. Files are
 zstd-compressed, ``ts`` is ``timestamp[us, UTC]``, and every export writes one
-file per partition, first under a hidden temporary name, so a reader never sees
-half a file. :func:`compact_lake` merges the files of a partition into one
+file per partition and commits them together (hidden names, renames, then a
+manifest under ``_exports/``, see :class:`_Commit`), so a reader never sees half
+a file nor half an export. :func:`compact_lake` merges the files of a partition into one
 (newest export wins on a repeated key), so many small appends do not slow
 reads down. For example, with DuckDB::
 
@@ -21,6 +22,7 @@ reads down. For example, with DuckDB::
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -81,16 +83,17 @@ def _segment(name: str, value: object) -> str:
     return f"{name}={quote(str(value), safe='')}"
 
 
-def _new_file_name() -> str:
-    return f"part-{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
+def _new_export_id() -> str:
+    return f"{utcnow():%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
 
 
 class _PartitionFile:
-    """One Parquet file being written under a hidden name; renamed into place on close."""
+    """One Parquet file being written under a hidden name (``.part-….parquet.tmp``, which
+    readers skip); :meth:`publish` renames it into place."""
 
-    def __init__(self, directory: Path, schema: pa.Schema) -> None:
+    def __init__(self, directory: Path, schema: pa.Schema, export_id: str, number: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.final = directory / _new_file_name()
+        self.final = directory / f"part-{export_id}-{number:05d}.parquet"
         self.temporary = directory / f".{self.final.name}.tmp"
         self.writer = pq.ParquetWriter(self.temporary, schema, compression="zstd")
         self.rows = 0
@@ -101,14 +104,98 @@ class _PartitionFile:
 
     def close(self) -> None:
         self.writer.close()
+
+    def publish(self) -> None:
         os.replace(self.temporary, self.final)
 
 
-def _write_file(directory: Path, table: pa.Table) -> None:
-    """Write one zstd Parquet file atomically."""
-    file = _PartitionFile(directory, table.schema)
-    file.write(table)
-    file.close()
+class _Commit:
+    """The files of one export or compaction, published together.
+
+    Every file is written under its hidden name first; :meth:`commit` renames them all
+    into place, then writes the manifest ``_exports/<id>.json`` listing them, last. A
+    part file no manifest lists belongs to an export that did not finish: MarketLake's
+    readers skip it and the next export or compaction deletes it (see :func:`clean_lake`).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.id = _new_export_id()
+        self.files: list[_PartitionFile] = []
+
+    def open(self, directory: Path, schema: pa.Schema) -> _PartitionFile:
+        file = _PartitionFile(directory, schema, self.id, len(self.files))
+        self.files.append(file)
+        return file
+
+    def write(self, directory: Path, table: pa.Table) -> None:
+        file = self.open(directory, table.schema)
+        file.write(table)
+        file.close()
+
+    def commit(self) -> None:
+        for file in self.files:
+            file.publish()
+        names = [file.final.relative_to(self.root).as_posix() for file in self.files]
+        _write_manifest(self.root, self.id, names)
+
+
+MANIFESTS = "_exports"
+
+
+def _write_manifest(root: Path, name: str, files: list[str]) -> None:
+    folder = root / MANIFESTS
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{name}.json.tmp"
+    temporary.write_text(json.dumps({"files": files}))
+    os.replace(temporary, folder / f"{name}.json")
+
+
+def _part_files(root: Path) -> list[Path]:
+    return sorted(
+        [
+            *(root / "bars").glob("*/*/*/part-*.parquet"),
+            *(root / "trades").glob("*/*/part-*.parquet"),
+        ]
+    )
+
+
+def committed_files(root: Path) -> set[Path]:
+    """The part files of finished exports: those a manifest lists (every part file of a
+    lake written before manifests existed)."""
+    folder = root / MANIFESTS
+    if not folder.is_dir():
+        return set(_part_files(root))
+    found: set[Path] = set()
+    for manifest in folder.glob("*.json"):
+        found.update(root / name for name in json.loads(manifest.read_text())["files"])
+    return found
+
+
+def clean_lake(root: Path) -> int:
+    """Delete what unfinished exports left (hidden temporary files, part files no
+    manifest lists); return how many files went. A lake without manifests gets one
+    listing its files, so that they stay committed."""
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for kind in ("bars", "trades"):
+        for temporary in (root / kind).rglob(".part-*.parquet.tmp"):
+            temporary.unlink()
+            removed += 1
+    files = _part_files(root)
+    if not (root / MANIFESTS).is_dir():
+        if files:
+            _write_manifest(
+                root, "before-manifests", [f.relative_to(root).as_posix() for f in files]
+            )
+        return removed
+    committed = committed_files(root)
+    for file in files:
+        if file not in committed:
+            file.unlink()
+            removed += 1
+    return removed
 
 
 def _years(table: pa.Table) -> Iterator[tuple[int, pa.Table]]:
@@ -136,6 +223,8 @@ def export_lake(
     wanted = {s.upper() for s in symbols} if symbols else None
     tf = str(Timeframe.parse(timeframe)) if timeframe else None
     summary = LakeSummary()
+    clean_lake(root)
+    commit = _Commit(root)
     for series in store.bar_summary():
         if (wanted and series["symbol"] not in wanted) or (tf and series["timeframe"] != tf):
             continue
@@ -153,7 +242,7 @@ def export_lake(
                 if current is None or current[0] != year:
                     if current is not None:
                         current[1].close()
-                    current = (year, _PartitionFile(base / _segment("year", year), BAR_FILE_SCHEMA))
+                    current = (year, commit.open(base / _segment("year", year), BAR_FILE_SCHEMA))
                     summary.files += 1
                     summary.partitions += 1
                 current[1].write(rows.drop_columns(["symbol", "timeframe"]))
@@ -161,7 +250,8 @@ def export_lake(
         if current is not None:
             current[1].close()
     if trades:
-        _export_trades(store, root, wanted, start, end, summary)
+        _export_trades(store, root, wanted, start, end, summary, commit)
+    commit.commit()
     _export_instruments(store, root, wanted, summary)
     return summary
 
@@ -173,6 +263,7 @@ def _export_trades(
     start: datetime | None,
     end: datetime | None,
     summary: LakeSummary,
+    commit: _Commit,
 ) -> None:
     symbols = [
         r["symbol"]
@@ -184,7 +275,7 @@ def _export_trades(
         table = store.read_trades(symbol, start, end).cast(TRADE_SCHEMA)
         for year, rows in _years(table):
             directory = root / "trades" / _segment("symbol", symbol) / _segment("year", year)
-            _write_file(directory, rows.drop_columns(["symbol"]))
+            commit.write(directory, rows.drop_columns(["symbol"]))
             summary.files += 1
             summary.partitions += 1
             summary.trades += rows.num_rows
@@ -215,10 +306,15 @@ def _dataset(root: Path, kind: str) -> ds.Dataset | None:
     if not directory.is_dir():
         return None
     schema = BAR_PARTITIONS if kind == "bars" else TRADE_PARTITIONS
+    committed = committed_files(root)
+    files = [str(f) for f in _part_files(root) if f in committed and f.is_relative_to(directory)]
+    if not files:  # nothing exported yet, or only what an unfinished export left
+        return None
     return ds.dataset(
-        directory,
+        files,
         format="parquet",
         partitioning=ds.partitioning(schema, flavor="hive"),
+        partition_base_dir=str(directory),
         exclude_invalid_files=False,
     )
 
@@ -271,13 +367,13 @@ def import_lake(
 ) -> LakeSummary:
     """Read a lake written by :func:`export_lake` into ``store`` (idempotent writes)."""
     root = Path(root)
-    bars, trades = _dataset(root, "bars"), _dataset(root, "trades")
-    if bars is None and trades is None:
+    if not (root / "bars").is_dir() and not (root / "trades").is_dir():
         raise InputError(
             f"{root} is not a MarketLake lake: it has no bars/ or trades/ "
             "folder; write one with `marketlake export --to DIR`",
             param="dir",
         )
+    bars, trades = _dataset(root, "bars"), _dataset(root, "trades")
     summary = LakeSummary()
     summary.instruments = _import_instruments(store, root, symbols)
     if bars is not None:
@@ -336,9 +432,13 @@ def compact_lake(root: str | Path) -> LakeSummary:
             f"{root} is not a MarketLake lake: it has no bars/ or trades/ folder", param="dir"
         )
     summary = LakeSummary()
+    clean_lake(root)
+    committed = committed_files(root)
+    commit = _Commit(root)
+    replaced: list[Path] = []
     for directory, key in _leaf_partitions(root):
-        files = sorted(directory.glob("part-*.parquet"))  # names sort by export time
-        summary.partitions += 1
+        files = sorted(f for f in directory.glob("part-*.parquet") if f in committed)
+        summary.partitions += 1  # names sort by export time
         if len(files) < 2:
             summary.files += len(files)
             continue
@@ -347,10 +447,12 @@ def compact_lake(root: str | Path) -> LakeSummary:
         unique = merged.unique(subset=key, keep="last", maintain_order=True).sort(
             "ts", maintain_order=True
         )
-        _write_file(directory, unique.to_arrow().cast(pq.read_schema(files[-1])))
-        for old in files:
-            old.unlink()
+        commit.write(directory, unique.to_arrow().cast(pq.read_schema(files[-1])))
+        replaced += files
         summary.files += 1
         summary.removed_files += len(files)
         summary.duplicates_dropped += merged.height - unique.height
+    commit.commit()
+    for old in replaced:  # listed by older manifests: their readers skip what is gone
+        old.unlink()
     return summary
