@@ -20,8 +20,9 @@ from marketlake.api.errors import problem_response
 # style-src allows inline styles: the chart library's attribution logo is an SVG with a
 # <style> inside; scripts stay strictly the dashboard's own files.
 DASHBOARD_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+    "base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
 DOCS_CSP = (
