@@ -92,3 +92,32 @@ def test_a_synthetic_stock_range_before_the_calendar_says_so(capsys: Capsys) -> 
     assert code == 1
     assert "Traceback" not in captured.err + captured.out
     assert "follow the NYSE calendar from 1991" in captured.out + captured.err
+
+
+# -- start-up: what `--help` loads ----------------------------------------------------------
+
+HEAVY = ("duckdb", "pyarrow", "pandas", "polars", "fastapi", "numba", "exchange_calendars")
+
+
+def test_help_loads_none_of_the_heavy_modules() -> None:
+    """A correctness check of lazy imports (the timing is in bench/bench_startup.py): the
+    modules `marketlake --help` and every command's `--help` load leave the heavy
+    libraries unimported."""
+    probe = (
+        "import sys\n"
+        "from marketlake.cli.app import cli\n"
+        "codes = [cli(['--help']), cli(['serve', '--help']), cli(['bars', '--help'])]\n"
+        "assert codes == [0, 0, 0], codes\n"
+        f"print('heavy:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "heavy:", done.stdout[-500:]
+
+
+def test_the_provider_names_of_the_help_are_the_registry_s() -> None:
+    from marketlake.cli.data import PROVIDER_NAMES
+    from marketlake.providers import PROVIDERS
+
+    assert tuple(sorted(PROVIDERS)) == PROVIDER_NAMES

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -21,7 +21,9 @@ from marketlake import __version__
 from marketlake.cli.output import error
 from marketlake.config import Settings
 from marketlake.errors import ConfigError, MarketLakeError
-from marketlake.store import Store, open_store
+
+if TYPE_CHECKING:
+    from marketlake.store import Store
 
 
 def _flag_aware_type(option: TyperOption, ctx: Any) -> str | None:
@@ -55,6 +57,8 @@ class State:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from marketlake.store import open_store
+
             self._store = open_store(self.settings.store)
         return self._store
 

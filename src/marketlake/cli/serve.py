@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -11,7 +11,10 @@ from marketlake.cli.app import state
 from marketlake.cli.output import console
 from marketlake.config import Settings
 from marketlake.errors import ConfigError
-from marketlake.store import Store
+
+if TYPE_CHECKING:
+    from marketlake.store import Store
+
 
 FACTORY = "marketlake.api.app:app_from_env"
 
