@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -362,3 +363,31 @@ async def test_alert_stream_on_redis_resumes_by_stream_id(
     assert events[0][0] not in (None, first)
     assert bad.status_code == 422
     await bus.close()
+
+
+async def test_sse_streams_per_client_are_capped_and_given_back(
+    duck: Store, tmp_path: Path
+) -> None:
+    app = create_app(settings(config_dir=tmp_path, api_sse_clients_per_client=2), duck, MemoryBus())
+    ctx = app.state.ctx
+    async with serving(app) as client, contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(client.stream("GET", "/api/v1/stream/live"))
+        assert first.status_code == 200
+        # a request refused after its slot was taken gives the slot back at once
+        for _ in range(3):
+            bad = await client.get("/api/v1/alerts/stream", headers={"Last-Event-ID": "x"})
+            assert bad.status_code == 422
+        second = await stack.enter_async_context(client.stream("GET", "/api/v1/alerts/stream"))
+        assert second.status_code == 200
+        third = await client.get("/api/v1/alerts/stream")
+        assert third.status_code == 429
+        assert "2 live streams are open for this client" in third.json()["detail"]
+        assert third.headers["retry-after"] == "5"
+        await stack.aclose()  # both streams closed by the client: their slots come back
+        for _ in range(200):
+            if not ctx.streams.open:
+                break
+            await asyncio.sleep(0.02)
+        assert ctx.streams.open == {}
+        async with client.stream("GET", "/api/v1/alerts/stream") as again:
+            assert again.status_code == 200

@@ -152,6 +152,17 @@ def _open(browser: object, url: str, name: str) -> tuple[object, list[str]]:
     return page, errors
 
 
+def _until(page: object, expression: str, timeout: float = 30_000) -> None:
+    """Wait until ``expression`` is true in the page. Polled from here: Playwright's
+    ``wait_for_function`` evaluates strings with ``eval``, which the dashboard's CSP
+    (rightly) forbids."""
+    deadline = time.monotonic() + timeout / 1000
+    while not page.evaluate(expression):  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout / 1000:.0f} s: {expression}")
+        time.sleep(0.05)
+
+
 def _shot(page: object, name: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
@@ -173,9 +184,7 @@ def test_switching_timeframe_fetches_and_redraws(browser: object, filled: tuple)
     page.wait_for_selector("#chart[data-candles]:not([data-candles='0'])")
     with page.expect_response(lambda r: "/api/v1/bars/AAPL?" in r.url and "timeframe=1d" in r.url):
         page.click("[data-tf='1d']")
-    page.wait_for_function(
-        f"document.querySelector('#chart').dataset.candles === '{counts['AAPL/1d']}'"
-    )
+    _until(page, f"document.querySelector('#chart').dataset.candles === '{counts['AAPL/1d']}'")
     assert page.get_attribute("[data-tf='1d']", "aria-checked") == "true"
     assert errors == []
 
@@ -208,7 +217,7 @@ def test_a_live_trade_updates_the_last_price(browser: object, filled: tuple) -> 
     page, errors = _open(browser, f"{server.url}/#BTCUSDT/1h", "live")
     page.wait_for_selector("#chart[data-candles]:not([data-candles='0'])")
     page.check("#live-toggle")
-    page.wait_for_function("document.querySelector('#conn').textContent === 'live'")
+    _until(page, "document.querySelector('#conn').textContent === 'live'")
     trades = normalize_trades(
         pa.table(
             {
@@ -223,7 +232,7 @@ def test_a_live_trade_updates_the_last_price(browser: object, filled: tuple) -> 
         source="test",
     )
     server.call(server.app.state.ctx.bus.publish([Batch("trade", "BTCUSDT", trades)]))
-    page.wait_for_function("document.querySelector('#kpi-last').textContent === '123,456.50'")
+    _until(page, "document.querySelector('#kpi-last').textContent === '123,456.50'")
     _shot(page, "dashboard-live-update")
     assert errors == []
 
@@ -233,7 +242,7 @@ def test_a_new_alert_appears_in_the_log(browser: object, filled: tuple) -> None:
 
     server, _ = filled
     page, errors = _open(browser, f"{server.url}/#BTCUSDT/1h", "alerts")
-    page.wait_for_function("document.querySelector('#alerts-state').textContent === 'live'")
+    _until(page, "document.querySelector('#alerts-state').textContent === 'live'")
     alert = {
         "id": "a-1",
         "rule_id": "btc-high",
@@ -273,7 +282,8 @@ def test_a_portfolio_backtest_shows_equity_and_weights(browser: object, filled: 
     page.select_option("#bt-strategy", "equal_weight")
     page.fill("#bt-symbols", "AAPL, BTCUSDT")
     page.click("#bt-form button[type=submit]")
-    page.wait_for_function(
+    _until(
+        page,
         "document.querySelector('#bt-state').textContent.startsWith('run ') || "
         "document.querySelector('#bt-state').textContent === 'failed'",
         timeout=60_000,
@@ -298,3 +308,27 @@ def test_a_backtest_without_a_key_says_how_to_get_one(browser: object, filled: t
     page.click("#bt-form button[type=submit]")
     page.wait_for_selector("#banner:not([hidden])")
     assert "marketlake keys create" in page.inner_text("#banner")
+
+
+def test_the_dashboard_runs_under_its_content_security_policy(
+    browser: object, filled: tuple
+) -> None:
+    server, counts = filled
+    page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+    page.add_init_script(
+        "window.__csp = []; document.addEventListener('securitypolicyviolation', "
+        "(e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+    )
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    response = page.goto(f"{server.url}/#AAPL/1h")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self';" in policy
+    assert "frame-ancestors 'none'" in policy
+    page.wait_for_selector("#chart[data-candles]:not([data-candles='0'])")
+    with page.expect_response(lambda r: "timeframe=1d" in r.url):
+        page.click("[data-tf='1d']")
+    _until(page, f"document.querySelector('#chart').dataset.candles === '{counts['AAPL/1d']}'")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__csp") == []
+    assert [e for e in errors if "Content Security Policy" in e] == []

@@ -35,6 +35,7 @@ from marketlake.api.limits import GuardMiddleware
 from marketlake.api.observability import ApiMetrics, FindingsCollector, ObservabilityMiddleware
 from marketlake.api.ratelimit import make_rate_limiter
 from marketlake.api.routes import API_ROUTERS
+from marketlake.api.sse import StreamSlots
 from marketlake.config import Settings
 from marketlake.errors import MarketLakeError
 from marketlake.store import Store
@@ -110,6 +111,7 @@ def create_app(
         auth=Authenticator(settings),
         cache=BarCache(settings.api_cache_max_rows, settings.api_cache_ttl_s),
         jobs=JobRunner(settings, metrics),
+        streams=StreamSlots(settings.api_sse_clients_per_client),
         _store=store,
         _bus=bus,
         limiter=(

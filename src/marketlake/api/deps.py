@@ -13,7 +13,7 @@ rejected everywhere).
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -25,6 +25,7 @@ from marketlake.api.cache import BarCache
 from marketlake.api.jobs import JobRunner
 from marketlake.api.observability import ApiMetrics
 from marketlake.api.ratelimit import RateLimiter
+from marketlake.api.sse import StreamSlot, StreamSlots
 from marketlake.config import Settings
 from marketlake.schema import normalize_symbol
 from marketlake.store import Store, open_store
@@ -45,6 +46,7 @@ class ApiContext:
     cache: BarCache
     jobs: JobRunner
     limiter: RateLimiter | None = None
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(20))
     _store: Store | None = field(default=None, repr=False)
     owns_store: bool = False
     _bus: Bus | None = field(default=None, repr=False)
@@ -141,12 +143,13 @@ def access(scope: str) -> Callable[..., Awaitable[Principal]]:
                 principal = await run_in_threadpool(ctx.auth.authenticate, ctx.store, token)
         else:
             principal = ctx.auth.anonymous()
+        caller = (
+            f"{principal.kind}:{principal.id}"
+            if principal.kind != "anonymous"
+            else f"ip:{request.client.host if request.client else 'unknown'}"
+        )
+        request.state.caller = caller
         if ctx.limiter is not None:
-            caller = (
-                f"{principal.kind}:{principal.id}"
-                if principal.kind != "anonymous"
-                else f"ip:{request.client.host if request.client else 'unknown'}"
-            )
             await ctx.limiter.hit(caller)
         principal.require(scope)
         request.state.principal = principal
@@ -157,6 +160,20 @@ def access(scope: str) -> Callable[..., Awaitable[Principal]]:
 
 
 ReadAccess = Annotated[Principal, Depends(access("read"))]
+
+
+async def stream_slot(request: Request, _: ReadAccess) -> AsyncIterator[StreamSlot]:
+    """One of the caller's SSE streams (429 past ``MARKETLAKE_API_SSE_CLIENTS_PER_CLIENT``);
+    given back when the route fails, else when its stream ends."""
+    slot = context_of(request).streams.take(request.state.caller)
+    try:
+        yield slot
+    finally:
+        if not slot.handed:
+            slot.release()
+
+
+StreamSlotDep = Annotated[StreamSlot, Depends(stream_slot)]
 WriteAccess = Annotated[Principal, Depends(access("write"))]
 AdminAccess = Annotated[Principal, Depends(access("admin"))]
 

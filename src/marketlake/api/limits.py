@@ -6,7 +6,7 @@
   stores or looks up may hold one (PostgreSQL refuses it, which once showed as a 503).
 - Every response carries ``X-Content-Type-Options``, ``X-Frame-Options``,
   ``Referrer-Policy`` and a ``Content-Security-Policy``: strict for the dashboard
-  (only its own scripts, styles and API), looser for the Swagger and ReDoc pages
+  (only its own scripts and its API), looser for the Swagger and ReDoc pages
   (their inline start-up script), and nothing at all for API answers.
 """
 
@@ -17,9 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from marketlake.api.errors import problem_response
 
+# style-src allows inline styles: the chart library's attribution logo is an SVG with a
+# <style> inside; scripts stay strictly the dashboard's own files.
 DASHBOARD_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
+    "base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
 DOCS_CSP = (

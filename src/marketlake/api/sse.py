@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from fastapi.responses import StreamingResponse
 
+from marketlake.errors import RateLimitError
+
 Event = tuple[str | None, str, Any]
 SSE_MEDIA_TYPE = "text/event-stream"
 SSE_DOC: dict[int | str, dict[str, Any]] = {
@@ -72,10 +74,66 @@ async def frames(
                 await closer()
 
 
-def sse_response(events: AsyncIterator[Event], *, keepalive_s: float = 15.0) -> StreamingResponse:
-    """A streaming response of ``events`` (no caching, no proxy buffering)."""
+class StreamSlot:
+    """One open stream of a caller; :meth:`release` (idempotent) gives it back."""
+
+    def __init__(self, slots: StreamSlots, caller: str) -> None:
+        self._slots, self.caller = slots, caller
+        self.handed = False  # the response owns it now and releases it when it ends
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release(self.caller)
+
+
+class StreamSlots:
+    """How many SSE streams each caller (API key or address) holds in this process."""
+
+    def __init__(self, per_caller: int) -> None:
+        self.per_caller = per_caller
+        self.open: dict[str, int] = {}
+
+    def take(self, caller: str) -> StreamSlot:
+        """A slot for ``caller``; a :class:`RateLimitError` (429) when it holds them all."""
+        held = self.open.get(caller, 0)
+        if held >= self.per_caller:
+            raise RateLimitError(
+                f"{held} live streams are open for this client, the most allowed "
+                "(MARKETLAKE_API_SSE_CLIENTS_PER_CLIENT); close one first",
+                retry_after=5,
+            )
+        self.open[caller] = held + 1
+        return StreamSlot(self, caller)
+
+    def release(self, caller: str) -> None:
+        left = self.open.get(caller, 0) - 1
+        if left > 0:
+            self.open[caller] = left
+        else:
+            self.open.pop(caller, None)
+
+
+async def _holding(slot: StreamSlot, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        slot.release()
+
+
+def sse_response(
+    events: AsyncIterator[Event], slot: StreamSlot | None = None, *, keepalive_s: float = 15.0
+) -> StreamingResponse:
+    """A streaming response of ``events`` (no caching, no proxy buffering); the stream
+    holds ``slot`` until it ends."""
+    body = frames(events, keepalive_s)
+    if slot is not None:
+        slot.handed = True
+        body = _holding(slot, body)
     return StreamingResponse(
-        frames(events, keepalive_s),
+        body,
         media_type=SSE_MEDIA_TYPE,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, show_table
-from marketlake.timeseries.times import resolve_range
+
+if TYPE_CHECKING:
+    pass
 
 
 def actions(
@@ -22,6 +24,8 @@ def actions(
 
     They arrive with `marketlake ingest yahoo …` and drive `marketlake bars --adjusted`.
     """
+    from marketlake.timeseries.times import resolve_range
+
     store = state(ctx).store
     store.instrument(symbol)
     begin, stop = resolve_range(start, end, None, required=False)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, show_table
-from marketlake.timeseries.times import resolve_range
 
 COLUMNS = (
     "symbol",
@@ -23,6 +22,9 @@ COLUMNS = (
     "last",
     "partial",
 )
+
+if TYPE_CHECKING:
+    pass
 
 
 def aggregate(
@@ -46,6 +48,8 @@ def aggregate(
 
     Example: `marketlake aggregate AAPL BTCUSDT --from 1m --to 5m,1h,1d`
     """
+    from marketlake.timeseries.times import resolve_range
+
     st = state(ctx)
     begin, stop = resolve_range(start, end, None, required=False)
     targets = [t.strip() for t in to.split(",") if t.strip()]

@@ -10,17 +10,30 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
 from pydantic import ValidationError
+from typer.core import TyperOption
 
 from marketlake import __version__
 from marketlake.cli.output import error
 from marketlake.config import Settings
 from marketlake.errors import ConfigError, MarketLakeError
-from marketlake.store import Store, open_store
+
+if TYPE_CHECKING:
+    from marketlake.store import Store
+
+
+def _flag_aware_type(option: TyperOption, ctx: Any) -> str | None:
+    """Typer's help shows ``<bool>`` after every flag (``--json <bool>``), though a flag
+    takes no value: show none for flags, and the type (or choices) for the rest."""
+    return None if option.is_flag else _typer_display_type(option, ctx)
+
+
+_typer_display_type = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_aware_type  # type: ignore[method-assign,assignment]
 
 app = typer.Typer(
     name="marketlake",
@@ -44,6 +57,8 @@ class State:
     @property
     def store(self) -> Store:
         if self._store is None:
+            from marketlake.store import open_store
+
             self._store = open_store(self.settings.store)
         return self._store
 

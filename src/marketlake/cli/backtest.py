@@ -17,7 +17,10 @@ import typer
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, err_console, show_table
 from marketlake.errors import InputError
-from marketlake.timeseries.times import resolve_range
+
+if TYPE_CHECKING:
+    pass
+
 
 if TYPE_CHECKING:
     from marketlake.backtest.data import Bars
@@ -130,6 +133,8 @@ def _symbols(items: list[str]) -> list[str]:
 def _range(
     start: str | None, end: str | None, period: str | None, synthetic: bool
 ) -> tuple[datetime | None, datetime | None]:
+    from marketlake.timeseries.times import resolve_range
+
     if synthetic and not (start or period):
         raise InputError("--synthetic needs --start (and --end) or --period", param="start")
     return resolve_range(start, end, period, required=synthetic)

@@ -16,8 +16,10 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from marketlake.cli.app import State, state
 from marketlake.cli.output import console, emit_json, err_console, error, show_table
 from marketlake.errors import InputError
-from marketlake.providers import PROVIDERS, get_provider
-from marketlake.timeseries.times import resolve_range
+
+# The names of marketlake.providers.PROVIDERS, spelled out so that the help needs no
+# provider module (tests/cli/test_bad_input.py checks they agree).
+PROVIDER_NAMES = ("alpaca", "binance", "csv", "synthetic", "yahoo")
 
 if TYPE_CHECKING:
     from marketlake.ingest.jobs import IngestResult, ProgressCallback
@@ -33,7 +35,7 @@ class BarFormat(StrEnum):
 
 def ingest(
     ctx: typer.Context,
-    provider: Annotated[str, typer.Argument(help=f"One of: {', '.join(sorted(PROVIDERS))}.")],
+    provider: Annotated[str, typer.Argument(help=f"One of: {', '.join(PROVIDER_NAMES)}.")],
     symbols: Annotated[list[str], typer.Argument(help="Symbols to fetch, e.g. AAPL MSFT.")],
     timeframe: Annotated[
         str, typer.Option("--timeframe", "-t", help="Bar size: 1m, 5m, 1h, 1d …")
@@ -65,6 +67,9 @@ def ingest(
 
     Example: `marketlake ingest yahoo AAPL MSFT -t 1d --start 2024-01-01 --end 2024-07-01`
     """
+    from marketlake.providers import get_provider
+    from marketlake.timeseries.times import resolve_range
+
     st = state(ctx)
     begin, stop = resolve_range(start, end, period)
     assert begin is not None
@@ -201,6 +206,8 @@ def bars(
     """
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+
+    from marketlake.timeseries.times import resolve_range
 
     st = state(ctx)
     begin, stop = resolve_range(start, end, None, required=False)

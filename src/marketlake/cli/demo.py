@@ -12,32 +12,44 @@ import typer
 from marketlake.cli.app import State, state
 from marketlake.cli.output import console, emit_json, err_console, show_table
 from marketlake.config import redact
-from marketlake.schema import Instrument
 
-DEMO_INSTRUMENTS = (
-    Instrument(symbol="AAPL", name="Apple Inc. (synthetic)", asset_class="stock", exchange="XNAS"),
-    Instrument(
-        symbol="MSFT", name="Microsoft Corp. (synthetic)", asset_class="stock", exchange="XNAS"
-    ),
-    Instrument(
-        symbol="SPY", name="SPDR S&P 500 ETF (synthetic)", asset_class="etf", exchange="ARCX"
-    ),
-    Instrument(
-        symbol="BTCUSDT",
-        name="Bitcoin / Tether (synthetic)",
-        asset_class="crypto",
-        exchange="BINANCE",
-        currency="USDT",
-        timezone="UTC",
-    ),
-    Instrument(
-        symbol="ETHUSDT",
-        name="Ether / Tether (synthetic)",
-        asset_class="crypto",
-        exchange="BINANCE",
-        currency="USDT",
-        timezone="UTC",
-    ),
+# The demo's instruments as fields (built into Instruments when the demo runs: the CLI
+# imports no pydantic model or Arrow schema to show its help).
+DEMO_INSTRUMENTS: tuple[dict[str, str], ...] = (
+    {
+        "symbol": "AAPL",
+        "name": "Apple Inc. (synthetic)",
+        "asset_class": "stock",
+        "exchange": "XNAS",
+    },
+    {
+        "symbol": "MSFT",
+        "name": "Microsoft Corp. (synthetic)",
+        "asset_class": "stock",
+        "exchange": "XNAS",
+    },
+    {
+        "symbol": "SPY",
+        "name": "SPDR S&P 500 ETF (synthetic)",
+        "asset_class": "etf",
+        "exchange": "ARCX",
+    },
+    {
+        "symbol": "BTCUSDT",
+        "name": "Bitcoin / Tether (synthetic)",
+        "asset_class": "crypto",
+        "exchange": "BINANCE",
+        "currency": "USDT",
+        "timezone": "UTC",
+    },
+    {
+        "symbol": "ETHUSDT",
+        "name": "Ether / Tether (synthetic)",
+        "asset_class": "crypto",
+        "exchange": "BINANCE",
+        "currency": "USDT",
+        "timezone": "UTC",
+    },
 )
 
 
@@ -60,12 +72,15 @@ def demo(
     """Offline tour: synthetic 1-minute data for 5 symbols, stored, summarised (then served)."""
     st = state(ctx)
     store = st.store
-    for instrument in DEMO_INSTRUMENTS:
+    from marketlake.schema import Instrument
+
+    for fields in DEMO_INSTRUMENTS:
+        instrument = Instrument.model_validate(fields)
         if store.get_instrument(instrument.symbol, missing_ok=True) is None:
             store.add_instrument(instrument)
     start, end = demo_range(days)
     say = err_console if as_json else console  # --json keeps stdout for the JSON
-    symbols = [i.symbol for i in DEMO_INSTRUMENTS]
+    symbols = [i["symbol"] for i in DEMO_INSTRUMENTS]
     say.print(
         f"[bold]1/5[/] loading {days} days of synthetic 1-minute bars for "
         f"{len(DEMO_INSTRUMENTS)} symbols into {redact(st.settings.store)}"

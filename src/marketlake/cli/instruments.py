@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
 from marketlake.errors import InputError
-from marketlake.schema import Instrument
+
+if TYPE_CHECKING:
+    pass
+
 
 group = typer.Typer(help="Register and inspect instruments.", no_args_is_help=True)
 
@@ -32,6 +35,8 @@ def add(
 ) -> None:
     """Register an instrument."""
     from pydantic import ValidationError
+
+    from marketlake.schema import Instrument
 
     try:
         instrument = Instrument(

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import emit_json, show_table
 from marketlake.errors import InputError
-from marketlake.schema import default_instrument
-from marketlake.store import open_store
-from marketlake.timeseries.times import resolve_range
 
 lake_group = typer.Typer(
     help="Maintain a Parquet lake written by `marketlake export`.", no_args_is_help=True
 )
+
+if TYPE_CHECKING:
+    pass
+
 
 Symbols = Annotated[
     str | None, typer.Option("--symbols", "-s", help="Comma-separated symbols (default: all).")
@@ -82,6 +83,7 @@ def export(
     Example: `marketlake export --to lake/ --symbols AAPL,MSFT --timeframe 1m`
     """
     from marketlake.store.lake import export_lake
+    from marketlake.timeseries.times import resolve_range
 
     begin, stop = resolve_range(start, end, None, required=False)
     if format_ is ExportFormat.nautilus:
@@ -109,6 +111,7 @@ def _export_nautilus(
 ) -> None:
     from marketlake.backtest.data import load_bars
     from marketlake.backtest.nautilus import write_catalog
+    from marketlake.schema import default_instrument
 
     store = state(ctx).store
     if not timeframe:
@@ -144,6 +147,7 @@ def import_lake(
     Example: `marketlake --store postgresql://localhost/marketlake import-lake lake/`
     """
     from marketlake.store.lake import import_lake as run
+    from marketlake.timeseries.times import resolve_range
 
     if not directory.is_dir():
         raise InputError(
@@ -192,7 +196,9 @@ def copy(
     Example: `marketlake copy --from duckdb:///data/marketlake.duckdb
     --to postgresql://postgres@localhost/marketlake`
     """
+    from marketlake.store import open_store
     from marketlake.store.transfer import copy_store
+    from marketlake.timeseries.times import resolve_range
 
     if source == target:
         raise InputError("--from and --to name the same store", param="to")

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import show_table
 from marketlake.config import Settings, redact
-from marketlake.store.pgschema import TimescaleOptions
-from marketlake.store.tables import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from marketlake.store.pgschema import TimescaleOptions
 
 
 def timescale_options(settings: Settings) -> TimescaleOptions:
     """The TimescaleDB layout the settings ask for."""
+    from marketlake.store.pgschema import TimescaleOptions
+
     compress = settings.timescale_compress_after
     return TimescaleOptions(
         chunk_interval=settings.timescale_chunk_interval,
@@ -42,6 +45,7 @@ def migrate(
     Example: `marketlake --store postgresql://postgres@localhost/marketlake migrate`
     """
     from marketlake.store.postgres import PostgresStore
+    from marketlake.store.tables import SCHEMA_VERSION
 
     st = state(ctx)
     uri = st.settings.store

@@ -7,15 +7,13 @@ import csv
 import sys
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
 from marketlake.errors import InputError
-from marketlake.schema import parse_time, utcnow
-from marketlake.timeseries.times import parse_period
 
 SERIES_COLUMNS = (
     "symbol",
@@ -27,6 +25,10 @@ SERIES_COLUMNS = (
     "warnings",
     "score",
 )
+
+if TYPE_CHECKING:
+    pass
+
 FINDING_COLUMNS = ("rule", "severity", "symbol", "timeframe", "ts", "end_ts", "message")
 
 
@@ -44,6 +46,9 @@ class FailOn(StrEnum):
 
 def _since(text: str | None) -> datetime | None:
     """An ISO date/time, or a period back from now (``30d``, ``6mo``)."""
+    from marketlake.schema import parse_time, utcnow
+    from marketlake.timeseries.times import parse_period
+
     if text is None:
         return None
     if text.strip()[-1:].isalpha() and not text.strip().endswith("Z"):
@@ -86,6 +91,7 @@ def validate(
     """
     from marketlake.quality.checks import validate_store
     from marketlake.quality.policy import QualityPolicy, load_report
+    from marketlake.schema import parse_time
 
     st = state(ctx)
     fmt = Format.json if as_json else fmt
@@ -256,6 +262,7 @@ def repair(
     from marketlake.ingest.repair import repair_gaps, source_provider
     from marketlake.providers import get_provider
     from marketlake.quality.policy import QualityPolicy
+    from marketlake.schema import parse_time
 
     st = state(ctx)
     symbol = symbol.upper()

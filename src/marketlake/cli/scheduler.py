@@ -10,7 +10,10 @@ import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, error, show_table
-from marketlake.schema import utcnow
+
+if TYPE_CHECKING:
+    pass
+
 
 if TYPE_CHECKING:
     from marketlake.ingest.scheduler import Runner, ScheduledJob
@@ -40,6 +43,7 @@ def scheduler(
         load_schedule,
         next_runs,
     )
+    from marketlake.schema import utcnow
 
     st = state(ctx)
     jobs = load_schedule(config or st.settings.config_dir / SCHEDULE_FILE)

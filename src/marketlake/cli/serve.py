@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
@@ -11,7 +11,10 @@ from marketlake.cli.app import state
 from marketlake.cli.output import console
 from marketlake.config import Settings
 from marketlake.errors import ConfigError
-from marketlake.store import Store
+
+if TYPE_CHECKING:
+    from marketlake.store import Store
+
 
 FACTORY = "marketlake.api.app:app_from_env"
 
@@ -36,6 +39,7 @@ def run_server(
             f"--workers {workers}: the embedded DuckDB store can be opened by one process only; "
             "use --workers 1, or a PostgreSQL store (MARKETLAKE_STORE=postgresql://…) for more"
         )
+    _check_free(host, port)
     configure_logging(settings.log_level, json=log_format == "json")
     console.print(
         f"MarketLake serving on [bold]http://{host}:{port}/[/]  (API docs at "
@@ -61,10 +65,35 @@ def run_server(
         uvicorn.run(create_app(settings, store, freeze_gc=True), **options)  # type: ignore[arg-type]
 
 
+def _check_free(host: str, port: int) -> None:
+    """A port that is out of range or taken is one clear line (exit 2), before uvicorn
+    prints that it serves there."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is not a TCP port; use 1-65535 (MARKETLAKE_API_PORT)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"cannot bind to host {host!r}: {exc.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port "
+                "or stop what uses it"
+            ) from None
+
+
 def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Bind address (MARKETLAKE_API_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (MARKETLAKE_API_PORT).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port (MARKETLAKE_API_PORT).")
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -72,12 +101,11 @@ def serve(
         ),
     ] = None,
     log_format: Annotated[
-        str, typer.Option("--log-format", help="json (one JSON object per line) or console.")
+        Literal["json", "console"],
+        typer.Option("--log-format", help="json (one JSON object per line) or console."),
     ] = "json",
 ) -> None:
     """Serve the REST API under /api/v1, /metrics, /docs and the dashboard at /."""
-    if log_format not in ("json", "console"):
-        raise ConfigError(f"--log-format {log_format!r}: use json or console")
     st = state(ctx)
     settings = st.settings
     run_server(

@@ -14,7 +14,10 @@ from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table
 from marketlake.config import Settings, redact
 from marketlake.errors import ConfigError, InputError
-from marketlake.timeseries.times import resolve_range
+
+if TYPE_CHECKING:
+    pass
+
 
 if TYPE_CHECKING:
     from marketlake.stream.binance import FeedState
@@ -231,6 +234,7 @@ def replay(
     Example: `marketlake replay BTCUSDT -t 1m --start 2024-03-04 --end 2024-03-05`
     """
     from marketlake.stream.replay import replay as replay_events
+    from marketlake.timeseries.times import resolve_range
 
     st = state(ctx)
     begin, stop = resolve_range(start, end, None, required=False)

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 
+from marketlake.errors import InputError
 from marketlake.providers.base import Provider
 from marketlake.schema import (
     BAR_SCHEMA,
@@ -68,8 +69,16 @@ def _symbol_key(seed: int, symbol: str) -> int:
 @lru_cache(maxsize=8)
 def _nyse(first_year: int, last_year: int) -> Any:
     import exchange_calendars as xcals
+    from exchange_calendars.errors import CalendarError
 
-    return xcals.get_calendar("XNYS", start=f"{first_year}-01-01", end=f"{last_year}-12-31")
+    try:
+        return xcals.get_calendar("XNYS", start=f"{first_year}-01-01", end=f"{last_year}-12-31")
+    except (CalendarError, ValueError):
+        raise InputError(
+            f"synthetic stock bars follow the NYSE calendar from {first_year}; "
+            f"give a range that ends after {first_year}-01-01 (this one ends in {last_year - 1})",
+            param="end",
+        ) from None
 
 
 def _utc_us(column: Any) -> Array:

@@ -20,6 +20,7 @@ from marketlake.api.deps import (
     ReadAccess,
     SettingsDep,
     StoreDep,
+    StreamSlotDep,
     WriteAccess,
     in_thread,
 )
@@ -92,6 +93,7 @@ async def list_alerts(
 )
 async def stream_alerts(
     _: ReadAccess,
+    slot: StreamSlotDep,
     bus: BusDep,
     symbol: Annotated[str | None, Query(max_length=64, description="Only this symbol")] = None,
     last_event_id: Annotated[
@@ -107,7 +109,7 @@ async def stream_alerts(
             if wanted is None or message.payload.get("symbol") == wanted:
                 yield message.id, "alert", message.payload
 
-    return sse_response(events())
+    return sse_response(events(), slot)
 
 
 def _check_event_id(bus: Bus, event_id: str | None) -> str | None:

@@ -8,7 +8,14 @@ from typing import Annotated, Any
 import pyarrow as pa
 from fastapi import APIRouter, Query, Response
 
-from marketlake.api.deps import BusDep, ReadAccess, SettingsDep, StoreDep, SymbolDep
+from marketlake.api.deps import (
+    BusDep,
+    ReadAccess,
+    SettingsDep,
+    StoreDep,
+    StreamSlotDep,
+    SymbolDep,
+)
 from marketlake.api.errors import problem_responses
 from marketlake.api.sse import SSE_DOC, Event, sse_response
 from marketlake.errors import InputError
@@ -27,6 +34,7 @@ router = APIRouter(tags=["live"])
 )
 async def live(
     _: ReadAccess,
+    slot: StreamSlotDep,
     bus: BusDep,
     symbols: Annotated[
         str | None,
@@ -47,7 +55,7 @@ async def live(
             if isinstance(batch, Batch) and (wanted is None or batch.symbol in wanted):
                 yield message.id, *_live_event(batch)
 
-    return sse_response(events())
+    return sse_response(events(), slot)
 
 
 def _live_event(batch: Batch) -> tuple[str, dict[str, Any]]:
@@ -86,6 +94,7 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
 async def replay_bars(
     symbol: SymbolDep,
     _: ReadAccess,
+    slot: StreamSlotDep,
     store: StoreDep,
     settings: SettingsDep,
     timeframe: Annotated[str, Query(examples=["1m"], max_length=10)] = "1m",
@@ -121,4 +130,4 @@ async def replay_bars(
             event = await anext(iterator, None)
         yield str(count), "end", {"symbol": normalize_symbol(symbol), "events": count}
 
-    return sse_response(events())
+    return sse_response(events(), slot)

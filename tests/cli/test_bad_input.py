@@ -1,0 +1,123 @@
+"""Bad input to the CLI: one `error:` line, exit code 2, no traceback; help that tells."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import typer.main
+
+from marketlake.cli.app import app, cli
+
+Capsys = pytest.CaptureFixture[str]
+
+
+def _commands() -> list[list[str]]:
+    """Every command path of the CLI, groups included."""
+    root = typer.main.get_command(app)
+    out: list[list[str]] = [[]]
+
+    def walk(group: Any, path: list[str]) -> None:
+        for name, command in group.commands.items():
+            out.append([*path, name])
+            if hasattr(command, "commands"):
+                walk(command, [*path, name])
+
+    walk(root, [])
+    return out
+
+
+def test_no_help_shows_a_bool_placeholder_after_a_flag(capsys: Capsys) -> None:
+    commands = _commands()
+    assert len(commands) > 20
+    for path in commands:
+        assert cli([*path, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "<bool>" not in out, f"marketlake {' '.join(path)} --help:\n{out}"
+
+
+def test_help_lists_the_choices_of_an_option(capsys: Capsys) -> None:
+    assert cli(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "<json|console>" in out
+    assert "1<=x<=65535" in out
+
+
+def _one_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["serve", "--port", "99999"], "less than or equal to 65535"),
+        (["serve", "--log-format", "loud"], "'loud' is not one of 'json', 'console'"),
+    ],
+)
+def test_a_bad_serve_option_is_exit_2(capsys: Capsys, args: list[str], says: str) -> None:
+    assert cli(args) == 2
+    assert says in _one_error(capsys.readouterr().err)
+
+
+def test_a_port_in_use_is_one_error_line_and_exit_2() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "marketlake", "serve", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 2, done.stderr
+    line = _one_error(done.stderr)
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in line
+    assert "serving" not in done.stdout
+
+
+def test_a_synthetic_stock_range_before_the_calendar_says_so(capsys: Capsys) -> None:
+    code = cli(
+        ["ingest", "synthetic", "AAPL", "-t", "1d", "--start", "1800-01-01", "--end", "1800-02-01"]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.err + captured.out
+    assert "follow the NYSE calendar from 1991" in captured.out + captured.err
+
+
+# -- start-up: what `--help` loads ----------------------------------------------------------
+
+HEAVY = ("duckdb", "pyarrow", "pandas", "polars", "fastapi", "numba", "exchange_calendars")
+
+
+def test_help_loads_none_of_the_heavy_modules() -> None:
+    """A correctness check of lazy imports (the timing is in bench/bench_startup.py): the
+    modules `marketlake --help` and every command's `--help` load leave the heavy
+    libraries unimported."""
+    probe = (
+        "import sys\n"
+        "from marketlake.cli.app import cli\n"
+        "codes = [cli(['--help']), cli(['serve', '--help']), cli(['bars', '--help'])]\n"
+        "assert codes == [0, 0, 0], codes\n"
+        f"print('heavy:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "heavy:", done.stdout[-500:]
+
+
+def test_the_provider_names_of_the_help_are_the_registry_s() -> None:
+    from marketlake.cli.data import PROVIDER_NAMES
+    from marketlake.providers import PROVIDERS
+
+    assert tuple(sorted(PROVIDERS)) == PROVIDER_NAMES
