@@ -208,3 +208,42 @@ def test_a_job_killed_with_sigkill_and_resumed_ends_with_the_rows_of_an_uninterr
     assert finish(start([*args, "--resume"], killed)) == 0
     assert served.requests - before < full_requests
     assert stored(killed["MARKETLAKE_STORE"]).equals(stored(clean_store))
+
+
+def test_a_range_in_the_future_is_bad_input_and_stores_nothing(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["ingest", "synthetic", "AAPL", "-t", "1d", "--start", "2099-01-01"]
+    assert cli([*args, "--end", "2099-02-01"]) == 2
+    err = capsys.readouterr().err
+    assert "start 2099-01-01T00:00:00+00:00 is in the future" in err
+    assert "Traceback" not in err
+    assert stored(env["MARKETLAKE_STORE"]).num_rows == 0
+
+
+def test_ingest_and_repair_stop_at_now_and_repair_closes_its_client(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, timedelta
+
+    now = datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    first, later = hour - timedelta(hours=48), hour - timedelta(hours=45)
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    ingest = ["ingest", "binance", "BTCUSDT", "-t", "1h", "--start"]
+    assert cli([*ingest, f"{first:{iso}}", "--end", f"{first + timedelta(hours=2):{iso}}"]) == 0
+    assert cli([*ingest, f"{later:{iso}}", "--end", "2099-01-01"]) == 0  # a hole before it
+
+    def hourly() -> list[datetime]:
+        table = stored(env["MARKETLAKE_STORE"])
+        return [r["ts"] for r in table.to_pylist() if r["timeframe"] == "1h"]
+
+    times = hourly()
+    assert max(times) == hour  # the bar forming now at most, none after it
+    assert len(times) == 2 + 46
+    process = start(["repair", "BTCUSDT", "-t", "1h", "--end", "2099-01-01"], env)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err.decode()
+    assert b"Unclosed client session" not in err
+    after = hourly()
+    assert after == [first + timedelta(hours=h) for h in range(49)]

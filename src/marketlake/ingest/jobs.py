@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketlake.errors import InputError, MarketLakeError
+from marketlake.ingest.horizon import clamp_to_now
 from marketlake.ingest.rollups import rollup_spans
 from marketlake.providers.base import Provider
 from marketlake.quality.checks import IngestQuality, series_spans
@@ -453,6 +454,7 @@ async def run_ingest(
     """
     check_range(start, end)
     tf = provider.check_request(timeframe, start, end)
+    end = clamp_to_now(start, end, tf)
     if concurrency < 1:
         raise InputError(f"--concurrency {concurrency} must be at least 1", param="concurrency")
     names = list(dict.fromkeys(normalize_symbol(s) for s in symbols))
