@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 
 from marketlake.errors import InputError, MarketLakeError
 from marketlake.ingest.horizon import clamp_to_now
-from marketlake.ingest.rollups import rollup_spans
+from marketlake.ingest.rollups import SourceClash, rollup_spans
 from marketlake.providers.base import Provider
 from marketlake.quality.checks import IngestQuality, series_spans
 from marketlake.quality.policy import QualityPolicy, QualityReport
@@ -78,6 +78,7 @@ class SymbolResult:
     flagged: int = 0
     score: float | None = None
     rolled_up: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. stored bars a roll-up kept
     resumed_from: str | None = None
     error: str | None = None
     seconds: float = 0.0
@@ -322,6 +323,8 @@ class _Job:
         self, results: list[SymbolResult], spans: dict[str, tuple[datetime, datetime]]
     ) -> None:
         by_symbol = {r.symbol: r for r in results}
+        replace = self.provider.settings.rollup_replace_sources
+        clashes: list[SourceClash] = []
         try:
             with self.store.transaction():
                 rolled = rollup_spans(
@@ -330,17 +333,28 @@ class _Job:
                     self.tf,
                     self.rollups,
                     instruments=self._instruments(list(spans)),
+                    replace_sources=replace,
+                    clashes=clashes,
                 )
         except MarketLakeError:  # one symbol at a time, to tell which one fails
             rolled = {}
             for symbol, span in spans.items():
                 try:
                     with self.store.transaction():
-                        rolled |= rollup_spans(self.store, {symbol: span}, self.tf, self.rollups)
+                        rolled |= rollup_spans(
+                            self.store,
+                            {symbol: span},
+                            self.tf,
+                            self.rollups,
+                            replace_sources=replace,
+                            clashes=clashes,
+                        )
                 except MarketLakeError as exc:
                     by_symbol[symbol].error = exc.message
         for symbol, bars in rolled.items():
             by_symbol[symbol].rolled_up = bars
+        for clash in clashes:
+            by_symbol[clash.symbol].notes.append(str(clash))
 
     def resume_point(self, symbol: str) -> datetime | None:
         """The checkpoint to continue after, when resuming and it lies inside the range."""

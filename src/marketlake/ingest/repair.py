@@ -162,7 +162,11 @@ async def repair_gaps(
     filled = [r for r in result.ranges if r.inserted]
     if filled and (settings.rollup_after_ingest if rollup is None else rollup):
         rollup_spans(
-            store, {symbol: (filled[0].start, filled[-1].end)}, tf, settings.rollup_timeframes
+            store,
+            {symbol: (filled[0].start, filled[-1].end)},
+            tf,
+            settings.rollup_timeframes,
+            replace_sources=settings.rollup_replace_sources,
         )
     result.quality_report = quality.save(job.id, [symbol], provider=provider.name)
     result.seconds = time.perf_counter() - began
