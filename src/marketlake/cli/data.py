@@ -225,14 +225,6 @@ def bars(
         table = st.store.read_bars(symbol, timeframe, begin, stop, limit=limit).table
     if tail is not None:
         table = table.slice(max(0, table.num_rows - tail))
-    if table.num_rows == 0 and begin is None and stop is None:
-        stored = [r["timeframe"] for r in st.store.bar_summary() if r["symbol"] == symbol.upper()]
-        if stored:
-            err_console.print(
-                f"no {timeframe} bars of {symbol.upper()}; stored timeframes: "
-                f"{', '.join(stored)} (pass -t)",
-                highlight=False,
-            )
     fmt = BarFormat.json if as_json else fmt
     if fmt is BarFormat.parquet:
         if output is None:
@@ -270,6 +262,14 @@ def bars(
         )
     if output is not None:
         console.print(f"wrote {table.num_rows:,} bars to {output}", highlight=False)
+    if table.num_rows == 0 and begin is None and stop is None:
+        stored = [r["timeframe"] for r in st.store.bar_summary() if r["symbol"] == symbol.upper()]
+        if stored:
+            err_console.print(
+                f"no {timeframe} bars of {symbol.upper()}; stored timeframes: "
+                f"{', '.join(stored)} (pass -t)",
+                highlight=False,
+            )
 
 
 def register(app: typer.Typer) -> None:
