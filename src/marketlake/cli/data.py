@@ -259,6 +259,8 @@ def bars(
             ("ts", "open", "high", "low", "close", "volume", "trades", "vwap", "source"),
             title=f"{symbol.upper()} {timeframe}",
             numeric=("open", "high", "low", "close", "volume", "trades", "vwap"),
+            key=("ts", "open", "high", "low", "close"),
+            optional=("source", "vwap", "trades", "volume"),
         )
     if output is not None:
         console.print(f"wrote {table.num_rows:,} bars to {output}", highlight=False)
