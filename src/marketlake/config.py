@@ -179,6 +179,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["5m", "15m", "1h", "4h", "1d", "1w", "1mo"],
         description="Timeframes automatic roll-ups build (those coarser than what was ingested)",
     )
+    rollup_replace_sources: bool = Field(
+        False,
+        description="Let roll-ups overwrite stored bars of another source (by default a bar "
+        "a provider delivered at a timeframe is kept and the summary says so)",
+    )
 
     log_level: str = Field("INFO", description="Log level")
     log_json: bool = Field(False, description="Log as JSON lines instead of console text")

@@ -176,7 +176,37 @@ async def test_latest_price_is_the_close_of_the_last_bar(
         "ts": "2024-03-06T00:00:00+00:00",
         "source": "bar",
         "timeframe": "1m",
+        "bar_ts": "2024-03-05T23:59:00+00:00",
+        "final": True,
     }
+
+
+async def test_latest_price_of_a_forming_monthly_roll_up_keeps_the_5m_bar_time(
+    make_client: Callable[..., Any], seeded: Store
+) -> None:
+    """MSFT answered with ts = now and timeframe 1mo although its newest 5m bar was the
+    day before: a forming bar does not stand for the time of the request."""
+    from datetime import UTC, datetime, timedelta
+
+    from marketlake.schema import utcnow
+    from marketlake.timeseries.aggregate import rollup
+    from tests.conftest import bars_for
+
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday = today - timedelta(days=1)
+    five = bars_for(["ETHUSDT"], "5m", yesterday.isoformat(), today.isoformat())  # 24/7
+    seeded.ensure_instruments(["ETHUSDT"])
+    seeded.write_bars(five)
+    seeded.write_bars(rollup(five, "1mo"))
+    async with make_client() as client:
+        body = (await client.get("/api/v1/prices/ETHUSDT/latest")).json()
+    last = five.slice(five.num_rows - 1).to_pylist()[0]
+    assert body["timeframe"] == "5m"
+    assert body["price"] == last["close"]
+    assert parse_time(body["bar_ts"]) == last["ts"]
+    assert parse_time(body["ts"]) == last["ts"] + timedelta(minutes=5)
+    assert parse_time(body["ts"]) <= datetime.now(UTC) - timedelta(minutes=1)
+    assert body["final"] is True
 
 
 async def test_latest_price_prefers_a_newer_trade(client: httpx.AsyncClient, seeded: Store) -> None:
@@ -202,6 +232,8 @@ async def test_latest_price_prefers_a_newer_trade(client: httpx.AsyncClient, see
         "ts": "2024-03-06T00:00:05+00:00",
         "source": "trade",
         "timeframe": None,
+        "bar_ts": None,
+        "final": True,
     }
 
 

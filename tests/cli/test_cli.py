@@ -422,3 +422,62 @@ def test_run_simple_refuses_bad_windows(capsys: Capsys, args: list[str], message
     """run-simple goes through the backtest engine, which checks the strategy's parameters."""
     assert cli(["run-simple", *args]) == 2
     assert message in one_line_error(capsys.readouterr().err)
+
+
+# -- the bars table ----------------------------------------------------------------------
+
+BAR_ROWS = [
+    {
+        "ts": datetime(2018, 12, 31, tzinfo=UTC),
+        "open": 61130.99,
+        "high": 61200.5,
+        "low": 61000.01,
+        "close": 61130.99,
+        "volume": 32997909.0,
+        "trades": 123456,
+        "vwap": 61111.123456789,
+        "source": "binance",
+    }
+]
+BAR_COLUMNS = ("ts", "open", "high", "low", "close", "volume", "trades", "vwap", "source")
+
+
+def render(monkeypatch: pytest.MonkeyPatch, *, terminal: bool) -> str:
+    import io
+
+    from rich.console import Console
+
+    from marketlake.cli import output
+
+    sink = io.StringIO()
+    monkeypatch.setattr(
+        output, "console", Console(file=sink, width=80, force_terminal=terminal, color_system=None)
+    )
+    output.show_table(
+        BAR_ROWS,
+        BAR_COLUMNS,
+        numeric=BAR_COLUMNS[1:-1],
+        key=("ts", "open", "high", "low", "close"),
+        optional=("source", "vwap", "trades", "volume"),
+    )
+    return sink.getvalue()
+
+
+def test_an_80_column_terminal_keeps_time_and_prices_whole_and_names_what_it_left_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = render(monkeypatch, terminal=True)
+    assert "2018-12-31T00:00:00Z" in out  # was cut to 2018-…
+    assert "61,130.99" in out  # was rounded to 61,131
+    assert "61,000.01" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "left out to fit 80 columns: source, vwap" in out
+    assert "binance" not in out
+
+
+def test_a_pipe_gets_every_column_uncut(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = render(monkeypatch, terminal=False)
+    for text in ("2018-12-31T00:00:00Z", "61,130.99", "32,997,909.0", "123,456", "binance"):
+        assert text in out
+    assert "61,111.123456789" in out
+    assert "left out" not in out

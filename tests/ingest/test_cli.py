@@ -208,3 +208,121 @@ def test_a_job_killed_with_sigkill_and_resumed_ends_with_the_rows_of_an_uninterr
     assert finish(start([*args, "--resume"], killed)) == 0
     assert served.requests - before < full_requests
     assert stored(killed["MARKETLAKE_STORE"]).equals(stored(clean_store))
+
+
+def test_a_range_in_the_future_is_bad_input_and_stores_nothing(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["ingest", "synthetic", "AAPL", "-t", "1d", "--start", "2099-01-01"]
+    assert cli([*args, "--end", "2099-02-01"]) == 2
+    err = capsys.readouterr().err
+    assert "start 2099-01-01T00:00:00+00:00 is in the future" in err
+    assert "Traceback" not in err
+    assert stored(env["MARKETLAKE_STORE"]).num_rows == 0
+
+
+def test_ingest_and_repair_stop_at_now_and_repair_closes_its_client(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from datetime import UTC, timedelta
+
+    now = datetime.now(UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    first, later = hour - timedelta(hours=48), hour - timedelta(hours=45)
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    ingest = ["ingest", "binance", "BTCUSDT", "-t", "1h", "--start"]
+    assert cli([*ingest, f"{first:{iso}}", "--end", f"{first + timedelta(hours=2):{iso}}"]) == 0
+    assert cli([*ingest, f"{later:{iso}}", "--end", "2099-01-01"]) == 0  # a hole before it
+
+    def hourly() -> list[datetime]:
+        table = stored(env["MARKETLAKE_STORE"])
+        return [r["ts"] for r in table.to_pylist() if r["timeframe"] == "1h"]
+
+    times = hourly()
+    assert max(times) == hour  # the bar forming now at most, none after it
+    assert len(times) == 2 + 46
+    process = start(["repair", "BTCUSDT", "-t", "1h", "--end", "2099-01-01"], env)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 0, err.decode()
+    assert b"Unclosed client session" not in err
+    after = hourly()
+    assert after == [first + timedelta(hours=h) for h in range(49)]
+
+
+def test_a_roll_up_keeps_the_daily_bars_another_provider_delivered_and_says_so(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    week = ["--start", "2024-03-04", "--end", "2024-03-09"]
+    monkeypatch.setenv("MARKETLAKE_ALPACA_KEY_ID", "test-key")
+    monkeypatch.setenv("MARKETLAKE_ALPACA_SECRET_KEY", "test-secret")
+    assert cli(["ingest", "yahoo", "AAPL", "-t", "1d", *week]) == 0
+    capsys.readouterr()
+    assert cli(["ingest", "alpaca", "AAPL", "-t", "5m", *week]) == 0
+    out = capsys.readouterr().out
+    assert "AAPL: kept 5 stored 1d bars from yahoo: not replaced by roll-ups of alpaca" in out
+    daily = [r for r in stored(env["MARKETLAKE_STORE"]).to_pylist() if r["timeframe"] == "1d"]
+    assert [r["source"] for r in daily] == ["yahoo"] * 5
+    assert cli(["ingest", "yahoo", "AAPL", "-t", "1d", *week, "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["symbols"][0]
+    assert (again["conflicts"], again["duplicates"]) == (0, 5)
+    monkeypatch.setenv("MARKETLAKE_ROLLUP_REPLACE_SOURCES", "true")
+    assert cli(["aggregate", "AAPL", "--from", "5m", "--to", "1d"]) == 0
+    assert "AAPL: replaced 5 stored 1d bars from yahoo" in capsys.readouterr().out
+    daily = [r for r in stored(env["MARKETLAKE_STORE"]).to_pylist() if r["timeframe"] == "1d"]
+    assert [r["source"] for r in daily] == ["alpaca"] * 5
+    assert cli(["ingest", "yahoo", "AAPL", "-t", "1d", *week]) == 0
+    out = capsys.readouterr().out
+    assert "pass --refresh to overwrite them" in out
+
+
+@pytest.mark.parametrize(
+    ("provider", "symbol", "timeframe", "tz"),
+    [
+        ("binance", "BTCUSDT", "1h", None),
+        ("yahoo", "AAPL", "1d", "America/New_York"),
+        ("alpaca", "MSFT", "5m", None),
+    ],
+)
+def test_a_provider_round_trip_through_csv_gives_identical_bars(
+    env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    provider: str,
+    symbol: str,
+    timeframe: str,
+    tz: str | None,
+) -> None:
+    """mirror -> ingest -> bars -f csv -> import-csv into a fresh store -> the same bars."""
+    monkeypatch.setenv("MARKETLAKE_ALPACA_KEY_ID", "test-key")
+    monkeypatch.setenv("MARKETLAKE_ALPACA_SECRET_KEY", "test-secret")
+    span = ["--start", "2024-03-01", "--end", "2024-03-09"]
+    assert cli(["ingest", provider, symbol, "-t", timeframe, *span, "-q"]) == 0
+    out = tmp_path / "export.csv"
+    assert cli(["bars", symbol, "-t", timeframe, "-f", "csv", "-o", str(out)]) == 0
+    header, first = out.read_text().splitlines()[:2]
+    assert header == "symbol,timeframe,ts,open,high,low,close,volume,trades,vwap,source"
+    assert first.startswith(f"{symbol},{timeframe},2024-03-0")
+    assert first.split(",")[2].endswith(":00Z")  # the API's time format
+    capsys.readouterr()
+    fresh = f"duckdb:///{tmp_path}/fresh.duckdb"
+    args = ["--store", fresh, "import-csv", str(out), "-s", symbol, "-t", timeframe, "--json"]
+    assert cli([*args, *(["--tz", tz] if tz else [])]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["rejected"], summary["skipped"]) == (0, [])
+    with open_store(env["MARKETLAKE_STORE"]) as original, open_store(fresh) as copy:
+        before = original.read_bars(symbol, timeframe).table.drop_columns(["source"])
+        after = copy.read_bars(symbol, timeframe).table.drop_columns(["source"])
+    assert before.num_rows > 0
+    assert after.equals(before)
+
+
+def test_bars_defaults_to_1m_like_the_api_and_names_the_stored_timeframes(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(["ingest", "binance", "BTCUSDT", "-t", "1h", *RANGE, "-q"]) == 0
+    capsys.readouterr()
+    assert cli(["bars", "BTCUSDT", "-f", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[1:] == []
+    assert "no 1m bars of BTCUSDT; stored timeframes: 1d, 1h" in err

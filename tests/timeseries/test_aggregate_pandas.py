@@ -4,14 +4,17 @@ test on real daily market data (GOOG, shipped inside the ``backtesting`` package
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from marketlake.schema import BAR_SCHEMA, Instrument
+from marketlake.store import Store
 from marketlake.timeseries.aggregate import rollup
 
 BASE_US = int(datetime(2024, 3, 8, tzinfo=UTC).timestamp()) * 1_000_000
@@ -201,3 +204,39 @@ def test_goog_daily_rolled_up_to_months_equals_pandas() -> None:
     months = rollup(bars, "1mo")
     assert months.num_rows == len(ref) == 104
     assert_same(months, ref, utc_labels(ref))
+
+
+@pytest.mark.parametrize(("target", "rule"), [("1w", "W-MON"), ("1mo", "MS")])
+def test_a_real_daily_file_imported_with_tz_rolls_up_in_the_store_like_pandas(
+    duck: Store, target: str, rule: str
+) -> None:
+    """The daily index file (tests/data/csv) imported with --tz, rolled up in the store to
+    weeks and months, equals pandas on the file itself: weeks labelled with their Monday,
+    months with their 1st (a date shifted by --tz would put Monday's bar in the week
+    before)."""
+    import pandas as pd
+
+    from marketlake.ingest.csv_import import import_csv
+    from marketlake.ingest.rollups import aggregate_store
+
+    path = Path(__file__).resolve().parents[1] / "data" / "csv" / "index_daily.csv"
+    import_csv(duck, path, "SPX", timeframe="1d", tz="America/New_York")
+    aggregate_store(duck, ["SPX"], "1d", [target])
+    got = duck.read_bars("SPX", target).table.to_pandas()
+    frame = pd.read_csv(path, parse_dates=["Date"]).set_index("Date")
+    if rule == "W-MON":
+        grouped = frame.resample("W-MON", label="left", closed="left")
+    else:
+        grouped = frame.resample("MS")
+    ref = grouped.agg(
+        {"Open": "first", "High": "max", "Low": "min", "Close": "last", "Volume": "sum"}
+    ).dropna()
+    labels = [ts.date() for ts in got["ts"]]
+    assert labels == [ts.date() for ts in ref.index]
+    if target == "1w":
+        assert {d.weekday() for d in labels} == {0}
+    else:
+        assert {d.day for d in labels} == {1}
+    for ours, theirs in (("open", "Open"), ("high", "High"), ("low", "Low"), ("close", "Close")):
+        assert got[ours].tolist() == ref[theirs].tolist()
+    assert got["volume"].tolist() == ref["Volume"].astype(float).tolist()

@@ -74,6 +74,13 @@ def json_page(symbol: str, timeframe: str, table: pa.Table, next_cursor: str | N
     return head[:-1] + b',"bars":' + json_rows(table) + b"}"
 
 
+def bars_csv(table: pa.Table, *, header: bool = True) -> bytes:
+    """Bars as the one CSV format of MarketLake (the API's and ``marketlake bars -f csv``):
+    unquoted text, times as ISO 8601 UTC with ``Z`` (``2024-03-04T14:30:00Z``, fractions
+    only when there are any)."""
+    return _csv(table, header=header)
+
+
 def _csv(table: pa.Table, *, header: bool) -> bytes:
     frame = pl.from_arrow(table)
     assert isinstance(frame, pl.DataFrame)

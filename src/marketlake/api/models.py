@@ -91,9 +91,21 @@ class LatestPrice(BaseModel):
 
     symbol: str = Field(examples=["BTCUSDT"])
     price: float = Field(examples=[67012.5])
-    ts: datetime = Field(examples=[TS_EXAMPLE], description="When the price was current")
+    ts: datetime = Field(
+        examples=[TS_EXAMPLE],
+        description="When the price was current: the trade's time, a final bar's end, a "
+        "forming bar's start (never the time of the request)",
+    )
     source: str = Field(examples=["bar"], description="trade or bar")
     timeframe: str | None = Field(None, examples=["1m"], description="For a bar: its timeframe")
+    bar_ts: datetime | None = Field(
+        None, examples=[TS_EXAMPLE], description="For a bar: its own time (its start)"
+    )
+    final: bool = Field(
+        True,
+        examples=[True],
+        description="false for a bar that has not ended yet (its close may still change)",
+    )
 
 
 class PricePoint(BaseModel):

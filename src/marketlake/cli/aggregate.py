@@ -41,6 +41,14 @@ def aggregate(
         str | None, typer.Option(help="Only buckets with source bars from this ISO date/time.")
     ] = None,
     end: Annotated[str | None, typer.Option(help="... and before this one.")] = None,
+    replace_sources: Annotated[
+        bool | None,
+        typer.Option(
+            "--replace-sources/--keep-sources",
+            help="Overwrite stored bars of another source (a provider's own bars at the "
+            "target timeframe); default: MARKETLAKE_ROLLUP_REPLACE_SOURCES (false).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Build (or rebuild) roll-ups from stored bars; only buckets with source bars in the
@@ -55,7 +63,10 @@ def aggregate(
     targets = [t.strip() for t in to.split(",") if t.strip()]
     from marketlake.ingest.rollups import aggregate_store
 
-    results = aggregate_store(st.store, symbols or None, source, targets, begin, stop)
+    replace = st.settings.rollup_replace_sources if replace_sources is None else replace_sources
+    results = aggregate_store(
+        st.store, symbols or None, source, targets, begin, stop, replace_sources=replace
+    )
     rows = [r.as_dict() for r in results]
     show_table(
         rows,
@@ -64,6 +75,10 @@ def aggregate(
         as_json=as_json,
         numeric=("source_bars", "bars", "inserted", "replaced", "duplicates"),
     )
+    if not as_json:
+        for result in results:
+            for clash in result.clashes:
+                console.print(f"{clash.symbol}: {clash}", highlight=False, soft_wrap=True)
     if not as_json and any(r.partial for r in results):
         console.print(
             "[dim]partial: the last bar's bucket (or session) has not ended yet; it "

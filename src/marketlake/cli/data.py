@@ -175,12 +175,25 @@ def print_ingest(result: IngestResult, *, as_json: bool) -> None:
             console.print(
                 f"[red]{symbol.symbol}[/]: {symbol.error}", highlight=False, soft_wrap=True
             )
+        for note in symbol.notes:
+            console.print(f"{symbol.symbol}: {note}", highlight=False, soft_wrap=True)
+    conflicts = sum(s.conflicts for s in result.symbols)
+    if conflicts:
+        console.print(
+            f"{conflicts:,} fetched bars differ from stored ones and were left as stored "
+            "(stored by another provider or by a roll-up with "
+            "MARKETLAKE_ROLLUP_REPLACE_SOURCES=true?); pass --refresh to overwrite them",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def bars(
     ctx: typer.Context,
     symbol: Annotated[str, typer.Argument(help="Symbol to read.")],
-    timeframe: Annotated[str, typer.Option("--timeframe", "-t", help="Bar size.")] = "1d",
+    timeframe: Annotated[
+        str, typer.Option("--timeframe", "-t", help="Bar size (the API's default too).")
+    ] = "1m",
     start: Annotated[
         str | None, typer.Option(help="From (inclusive), ISO date or time, UTC.")
     ] = None,
@@ -204,7 +217,6 @@ def bars(
 
     Example: `marketlake bars AAPL -t 1h --start 2024-03-01 --format csv -o aapl.csv`
     """
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     from marketlake.timeseries.times import resolve_range
@@ -226,8 +238,14 @@ def bars(
             raise InputError("--format parquet needs --output FILE", param="output")
         pq.write_table(table, output, compression="zstd")
     elif fmt is BarFormat.csv:
-        sink = str(output) if output else sys.stdout.buffer
-        pacsv.write_csv(table, sink)
+        from marketlake.api.formats import bars_csv
+
+        data = bars_csv(table)
+        if output:
+            output.write_bytes(data)
+        else:
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
     elif fmt is BarFormat.json:
         rows = table.to_pylist()
         if output:
@@ -248,9 +266,19 @@ def bars(
             ("ts", "open", "high", "low", "close", "volume", "trades", "vwap", "source"),
             title=f"{symbol.upper()} {timeframe}",
             numeric=("open", "high", "low", "close", "volume", "trades", "vwap"),
+            key=("ts", "open", "high", "low", "close"),
+            optional=("source", "vwap", "trades", "volume"),
         )
     if output is not None:
         console.print(f"wrote {table.num_rows:,} bars to {output}", highlight=False)
+    if table.num_rows == 0 and begin is None and stop is None:
+        stored = [r["timeframe"] for r in st.store.bar_summary() if r["symbol"] == symbol.upper()]
+        if stored:
+            err_console.print(
+                f"no {timeframe} bars of {symbol.upper()}; stored timeframes: "
+                f"{', '.join(stored)} (pass -t)",
+                highlight=False,
+            )
 
 
 def register(app: typer.Typer) -> None:

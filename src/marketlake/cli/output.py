@@ -22,8 +22,8 @@ def _cell(value: Any) -> str:
         return ""
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, float):
-        return f"{value:,.6g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    if isinstance(value, float):  # every digit of the stored value, grouped
+        return f"{value:,}" if value != value or abs(value) < 1e16 else f"{value:,.6g}"
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
@@ -47,18 +47,57 @@ def show_table(
     title: str | None = None,
     as_json: bool = False,
     numeric: Sequence[str] = (),
+    key: Sequence[str] = (),
+    optional: Sequence[str] = (),
 ) -> None:
-    """Print ``rows`` as a Rich table, or as a JSON list with ``as_json``."""
+    """Print ``rows`` as a Rich table, or as a JSON list with ``as_json``.
+
+    ``key`` columns never shrink or wrap. When the table is wider than the terminal, the
+    ``optional`` columns are left out, the first named first, and a note says which. In a
+    pipe or a file nothing is cut: the table is as wide as its cells.
+    """
     rows = list(rows)
     if as_json:
         emit_json([{c: r.get(c) for c in columns} for r in rows])
         return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = {c: max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)}
+
+    def needed(shown: Sequence[str]) -> int:
+        return sum(widths[c] + 3 for c in shown) + 1  # "│ cell " per column, closing "│"
+
+    shown = list(columns)
+    dropped: list[str] = []
+    if console.is_terminal:
+        for column in optional:
+            if needed(shown) <= console.width:
+                break
+            if column in shown:
+                shown.remove(column)
+                dropped.append(column)
     table = Table(title=title, header_style="bold cyan")
-    for column in columns:
-        table.add_column(column, justify="right" if column in numeric else "left")
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    console.print(table)
+    for column in shown:
+        fixed = column in key
+        table.add_column(
+            column,
+            justify="right" if column in numeric else "left",
+            no_wrap=fixed,
+            min_width=widths[column] if fixed else None,
+        )
+    index = [columns.index(c) for c in shown]
+    for row in cells:
+        table.add_row(*(row[i] for i in index))
+    if console.is_terminal:
+        console.print(table)
+    else:  # a pipe or a file: as wide as the cells, never cut at 80 columns
+        wide = Console(file=console.file, width=max(console.width, needed(shown)))
+        wide.print(table)
+    if dropped:
+        console.print(
+            f"[dim]left out to fit {console.width} columns: {', '.join(dropped)} "
+            "(widen the terminal, or use --format csv or --json)[/]",
+            highlight=False,
+        )
 
 
 def error(message: str) -> None:

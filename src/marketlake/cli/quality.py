@@ -259,7 +259,7 @@ def repair(
 
     Example: `marketlake repair AAPL -t 1m --provider synthetic`
     """
-    from marketlake.ingest.repair import repair_gaps, source_provider
+    from marketlake.ingest.repair import RepairResult, repair_gaps, source_provider
     from marketlake.providers import get_provider
     from marketlake.quality.policy import QualityPolicy
     from marketlake.schema import parse_time
@@ -270,17 +270,22 @@ def repair(
     source = get_provider(name, st.settings)
     begin = parse_time(start, param="start") if start else None
     stop = parse_time(end, param="end") if end else None
-    result = asyncio.run(
-        repair_gaps(
-            st.store,
-            source,
-            symbol,
-            timeframe,
-            begin,
-            stop,
-            policy=QualityPolicy.from_settings(st.settings),
-        )
-    )
+
+    async def run() -> RepairResult:
+        try:
+            return await repair_gaps(
+                st.store,
+                source,
+                symbol,
+                timeframe,
+                begin,
+                stop,
+                policy=QualityPolicy.from_settings(st.settings),
+            )
+        finally:  # else aiohttp warns "Unclosed client session" at exit
+            await source.aclose()
+
+    result = asyncio.run(run())
     if as_json:
         emit_json({"job_id": result.job_id, **result.summary()})
         return

@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marketlake.errors import InputError, MarketLakeError
-from marketlake.ingest.rollups import rollup_spans
+from marketlake.ingest.horizon import clamp_to_now
+from marketlake.ingest.rollups import SourceClash, rollup_spans
 from marketlake.providers.base import Provider
 from marketlake.quality.checks import IngestQuality, series_spans
 from marketlake.quality.policy import QualityPolicy, QualityReport
@@ -77,6 +78,7 @@ class SymbolResult:
     flagged: int = 0
     score: float | None = None
     rolled_up: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. stored bars a roll-up kept
     resumed_from: str | None = None
     error: str | None = None
     seconds: float = 0.0
@@ -347,6 +349,8 @@ class _Job:
         self, results: list[SymbolResult], spans: dict[str, tuple[datetime, datetime]]
     ) -> None:
         by_symbol = {r.symbol: r for r in results}
+        replace = self.provider.settings.rollup_replace_sources
+        clashes: list[SourceClash] = []
         try:
             rolled = self.store.atomically(
                 lambda: rollup_spans(
@@ -355,6 +359,8 @@ class _Job:
                     self.tf,
                     self.rollups,
                     instruments=self._instruments(list(spans)),
+                    replace_sources=replace,
+                    clashes=clashes,
                 ),
                 "rolling up the bars",
             )
@@ -364,7 +370,12 @@ class _Job:
                 try:
                     rolled |= self.store.atomically(
                         lambda s=symbol, sp=span: rollup_spans(  # type: ignore[misc]
-                            self.store, {s: sp}, self.tf, self.rollups
+                            self.store,
+                            {s: sp},
+                            self.tf,
+                            self.rollups,
+                            replace_sources=replace,
+                            clashes=clashes,
                         ),
                         "rolling up the bars",
                     )
@@ -372,6 +383,8 @@ class _Job:
                     by_symbol[symbol].error = exc.message
         for symbol, bars in rolled.items():
             by_symbol[symbol].rolled_up = bars
+        for clash in clashes:
+            by_symbol[clash.symbol].notes.append(str(clash))
 
     def resume_point(self, symbol: str) -> datetime | None:
         """The checkpoint to continue after, when resuming and it lies inside the range."""
@@ -485,6 +498,7 @@ async def run_ingest(
     """
     check_range(start, end)
     tf = provider.check_request(timeframe, start, end)
+    end = clamp_to_now(start, end, tf)
     if concurrency < 1:
         raise InputError(f"--concurrency {concurrency} must be at least 1", param="concurrency")
     names = list(dict.fromkeys(normalize_symbol(s) for s in symbols))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from marketlake.errors import InputError, MarketLakeError, NotFoundError
+from marketlake.ingest.horizon import clamp_to_now
 from marketlake.ingest.rollups import rollup_spans
 from marketlake.providers import PROVIDERS
 from marketlake.providers.base import Provider
@@ -135,7 +136,7 @@ async def repair_gaps(
             f"(`marketlake ingest PROVIDER {symbol} -t {tf}`)"
         )
     lo = start or coverage.first
-    hi = end or tf.next_start(coverage.last)
+    hi = clamp_to_now(lo, end or tf.next_start(coverage.last), tf)  # no gap past now
     instrument = instrument_of(store, symbol)
     gaps = stored_gaps(store, instrument, tf, lo, hi).gaps
     job = store.create_job(
@@ -161,7 +162,11 @@ async def repair_gaps(
     filled = [r for r in result.ranges if r.inserted]
     if filled and (settings.rollup_after_ingest if rollup is None else rollup):
         rollup_spans(
-            store, {symbol: (filled[0].start, filled[-1].end)}, tf, settings.rollup_timeframes
+            store,
+            {symbol: (filled[0].start, filled[-1].end)},
+            tf,
+            settings.rollup_timeframes,
+            replace_sources=settings.rollup_replace_sources,
         )
     result.quality_report = quality.save(job.id, [symbol], provider=provider.name)
     result.seconds = time.perf_counter() - began

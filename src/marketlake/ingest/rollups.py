@@ -8,7 +8,7 @@ repair call for the ranges they just wrote. The roll-up itself is
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -44,6 +44,7 @@ class AggregateResult:
     first: datetime | None = None
     last: datetime | None = None
     partial: datetime | None = None
+    clashes: list[SourceClash] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,7 +57,78 @@ class AggregateResult:
             "first": self.first,
             "last": self.last,
             "partial": self.partial,
+            "notes": [str(c) for c in self.clashes],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class SourceClash:
+    """Stored bars of another source in buckets a roll-up computed: kept or replaced."""
+
+    symbol: str
+    timeframe: str
+    stored_source: str
+    rolled_source: str
+    bars: int
+    replaced: bool
+
+    def __str__(self) -> str:
+        if self.replaced:
+            return (
+                f"replaced {self.bars} stored {self.timeframe} bars from {self.stored_source} "
+                f"with roll-ups of {self.rolled_source} bars (set "
+                "MARKETLAKE_ROLLUP_REPLACE_SOURCES=false to keep them)"
+            )
+        return (
+            f"kept {self.bars} stored {self.timeframe} bars from {self.stored_source}: not "
+            f"replaced by roll-ups of {self.rolled_source} bars (pass --replace-sources or set "
+            "MARKETLAKE_ROLLUP_REPLACE_SOURCES=true to replace them)"
+        )
+
+
+def protect_other_sources(
+    store: Store, rolled: pa.Table, replace: bool
+) -> tuple[pa.Table, list[SourceClash]]:
+    """``rolled`` without the buckets whose stored bar came from another source (unless
+    ``replace``), and what was kept or replaced: a roll-up never silently overwrites the
+    bars a provider delivered at that timeframe."""
+    if rolled.num_rows == 0:
+        return rolled, []
+    symbols = sorted(set(rolled.column("symbol").to_pylist()))
+    clashes: list[SourceClash] = []
+    keep = np.ones(rolled.num_rows, dtype=bool)
+    for tf_name in sorted(set(rolled.column("timeframe").to_pylist())):
+        mine = pc.equal(rolled.column("timeframe"), tf_name)
+        part = rolled.filter(mine)
+        ts = part.column("ts")
+        stored = store.read_bars(
+            symbols,
+            tf_name,
+            pc.min(ts).as_py(),
+            pc.max(ts).as_py() + timedelta(microseconds=1),
+        ).table.select(["symbol", "ts", "source"])
+        if stored.num_rows == 0:
+            continue
+        index = pa.table(
+            {
+                "symbol": part.column("symbol"),
+                "ts": ts,
+                "row": pa.array(np.flatnonzero(mine.to_numpy(zero_copy_only=False))),
+                "rolled": part.column("source"),
+            }
+        )
+        joined = index.join(stored, ["symbol", "ts"], join_type="inner")
+        other = joined.filter(pc.not_equal(joined.column("source"), joined.column("rolled")))
+        if other.num_rows == 0:
+            continue
+        if not replace:
+            keep[other.column("row").to_numpy()] = False
+        groups = other.group_by(["symbol", "source", "rolled"]).aggregate([("row", "count")])
+        clashes.extend(
+            SourceClash(r["symbol"], tf_name, r["source"], r["rolled"], r["row_count"], replace)
+            for r in groups.to_pylist()
+        )
+    return (rolled if keep.all() else rolled.filter(pa.array(keep))), clashes
 
 
 def rollup_targets(source: str | Timeframe, targets: Sequence[str | Timeframe]) -> list[Timeframe]:
@@ -84,12 +156,15 @@ def aggregate_store(
     end: datetime | None = None,
     *,
     now: datetime | None = None,
+    replace_sources: bool = False,
 ) -> list[AggregateResult]:
     """Roll stored ``source`` bars of ``symbols`` (default: all that have some) up to each
     target, recomputing only the buckets that hold source bars in ``[start, end)``.
 
     Weekly and monthly bars are built from the daily ones when ``1d`` is a target
-    too (or the source). Rolled-up bars replace the stored bars of their buckets.
+    too (or the source). Rolled-up bars replace the stored bars of their buckets, except
+    stored bars of another source (a provider's own bars at that timeframe) unless
+    ``replace_sources``; each result's ``clashes`` says what was kept or replaced.
     """
     src = Timeframe.parse(source)
     tfs = [check_rollup(src, t)[1] for t in targets]
@@ -104,7 +179,9 @@ def aggregate_store(
         daily = str(src) == "1d" or any(str(t) == "1d" for t in tfs)
         for tf in tfs:
             base = Timeframe.parse("1d") if daily and tf.unit in ("w", "mo") else src
-            results.append(_rollup_stored(store, instrument, base, tf, start, end, now))
+            results.append(
+                _rollup_stored(store, instrument, base, tf, start, end, now, replace_sources)
+            )
     return results
 
 
@@ -116,6 +193,7 @@ def _rollup_stored(
     start: datetime | None,
     end: datetime | None,
     now: datetime | None,
+    replace_sources: bool = False,
 ) -> AggregateResult:
     symbol = instrument.symbol
     lo, hi = _widened(tf, start, end)
@@ -129,6 +207,7 @@ def _rollup_stored(
         if end is not None:
             touched &= rolled.first_ts < to_epoch_us(end)
         out = out.filter(pa.array(touched))
+    out, clashes = protect_other_sources(store, out, replace_sources)
     written = store.write_bars(out, on_conflict="replace") if out.num_rows else WriteResult()
     ts = out.column("ts")
     partial = rolled.partial.get(symbol)
@@ -142,6 +221,7 @@ def _rollup_stored(
         ts[0].as_py() if out.num_rows else None,
         ts[-1].as_py() if out.num_rows else None,
         partial if out.num_rows and partial == ts[-1].as_py() else None,
+        clashes,
     )
 
 
@@ -166,12 +246,16 @@ def rollup_spans(
     *,
     instruments: Instruments | None = None,
     now: datetime | None = None,
+    replace_sources: bool = False,
+    clashes: list[SourceClash] | None = None,
 ) -> dict[str, int]:
     """Recompute the roll-ups touched by new ``source`` bars, each symbol with its own span
     of them (first and last, inclusive): what ingest and repair run after they write. The
     source bars are read once for every target built from them, and the targets built from
     the same bars are written together, for all the symbols at once. Returns the bars
-    rolled up per symbol. ``instruments`` may hold the symbols' instruments."""
+    rolled up per symbol. ``instruments`` may hold the symbols' instruments. Stored bars of
+    another source are kept unless ``replace_sources``; ``clashes`` collects what was kept
+    or replaced."""
     counts = dict.fromkeys(spans, 0)
     usable = rollup_targets(source, targets)
     if not usable or not spans:
@@ -212,6 +296,9 @@ def rollup_spans(
                 counts[symbols[k]] += n
         out = pa.concat_tables(outs) if outs else None
         if out is not None and out.num_rows:
+            out, found = protect_other_sources(store, out, replace_sources)
+            if clashes is not None:
+                clashes.extend(found)
             store.write_bars(out, on_conflict="replace")  # all targets of a base at once
     return counts
 

@@ -81,7 +81,15 @@ async def latest_price(symbol: SymbolDep, _: ReadAccess, ctx: ContextDep) -> Res
 
 
 def _latest_price(store: Store, symbol: str) -> bytes | None:
-    """The answer of ``latest_price`` as JSON bytes, or None without data."""
+    """The answer of ``latest_price`` as JSON bytes, or None without data.
+
+    Each stored timeframe offers its newest bar. A final bar (ended by now) was current at
+    its end; a forming one (a month that has not ended) is known only from its start, so a
+    roll-up's forming bar never outranks the finer, final bars it was built from. The
+    newest such time wins, the finer timeframe on a tie; a trade at or after it wins over
+    any bar.
+    """
+    now = utcnow()
     best: dict[str, Any] | None = None
     for row in store.query(
         "SELECT timeframe, max(ts) AS ts FROM bars WHERE symbol = ? GROUP BY timeframe", [symbol]
@@ -92,9 +100,17 @@ def _latest_price(store: Store, symbol: str) -> bytes | None:
             if tf.is_calendar
             else row["ts"] + timedelta(seconds=tf.seconds)
         )
-        rank = (ended, -(tf.seconds if not tf.is_calendar else 31 * 86400))
+        final = ended <= now
+        as_of = ended if final else row["ts"]
+        rank = (as_of, -(tf.seconds if not tf.is_calendar else 31 * 86400))
         if best is None or rank > best["rank"]:
-            best = {"rank": rank, "timeframe": str(tf), "open": row["ts"], "ts": ended}
+            best = {
+                "rank": rank,
+                "timeframe": str(tf),
+                "open": row["ts"],
+                "ts": as_of,
+                "final": final,
+            }
     trade = store.query(
         "SELECT ts, price FROM trades WHERE symbol = ? ORDER BY ts DESC LIMIT 1", [symbol]
     ).to_pylist()
@@ -105,6 +121,8 @@ def _latest_price(store: Store, symbol: str) -> bytes | None:
             "ts": trade[0]["ts"],
             "source": "trade",
             "timeframe": None,
+            "bar_ts": None,
+            "final": True,
         }
         return orjson.dumps(out)
     if best is None:
@@ -116,8 +134,10 @@ def _latest_price(store: Store, symbol: str) -> bytes | None:
     out = {
         "symbol": symbol,
         "price": close,
-        "ts": min(best["ts"], utcnow()),
+        "ts": best["ts"],
         "source": "bar",
         "timeframe": best["timeframe"],
+        "bar_ts": best["open"],
+        "final": best["final"],
     }
     return orjson.dumps(out)
