@@ -45,7 +45,7 @@ def test_keys_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[s
             ["serve", "--workers", "2"],
             "the embedded DuckDB store can be opened by one process only",
         ),
-        (["serve", "--log-format", "xml"], "--log-format 'xml'"),
+        (["serve", "--log-format", "xml"], "'xml' is not one of 'json', 'console'"),
     ],
 )
 def test_bad_usage_is_one_line_and_an_exit_code(

@@ -272,3 +272,44 @@ def test_x_forwarded_for_is_believed_only_from_configured_proxies(tmp_path: Path
         believed = statuses(base)
     # from a configured proxy each forwarded address is a client of its own
     assert believed == [200] * 8, believed
+
+
+# -- query parameters: unknown and repeated ones are named ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says", "param"),
+    [
+        ("/api/v1/bars/AAPL?timefrme=1h", "unknown query parameter 'timefrme'", "timefrme"),
+        ("/api/v1/bars/AAPL?limit=1&limit=2", "'limit' is given more than once", "limit"),
+        ("/api/v1/jobs?kind=ingest&knd=x", "unknown query parameter 'knd'", "knd"),
+        ("/api/v1/instruments?x=1", "this route takes:", "x"),
+    ],
+)
+async def test_unknown_or_repeated_query_parameters_are_422_naming_them(
+    client: httpx.AsyncClient, url: str, says: str, param: str
+) -> None:
+    r = await client.get(url)
+    assert r.status_code == 422, r.text
+    assert says in r.json()["detail"]
+    assert r.json()["param"] == param
+
+
+async def test_known_query_parameters_still_work(client: httpx.AsyncClient) -> None:
+    r = await client.get("/api/v1/bars/AAPL?timeframe=1m&limit=2")
+    assert r.status_code == 200
+    assert r.json()["count"] == 2
+
+
+@pytest.mark.parametrize("body", ['{"symbol": "X",', "{'symbol': 'X'}", '{"10": }'])
+async def test_malformed_json_is_400_as_documented(
+    client: httpx.AsyncClient, keys: dict[str, str], body: str
+) -> None:
+    r = await client.post(
+        "/api/v1/instruments",
+        content=body,
+        headers=bearer(keys["write"]) | {"content-type": "application/json"},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["title"] == "Malformed JSON"
+    assert r.json()["detail"].startswith("the request body is not valid JSON")

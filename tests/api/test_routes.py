@@ -128,7 +128,7 @@ async def test_put_with_a_bad_timezone_is_422(
     assert "unknown IANA timezone" in r.json()["detail"]
 
 
-async def test_body_that_is_not_json_is_422(
+async def test_body_that_is_not_json_is_400(
     client: httpx.AsyncClient, keys: dict[str, str]
 ) -> None:
     r = await client.post(
@@ -136,7 +136,7 @@ async def test_body_that_is_not_json_is_422(
         content=b"{nope",
         headers=bearer(keys["write"]) | {"Content-Type": "application/json"},
     )
-    assert r.status_code == 422
+    assert r.status_code == 400  # docs/api.md: malformed JSON is a 400
     assert "JSON" in r.json()["detail"]
 
 

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from marketlake import __version__
 from marketlake.api.auth import Authenticator
 from marketlake.api.cache import BarCache
-from marketlake.api.deps import ApiContext
+from marketlake.api.deps import ApiContext, strict_query
 from marketlake.api.errors import Problem, install_error_handlers, log, problem_responses
 from marketlake.api.fastpath import HotRoutes, hot_routes
 from marketlake.api.jobs import JobRunner
@@ -148,7 +148,7 @@ def create_app(
     )
     app.state.ctx = ctx
     for router in API_ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(strict_query)])
     _mount_site(app, ctx)
     install_error_handlers(app)
     app.add_middleware(

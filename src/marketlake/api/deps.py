@@ -27,6 +27,7 @@ from marketlake.api.observability import ApiMetrics
 from marketlake.api.ratelimit import RateLimiter
 from marketlake.api.sse import StreamSlot, StreamSlots
 from marketlake.config import Settings
+from marketlake.errors import InputError
 from marketlake.schema import normalize_symbol
 from marketlake.store import Store, open_store
 from marketlake.stream.bus import Bus, open_bus
@@ -201,3 +202,49 @@ SymbolDep = Annotated[str, Depends(symbol_param)]
 async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run blocking store work off the event loop."""
     return await run_in_threadpool(func, *args, **kwargs)
+
+
+_QUERY_SHAPES: dict[int, tuple[frozenset[str], frozenset[str]]] = {}
+
+
+def _query_shape(route: Any) -> tuple[frozenset[str], frozenset[str]]:
+    """The query parameters ``route`` takes, and those of them that may repeat."""
+    shape = _QUERY_SHAPES.get(id(route))
+    if shape is None:
+        from fastapi._compat import field_annotation_is_sequence
+
+        fields: list[Any] = []
+        pending = [route.dependant]
+        while pending:
+            dependant = pending.pop()
+            fields.extend(dependant.query_params)
+            pending.extend(dependant.dependencies)
+        shape = (
+            frozenset(f.alias for f in fields),
+            frozenset(
+                f.alias for f in fields if field_annotation_is_sequence(f.field_info.annotation)
+            ),
+        )
+        _QUERY_SHAPES[id(route)] = shape
+    return shape
+
+
+async def strict_query(request: Request) -> None:
+    """An unknown query parameter (``timefrme=``) or a repeated one (``limit=1&limit=2``)
+    is a 422 naming it, not silently ignored."""
+    if not request.url.query:
+        return
+    route = request.scope.get("route")
+    if route is None:
+        return
+    known, repeatable = _query_shape(route)
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name not in known:
+            takes = ", ".join(sorted(known)) or "none"
+            raise InputError(
+                f"unknown query parameter {name!r}; this route takes: {takes}", param=name
+            )
+        if name in seen and name not in repeatable:
+            raise InputError(f"query parameter {name!r} is given more than once", param=name)
+        seen.add(name)

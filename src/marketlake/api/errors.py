@@ -162,6 +162,18 @@ def _describe(loc: tuple[Any, ...] | list[Any], message: str) -> dict[str, str]:
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":  # the docs promise 400 for a body that is not JSON
+            where = e.get("loc", ())
+            at = f" at character {where[1]}" if len(where) > 1 else ""
+            reason = e.get("ctx", {}).get("error", "not valid JSON")
+            return problem_response(
+                request,
+                400,
+                "Malformed JSON",
+                f"the request body is not valid JSON{at}: {reason}",
+                param="body",
+            )
     errors = [
         _describe(tuple(e.get("loc", ())), str(e.get("msg", "invalid"))) for e in exc.errors()
     ]
