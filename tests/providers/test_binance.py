@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from marketlake.errors import (
     CircuitOpenError,
@@ -17,12 +20,14 @@ from marketlake.errors import (
     ProviderError,
     SymbolNotFoundError,
 )
-from marketlake.providers.binance.rest import (
-    BinanceProvider,
-    _extent,
-    _parse_klines,
-    _read_klines,
+from marketlake.providers.binance.klines import (
+    BAR_VALUES,
+    page_extent,
+    parse_kline_event,
+    parse_klines,
+    read_plain_klines,
 )
+from marketlake.providers.binance.rest import BinanceProvider
 from marketlake.tools.mirror import Mirror
 from tests.providers.vendor import Vendor, collect, make
 
@@ -305,28 +310,28 @@ def mirrored_page() -> bytes:
 )
 def test_plain_pages_read_as_csv_equal_the_json_parse(body: bytes) -> None:
     """The fast reader of Binance's plain layout gives exactly the JSON parser's rows."""
-    fast = _read_klines([body], "BTCUSDT", "1m")
+    fast = read_plain_klines([body], "BTCUSDT", "1m")
     assert fast is not None
-    assert fast.equals(_parse_klines(orjson.loads(body), "BTCUSDT", "1m"))
-    assert _extent(body) == (fast.num_rows, orjson.loads(body)[-1][0])
+    assert fast.equals(parse_klines(orjson.loads(body), "BTCUSDT", "1m"))
+    assert page_extent(body) == (fast.num_rows, orjson.loads(body)[-1][0])
 
 
 def test_several_pages_read_at_once_equal_each_page_parsed_alone() -> None:
     bodies = [(DATA / f"klines_BTCUSDT_1m_page{n}.json").read_bytes().strip() for n in (1, 2, 3)]
     bodies.append(mirrored_page())
-    together = _read_klines(bodies, "BTCUSDT", "1m")
+    together = read_plain_klines(bodies, "BTCUSDT", "1m")
     assert together is not None
     assert together.equals(
-        pa.concat_tables([_parse_klines(orjson.loads(body), "BTCUSDT", "1m") for body in bodies])
+        pa.concat_tables([parse_klines(orjson.loads(body), "BTCUSDT", "1m") for body in bodies])
     )
     spaced = b'[[1709510400000, "1","1","1","1","1",1709510459999,"1",1,"1","1","0"]]'
     one_odd = [*bodies[:2], spaced]
-    assert _read_klines(one_odd, "BTCUSDT", "1m") is None
+    assert read_plain_klines(one_odd, "BTCUSDT", "1m") is None
 
 
 @pytest.mark.parametrize("body", [b"[]", b'{"code":0}', b'[["x","1"],["y","2"]]', b"[[]]"])
-def test_a_page_that_is_not_plain_klines_has_no_extent(body: bytes) -> None:
-    assert _extent(body) is None
+def test_a_page_that_is_not_plain_klines_has_nopage_extent(body: bytes) -> None:
+    assert page_extent(body) is None
 
 
 async def until_it_fails(provider: BinanceProvider, got: list[pa.Table]) -> None:
@@ -348,7 +353,7 @@ async def test_a_wrong_page_after_good_ones_yields_the_good_ones_then_says_what_
     got: list[pa.Table] = []
     with pytest.raises(ProviderError, match="kline field 'open' of BTCUSDT is not a number"):
         await until_it_fails(provider, got)
-    first = _parse_klines(
+    first = parse_klines(
         orjson.loads((DATA / "klines_BTCUSDT_1m_page1.json").read_bytes()), "BTCUSDT", "1m"
     )
     assert pa.concat_tables(got).equals(first)
@@ -361,14 +366,14 @@ def test_pages_read_together_keep_the_ones_before_a_wrong_page_and_its_error() -
     provider, _ = make(BinanceProvider, vendor())
     pages: list[httpx.Response | pa.Table] = [
         httpx.Response(200, content=good),
-        _parse_klines(orjson.loads(odd), "BTCUSDT", "1m"),  # a page read when it came
+        parse_klines(orjson.loads(odd), "BTCUSDT", "1m"),  # a page read when it came
         httpx.Response(200, content=bad.replace(b'"62301.36000000"', b'"x"', 1)),
         httpx.Response(200, content=good),
     ]
     table, error = provider._read_pages(pages, "BTCUSDT", "1m")
     assert table.equals(
         pa.concat_tables(
-            [_parse_klines(orjson.loads(body), "BTCUSDT", "1m") for body in (good, odd)]
+            [parse_klines(orjson.loads(body), "BTCUSDT", "1m") for body in (good, odd)]
         )
     )
     assert isinstance(error, ProviderError)
@@ -445,4 +450,50 @@ async def test_pages_that_are_not_plain_still_page_on() -> None:
     ],
 )
 def test_anything_but_the_plain_layout_is_left_to_the_json_parser(body: bytes) -> None:
-    assert _read_klines([body], "BTCUSDT", "1m") is None
+    assert read_plain_klines([body], "BTCUSDT", "1m") is None
+
+
+def _decimals(low: int) -> st.SearchStrategy[str]:
+    """Decimal strings with 8 places, as Binance sends prices and volumes."""
+    return st.integers(low, 10**15).map(lambda n: f"{n // 10**8}.{n % 10**8:08d}")
+
+
+@st.composite
+def klines(draw: st.DrawFn) -> list[list[Any]]:
+    """REST kline arrays with consistent prices, some without volume."""
+    rows = []
+    for i in range(draw(st.integers(1, 20))):
+        low, o, c, high = sorted(draw(st.lists(_decimals(1), min_size=4, max_size=4)), key=float)
+        if draw(st.booleans()):
+            o, c = c, o
+        volume = draw(st.sampled_from(["0.00000000", "0"]) | _decimals(0))
+        t = T0 + i * 60_000
+        trades = draw(st.integers(0, 10**6))
+        rows.append([t, o, high, low, c, volume, t + 59_999, draw(_decimals(0)), trades, "0", "0"])
+        rows[-1].append("0")
+    return rows
+
+
+@settings(max_examples=40, deadline=None)
+@given(klines())
+def test_the_rest_and_websocket_parsers_give_the_same_bars(rows: list[list[Any]]) -> None:
+    """One kline, one bar: the CSV read, the JSON parse and the websocket parse agree, and
+    the vwap is quote volume / volume, null without volume."""
+    body = orjson.dumps(rows)
+    plain = read_plain_klines([body], "BTCUSDT", "1m")
+    assert plain is not None
+    assert plain.equals(parse_klines(orjson.loads(body), "BTCUSDT", "1m"))
+    keys = ("t", "o", "h", "l", "c", "v", "T", "q", "n", "V", "Q", "B")
+    events = [
+        parse_kline_event(
+            dict(zip(keys, row, strict=True)) | {"s": "btcusdt", "i": "1m", "x": True}
+        )
+        for row in rows
+    ]
+    bars = plain.to_pylist()
+    for event, bar, row in zip(events, bars, rows, strict=True):
+        assert (event.symbol, event.interval, event.final) == ("BTCUSDT", "1m", True)
+        assert event.ts == int(bar["ts"].timestamp()) * 1_000_000 == row[0] * 1000
+        assert tuple(event[-len(BAR_VALUES) + 1 :]) == tuple(bar[k] for k in BAR_VALUES[1:])
+        volume, quote = float(row[5]), float(row[7])
+        assert bar["vwap"] == (quote / volume if volume > 0 else None)

@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pytest
 
 from marketlake.config import Settings
 from marketlake.errors import InputError
+from marketlake.providers.binance.rest import BinanceProvider
+from marketlake.schema import from_epoch_us
 from marketlake.store import Store
-from marketlake.stream.binance import BinanceFeed, fetch_klines
+from marketlake.stream.binance import BinanceFeed
 from marketlake.stream.bus import MemoryBus
 from marketlake.stream.events import Batch
 from marketlake.stream.live import run_stream
@@ -286,6 +289,12 @@ async def test_failed_backfill_is_recorded_as_a_gap_and_streaming_goes_on(tmp_pa
             clock=server.clock,
             client=client,
         )
+        waits: list[float] = []
+
+        async def wait(seconds: float) -> None:
+            waits.append(seconds)
+
+        feed.rest.sleep = wait  # the provider's retries, without the waiting
         stop = asyncio.Event()
         run = asyncio.create_task(feed.run(stop))
         await _until(lambda: feed.state.messages >= len(_lines(0, 80)) + len(_lines(165, 170)))
@@ -295,6 +304,9 @@ async def test_failed_backfill_is_recorded_as_a_gap_and_streaming_goes_on(tmp_pa
     assert state.gaps[0] == [(T10_MS + 60_000) * 1000, (T10_MS + 120_000) * 1000]
     assert "HTTP 429" in (state.last_error or "")
     assert not any(b.role == "backfill" for b in published)
+    attempts = BinanceProvider.retry.attempts  # the shared client retried each symbol
+    assert len(requests) == 2 * attempts
+    assert len(waits) == 2 * (attempts - 1)
 
 
 async def test_outside_the_window_the_feed_does_not_connect(tmp_path: Path) -> None:
@@ -333,25 +345,26 @@ async def test_the_window_end_disconnects(tmp_path: Path) -> None:
     assert state.planned_reconnects == 1
 
 
-async def test_fetch_klines_pages_through_long_ranges() -> None:
+async def test_the_backfill_pages_through_long_ranges_with_the_rest_provider() -> None:
     calls: list[int] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         start = int(request.url.params["startTime"])
         calls.append(start)
-        end = min(start + 1000 * 60_000, int(request.url.params["endTime"]) + 1)
+        first = -(-start // 60_000) * 60_000  # the first open time at or after startTime
+        end = min(first + 1000 * 60_000, int(request.url.params["endTime"]) + 1)
         rows = [
             [t, "1", "2", "0.5", "1.5", "10", t + 59_999, "15", 3, "0", "0", "0"]
-            for t in range(start, end, 60_000)
+            for t in range(first, end, 60_000)
         ]
         return httpx.Response(200, json=rows)
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        table = await fetch_klines(
-            client, "http://x", "BTCUSDT", T10_MS * 1000, (T10_MS + 1500 * 60_000) * 1000
-        )
+        feed, _ = _feed(Settings(binance_url="http://x"), client=client)
+        table = await feed._klines("BTCUSDT", T10_MS * 1000, (T10_MS + 1500 * 60_000) * 1000)
     assert table.num_rows == 1500
-    assert calls == [T10_MS, T10_MS + 1000 * 60_000]
+    assert calls == [T10_MS, T10_MS + 999 * 60_000 + 1]
+    assert table.column("ts").to_pylist()[-1].timestamp() * 1000 == T10_MS + 1499 * 60_000
     assert table.column("vwap")[0].as_py() == 1.5
 
 
@@ -388,3 +401,52 @@ async def test_a_bus_outage_delays_publishing_but_loses_nothing() -> None:
     feed.handle(_lines(10, 11)[0])
     await feed.flush(attempts=2)
     assert sum(len(b) for b in published) == len(_lines(0, 10))
+
+
+KLINES = [  # REST arrays: a kline with trades, then one without (volume 0)
+    [T10_MS, "62000.1", "62010", "61990", "62005", "1.5", T10_MS + 59_999, "93007.5", 12, "0.7"],
+    [T10_MS + 60_000, "62005", "62005", "62005", "62005", "0", T10_MS + 119_999, "0", 0, "0"],
+]
+for _row in KLINES:
+    _row += ["0", "0"]  # taker buy quote volume (not used), ignore
+
+
+def _kline_message(row: list[Any]) -> str:
+    """The websocket message of a closed REST kline ``row``, as Binance sends it."""
+    keys = ("t", "o", "h", "l", "c", "v", "T", "q", "n", "V", "Q", "B")
+    k = dict(zip(keys, row, strict=True)) | {"s": "BTCUSDT", "i": "1m", "x": True}
+    data = {"e": "kline", "s": "BTCUSDT", "k": k}
+    return json.dumps({"stream": "btcusdt@kline_1m", "data": data})
+
+
+async def test_a_kline_without_volume_has_a_null_vwap_on_every_path() -> None:
+    """REST (plain and otherwise), websocket and backfill give the same bars; vwap is null
+    where the volume is 0."""
+
+    def serve(body: bytes) -> httpx.AsyncClient:
+        answer = httpx.Response(200, content=body)
+        return httpx.AsyncClient(transport=httpx.MockTransport(lambda _: answer))
+
+    start, end = from_epoch_us(T10_MS * 1000), from_epoch_us((T10_MS + 120_000) * 1000)
+    tables: dict[str, pa.Table] = {}
+    for path, body in (
+        ("rest, plain layout", json.dumps(KLINES, separators=(",", ":")).encode()),
+        ("rest, other layout", json.dumps(KLINES, indent=1).encode()),
+    ):
+        async with serve(body) as client:
+            provider = BinanceProvider(Settings(binance_url="http://x"), client)
+            tables[path] = pa.concat_tables(
+                [t async for t in provider.fetch_bars("BTCUSDT", "1m", start, end)]
+            )
+    async with serve(json.dumps(KLINES).encode()) as client:
+        feed, published = _feed(Settings(binance_url="http://x"), client=client)
+        tables["backfill"] = await feed._klines("BTCUSDT", T10_MS * 1000, (T10_MS + 120_000) * 1000)
+    for row in KLINES:
+        feed.handle(_kline_message(row))
+    await feed.flush()
+    assert feed.state.malformed == 0
+    tables["websocket"] = pa.concat_tables(b.table for b in published if b.kind == "bar")
+    for path, table in tables.items():
+        assert table.equals(tables["rest, plain layout"]), path
+        assert table.column("vwap").to_pylist() == [93007.5 / 1.5, None], path
+        assert table.column("volume").to_pylist() == [1.5, 0.0], path

@@ -15,8 +15,12 @@ Staying connected:
 * Binance closes connections at 24 hours: the feed reconnects on its own
   after ``stream_max_connection_s`` (23.5 h by default).
 * After a reconnect the minutes missed are fetched from the REST klines
-  endpoint and published once as final bars (``role="backfill"``); a minute
+  endpoint through the REST provider (its retries, rate limits and circuit
+  breaker) and published once as final bars (``role="backfill"``); a minute
   is only backfilled if no final kline for it arrived, so nothing is written twice.
+* Websocket and REST klines are read by one parser
+  (:mod:`marketlake.providers.binance.klines`), so both give the same bars (a
+  kline with no volume has a null ``vwap``).
 * Outside the ingestion windows the feed is disconnected; no backfill covers
   the closed time.
 
@@ -45,15 +49,15 @@ import websockets
 from websockets.asyncio.client import connect as ws_connect
 
 from marketlake.config import Settings
-from marketlake.errors import BusError, ProviderError
-from marketlake.providers.http import new_client
-from marketlake.schema import from_epoch_us, normalize_symbol
+from marketlake.errors import BusError, MarketLakeError
+from marketlake.providers.binance.klines import BAR_VALUES, SOURCE, parse_kline_event
+from marketlake.providers.binance.rest import BinanceProvider
+from marketlake.schema import BAR_SCHEMA, from_epoch_us, normalize_symbol
 from marketlake.stream.events import Batch, bars_table, now_us, trades_table
 from marketlake.stream.windows import Schedule
 
 log = logging.getLogger(__name__)
 MINUTE_US = 60_000_000
-SOURCE = "binance"
 Publish = Callable[[Sequence[Batch]], Awaitable[Any]]
 Connect = Callable[..., Any]
 """``websockets.asyncio.client.connect`` or anything called the same way."""
@@ -99,7 +103,8 @@ class FeedState:
 class BinanceFeed:
     """Trades and 1m klines of ``symbols`` from Binance, published in batches.
 
-    ``connect`` (the websocket client), ``client`` (HTTP, for backfill),
+    ``connect`` (the websocket client), ``client`` (HTTP, for the backfill's
+    :class:`BinanceProvider`, which makes its own when given none),
     ``jitter`` and ``clock`` (epoch µs: decides windows and the backfill
     range) are injectable; tests pass a local server and a recorded clock.
     """
@@ -124,7 +129,7 @@ class BinanceFeed:
         self._wanted = set(self.symbols)
         self.publish = publish
         self.connect = connect
-        self.client = client
+        self.rest = BinanceProvider(settings, client)
         self.schedule = schedule or Schedule()
         self.status = status
         self.jitter = jitter
@@ -154,6 +159,7 @@ class BinanceFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await self.flush(attempts=3)
+            await self.rest.aclose()
             await self._set("stopped")
         return self.state
 
@@ -316,22 +322,14 @@ class BinanceFeed:
         self._pending += 1
 
     def _parse_kline(self, k: dict[str, Any]) -> None:
-        symbol = str(k["s"]).upper()
-        if k["i"] != "1m" or symbol not in self._wanted:
-            raise ValueError(f"kline {k['i']} of {symbol} was not subscribed")
-        ts = int(k["t"]) * 1000
-        o, h, low, c, v = (float(k[x]) for x in ("o", "h", "l", "c", "v"))
-        if not (0 < low <= min(o, c) and max(o, c) <= h and v >= 0):
-            raise ValueError(f"kline prices o={o} h={h} l={low} c={c} v={v} are inconsistent")
-        final = bool(k["x"])
+        kline = parse_kline_event(k)
+        symbol, ts, final = kline.symbol, kline.ts, kline.final
+        if kline.interval != "1m" or symbol not in self._wanted:
+            raise ValueError(f"kline {kline.interval} of {symbol} was not subscribed")
         buf = self._bars.get((symbol, final))
         if buf is None:
-            buf = self._bars[(symbol, final)] = {name: [] for name in _BAR_COLUMNS}
-        for name, value in zip(
-            _BAR_COLUMNS,
-            (ts, o, h, low, c, v, int(k["n"]), float(k["q"]) / v if v else c),
-            strict=True,
-        ):
+            buf = self._bars[(symbol, final)] = {name: [] for name in BAR_VALUES}
+        for name, value in zip(BAR_VALUES, kline[-len(BAR_VALUES) :], strict=True):
             buf[name].append(value)
         if final:
             self._complete_until[symbol] = max(self._complete_until.get(symbol, 0), ts + MINUTE_US)
@@ -402,7 +400,7 @@ class BinanceFeed:
                 continue
             try:
                 table = await self._klines(symbol, start, end)
-            except (httpx.HTTPError, ProviderError) as exc:
+            except MarketLakeError as exc:
                 self.state.gaps.append([start, end])
                 self.state.last_error = f"backfill of {symbol} failed: {exc}"
                 log.error(
@@ -420,70 +418,16 @@ class BinanceFeed:
                 self.state.backfilled_bars += table.num_rows
             self._complete_until[symbol] = end
 
-    async def _klines(self, symbol: str, start: int, end: int) -> pa.Table:
-        client = self.client or new_client(self.settings.http_timeout_s)
-        try:
-            return await fetch_klines(client, self.settings.binance_url, symbol, start, end)
-        finally:
-            if self.client is None:
-                await client.aclose()
-
-
-_BAR_COLUMNS = ("ts", "open", "high", "low", "close", "volume", "trades", "vwap")
-
-
-async def fetch_klines(
-    client: httpx.AsyncClient, base_url: str, symbol: str, start_us: int, end_us: int
-) -> pa.Table:
-    """Final 1m bars of ``[start_us, end_us)`` from ``GET /api/v3/klines`` (paged by 1000)."""
-    rows: list[list[Any]] = []
-    cursor = start_us // 1000
-    end_ms = end_us // 1000
-    while cursor < end_ms:
-        response = await client.get(
-            f"{base_url.rstrip('/')}/api/v3/klines",
-            params={
-                "symbol": symbol,
-                "interval": "1m",
-                "startTime": cursor,
-                "endTime": end_ms - 1,
-                "limit": 1000,
-            },
-        )
-        if response.status_code != 200:
-            raise ProviderError(
-                f"binance klines {symbol}: HTTP {response.status_code}: {response.text[:200]}"
+    async def _klines(self, symbol: str, start_us: int, end_us: int) -> pa.Table:
+        """The final 1m bars of ``[start_us, end_us)`` from the REST klines, through the
+        REST provider (its retries, rate limits and breaker, and the shared parser)."""
+        tables = [
+            table
+            async for table in self.rest.fetch_bars(
+                symbol, "1m", from_epoch_us(start_us), from_epoch_us(end_us)
             )
-        page = response.json()
-        if not isinstance(page, list) or not page:
-            break
-        rows += page
-        cursor = int(page[-1][0]) + 60_000
-        if len(page) < 1000:
-            break
-    return _klines_table(symbol, [r for r in rows if start_us // 1000 <= int(r[0]) < end_ms])
-
-
-def _klines_table(symbol: str, rows: list[list[Any]]) -> pa.Table:
-    """REST kline arrays (open time, o, h, l, c, volume, close time, quote volume, trades …)."""
-    try:
-        volume = [float(r[5]) for r in rows]
-        close = [float(r[4]) for r in rows]
-        columns: dict[str, list[Any]] = {
-            "ts": [int(r[0]) * 1000 for r in rows],
-            "open": [float(r[1]) for r in rows],
-            "high": [float(r[2]) for r in rows],
-            "low": [float(r[3]) for r in rows],
-            "close": close,
-            "volume": volume,
-            "trades": [int(r[8]) for r in rows],
-            "vwap": [
-                float(r[7]) / v if v else c for r, v, c in zip(rows, volume, close, strict=True)
-            ],
-        }
-    except (IndexError, TypeError, ValueError) as exc:
-        raise ProviderError(f"binance klines {symbol}: unexpected row format: {exc}") from None
-    return bars_table(symbol, "1m", SOURCE, columns)
+        ]
+        return pa.concat_tables(tables) if tables else BAR_SCHEMA.empty_table()
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:

@@ -1,11 +1,9 @@
 """Binance spot klines: ``GET /api/v3/klines``, paged by time.
 
-Each kline is a 12-field array: open time (ms), open, high, low, close, volume
-(base asset, as decimal strings), close time (ms), quote-asset volume, number of
-trades, taker-buy base volume, taker-buy quote volume, and an unused field. Bars
-take the open time as ``ts``, the trade count as ``trades`` and quote volume /
-volume as ``vwap``. ``endTime`` is inclusive at Binance, so a half-open range
-``[start, end)`` asks for ``endTime = end - 1 ms``.
+Each kline is a 12-field array, read into canonical bars by
+:mod:`marketlake.providers.binance.klines` (the parser the live feed shares).
+``endTime`` is inclusive at Binance, so a half-open range ``[start, end)`` asks for
+``endTime = end - 1 ms``.
 
 Binance meters requests by weight; the ``X-MBX-USED-WEIGHT-1m`` header of every
 answer says how much of the minute's budget is used, and the provider waits for
@@ -18,26 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from datetime import datetime
 from typing import Any, ClassVar, TypeAlias
 
 import httpx
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from marketlake.config import Settings
 from marketlake.errors import InputError, MarketLakeError, ProviderError, SymbolNotFoundError
+from marketlake.providers.binance.klines import page_extent, parse_klines, read_plain_klines
 from marketlake.providers.http import HttpProvider, Params, decode_json
-from marketlake.schema import (
-    BAR_SCHEMA,
-    TS_TYPE,
-    Instrument,
-    Timeframe,
-    constant_column,
-    to_epoch_us,
-)
+from marketlake.schema import BAR_SCHEMA, Instrument, Timeframe, to_epoch_us
 
 _INTERVALS = {
     "1m": "1m",
@@ -57,23 +48,8 @@ _INTERVALS = {
     "1mo": "1M",
 }
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL")
-_FLOAT, _INT, _TEXT = pa.float64(), pa.int64(), pa.string()
 _Page: TypeAlias = httpx.Response | pa.Table
 """A page of klines as it came (plain layout, read later) or already read."""
-_FIELDS = (
-    "open time",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "close time",
-    "quote volume",
-    "trades",
-    "taker buy base volume",
-    "taker buy quote volume",
-    "ignore",
-)
 
 
 class BinanceProvider(HttpProvider):
@@ -154,7 +130,7 @@ class BinanceProvider(HttpProvider):
                     "limit": self.page_limit,
                 }
                 response = await self.get("/api/v3/klines", params, symbol=symbol)
-                extent = _extent(response.content)
+                extent = page_extent(response.content)
                 page: _Page
                 if extent is None:  # not the plain layout: parsed here, to know where it ends
                     table = self._page_table(response, symbol, timeframe)
@@ -185,7 +161,7 @@ class BinanceProvider(HttpProvider):
         error of the first wrong page, with only the pages before it read."""
         bodies = [page.content for page in pages if isinstance(page, httpx.Response)]
         if len(bodies) == len(pages):
-            table = _read_klines(bodies, symbol, timeframe)
+            table = read_plain_klines(bodies, symbol, timeframe)
             if table is not None:
                 return table, None
         tables: list[pa.Table] = []
@@ -204,9 +180,9 @@ class BinanceProvider(HttpProvider):
 
     def _page_table(self, response: httpx.Response, symbol: str, timeframe: str) -> pa.Table:
         """One page of klines as canonical bars (all of them, also those past the range)."""
-        table = _read_klines([response.content], symbol, timeframe)
+        table = read_plain_klines([response.content], symbol, timeframe)
         if table is None:  # not the plain layout: the JSON parser reads it, or says what is wrong
-            table = _parse_klines(decode_json(self.name, response), symbol, timeframe)
+            table = parse_klines(decode_json(self.name, response), symbol, timeframe)
         return table
 
     async def describe(self, symbol: str) -> Instrument | None:
@@ -253,152 +229,3 @@ def _inside(table: pa.Table, start_us: int, end_us: int) -> pa.Table:
 
 def _epoch_ms(value: pa.Scalar) -> int:
     return int(value.cast(pa.int64()).as_py()) // 1000
-
-
-_CSV_NAMES = ["lead", *(f"f{i}" for i in range(len(_FIELDS)))]
-_CSV_TYPES = {"f0": _INT, "f8": _INT, **{f"f{i}": _FLOAT for i in (1, 2, 3, 4, 5, 7)}}
-_CSV_READ = pa_csv.ReadOptions(column_names=_CSV_NAMES, use_threads=False)
-_CSV_CONVERT = pa_csv.ConvertOptions(
-    column_types=_CSV_TYPES,
-    include_columns=list(_CSV_TYPES),
-    null_values=[],
-    strings_can_be_null=False,
-)
-_ROWS = bytes.maketrans(b"]", b"\n")
-
-
-def _extent(body: bytes) -> tuple[int, int] | None:
-    """The number of klines and the last open time (ms) of a page in Binance's plain
-    layout, read off its bytes; None when the body looks otherwise."""
-    if not (body.startswith(b"[[") and body.endswith(b"]]")):
-        return None
-    comma = body.rfind(b",[")
-    last = comma + 2 if comma >= 0 else 2  # where the last kline's fields begin
-    try:
-        return body.count(b"],[") + 1, int(body[last : body.find(b",", last)])
-    except ValueError:
-        return None
-
-
-def _read_klines(bodies: Sequence[bytes], symbol: str, timeframe: str) -> pa.Table | None:
-    """Klines straight from the bodies of pages when each has Binance's plain layout,
-    ``[[...],[...]]`` with exactly 12 fields per kline (the 8 it takes are numbers or
-    decimal strings) and nothing else; None otherwise.
-
-    The rows of all pages are read as one CSV by Arrow, which is about twice as fast as
-    building Python lists with a JSON parser and converting them; anything unusual
-    (spaces, nulls, extra fields, cut or malformed bodies) is left to
-    :func:`_parse_klines`. Every ``],[`` becomes a line break followed by a comma (so
-    each line has an empty lead field).
-    """
-    klines = 0
-    for body in bodies:
-        if not (body.startswith(b"[[") and body.endswith(b"]]")):
-            return None
-        opening = body.count(b"[")  # one per kline and the outer one, when nothing is nested
-        if body.count(b"]") != opening or any(c in body for c in (b"{", b"}", b" ")):
-            return None
-        klines += opening - 1
-    text = b"\n".join(b"," + body[2:-2].translate(_ROWS, b"[") for body in bodies)
-    try:
-        read = pa_csv.read_csv(
-            pa.BufferReader(text), read_options=_CSV_READ, convert_options=_CSV_CONVERT
-        )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-        return None
-    columns = [
-        read.column(name).combine_chunks()
-        for name in ("f0", "f1", "f2", "f3", "f4", "f5", "f7", "f8")
-    ]
-    if read.num_rows != klines or any(c.null_count for c in columns):
-        return None
-    return _klines_table(symbol, timeframe, *columns)
-
-
-def _parse_klines(payload: Any, symbol: str, timeframe: str) -> pa.Table:
-    """Kline arrays → canonical bars; fields beyond the 12th are ignored."""
-    if not isinstance(payload, list):
-        raise ProviderError(
-            f"binance klines for {symbol} should be a JSON array, got {type(payload).__name__}"
-        )
-    if not payload:
-        return BAR_SCHEMA.empty_table()
-    try:
-        width = min(map(len, payload))
-    except TypeError:
-        width = 0
-    if width < len(_FIELDS):
-        row = next(i for i, r in enumerate(payload) if not isinstance(r, list) or len(r) == width)
-        raise ProviderError(
-            f"binance kline {row} of {symbol} has {width} fields; expected 12 "
-            f"({', '.join(_FIELDS)}) — the response format changed or was cut"
-        )
-    columns = list(zip(*payload, strict=False))
-    prices = [_numbers(columns[i], _FIELDS[i], symbol) for i in (1, 2, 3, 4, 5, 7)]
-    return _klines_table(
-        symbol,
-        timeframe,
-        _numbers(columns[0], "open time", symbol, _INT),
-        prices[0],
-        prices[1],
-        prices[2],
-        prices[3],
-        prices[4],
-        prices[5],
-        _numbers(columns[8], "trades", symbol, _INT),
-    )
-
-
-def _klines_table(
-    symbol: str,
-    timeframe: str,
-    open_ms: pa.Array,
-    open_: pa.Array,
-    high: pa.Array,
-    low: pa.Array,
-    close: pa.Array,
-    volume: pa.Array,
-    quote_volume: pa.Array,
-    trades: pa.Array,
-) -> pa.Table:
-    """Canonical bars from the kline fields they take."""
-    vwap = pc.if_else(
-        pc.greater(volume, 0.0), pc.divide(quote_volume, volume), pa.scalar(None, pa.float64())
-    )
-    n = len(open_ms)
-    return pa.table(
-        {
-            "symbol": constant_column(symbol, n),
-            "timeframe": constant_column(timeframe, n),
-            "ts": pc.multiply(open_ms, 1000).cast(TS_TYPE),
-            "open": open_,
-            "high": high,
-            "low": low,
-            "close": close,
-            "volume": volume,
-            "trades": trades,
-            "vwap": vwap,
-            "source": constant_column("binance", n),
-        },
-        schema=BAR_SCHEMA,
-    )
-
-
-def _numbers(
-    values: tuple[Any, ...], field: str, symbol: str, typ: pa.DataType = _FLOAT
-) -> pa.Array:
-    """One kline field as a typed column; decimal strings and JSON numbers both work."""
-    try:
-        try:  # prices and volumes come as decimal strings, times and counts as integers
-            column = pa.array(values, typ) if typ == _INT else pa.array(values, _TEXT).cast(typ)
-        except pa.ArrowTypeError:
-            column = pa.array(values).cast(typ)  # … or, were that to change, otherwise
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise ProviderError(
-            f"binance kline field {field!r} of {symbol} is not a number: {exc}"
-        ) from None
-    if column.null_count:
-        raise ProviderError(
-            f"binance kline field {field!r} of {symbol} has {column.null_count} empty values"
-        )
-    return column
