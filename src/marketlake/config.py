@@ -125,6 +125,11 @@ class Settings(BaseSettings):
     )
     stream_batch_events: int = Field(500, ge=1, description="Events per bus entry, at most")
     stream_linger_ms: float = Field(20.0, ge=0, description="Longest wait to fill a bus entry")
+    stream_buffer_events: int = Field(
+        100_000,
+        ge=1,
+        description="Events a feed keeps while the bus is down; past this it stops reading",
+    )
     stream_stall_s: float = Field(
         30.0, gt=0, description="Reconnect when the feed is silent this long"
     )
@@ -137,6 +142,11 @@ class Settings(BaseSettings):
         10.0, gt=0, description="A dead worker's shards move after this long"
     )
     worker_fetch_entries: int = Field(64, ge=1, description="Bus entries a worker reads at once")
+    worker_write_backlog_events: int = Field(
+        200_000,
+        ge=1,
+        description="Processed events a worker holds unwritten before it stops reading",
+    )
     analytics_window: int = Field(60, ge=2, description="Rolling window in buckets")
     analytics_bucket: str = Field("1m", description="Bucket of rolling analytics (a timeframe)")
     analytics_periods_per_year: float | None = Field(

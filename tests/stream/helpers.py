@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,3 +175,72 @@ def klines_transport(requests: list[dict[str, str]], *, status: int = 200) -> ht
         return httpx.Response(200, json=rows[: int(params["limit"])])
 
     return httpx.MockTransport(handler)
+
+
+class FlakyProxy:
+    """A TCP proxy on 127.0.0.1 (its own thread) that can drop every connection and
+    refuse new ones for a while: a Redis that goes away and comes back."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.down_until = 0.0
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+        import time
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.down_until:
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self, seconds: float) -> None:
+        """Drop every connection now and refuse new ones for ``seconds``."""
+        import socket
+        import time
+
+        self.down_until = time.monotonic() + seconds
+        self.cuts += 1
+        with self._lock:
+            live, self._open = self._open, []
+        for s in live:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut(0)

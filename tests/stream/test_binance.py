@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from marketlake.config import Settings
-from marketlake.errors import InputError
+from marketlake.errors import BusError, InputError
 from marketlake.providers.binance.rest import BinanceProvider
 from marketlake.schema import from_epoch_us
 from marketlake.store import Store
@@ -375,11 +375,10 @@ async def test_unknown_live_provider_is_an_input_error(tmp_path: Path) -> None:
         )
 
 
-async def test_a_bus_outage_delays_publishing_but_loses_nothing() -> None:
-    from marketlake.errors import BusError
-
+def _flaky_bus(fail: int) -> tuple[list[Batch], dict[str, int], Any]:
+    """A publish that fails ``failures["left"]`` times, then keeps what it is given."""
     published: list[Batch] = []
-    failures = {"left": 2}
+    failures = {"left": fail}
 
     async def publish(batches: Any) -> None:
         if failures["left"]:
@@ -387,14 +386,61 @@ async def test_a_bus_outage_delays_publishing_but_loses_nothing() -> None:
             raise BusError("redis is restarting")
         published.extend(batches)
 
+    return published, failures, publish
+
+
+async def test_a_bus_outage_keeps_events_while_reading_goes_on_and_loses_nothing() -> None:
+    published, failures, publish = _flaky_bus(2)
+
     async def status(state: Any) -> None:
         raise BusError("redis is restarting")
 
     feed = BinanceFeed(Settings(), ["BTCUSDT", "ETHUSDT"], publish, status=status)
     for line in _lines(0, 10):
         feed.handle(line)
-    await feed.flush()
+    await feed.flush()  # fails: kept, and flush returns so that reading goes on
+    assert published == []
+    assert feed.state.unpublished == len(_lines(0, 10))
+    assert feed.state.last_error == "bus: redis is restarting"
+    feed.handle(_lines(10, 11)[0])
+    await _until_published(feed)
+    expected = [json.loads(x)["data"] for x in [*_lines(0, 10), _lines(10, 11)[0]]]
+    for symbol in ("BTCUSDT", "ETHUSDT"):  # each symbol's trades in order, once
+        got = [
+            t
+            for b in published
+            if b.kind == "trade" and b.symbol == symbol
+            for t in b.table["trade_id"].to_pylist()
+        ]
+        assert got == [str(d["t"]) for d in expected if d["e"] == "trade" and d["s"] == symbol]
+    assert feed.state.unpublished == 0
+    await feed._set("connected")  # a status the bus cannot take is only lost
+    failures["left"] = 5
+    feed.handle(_lines(11, 12)[0])
+    await feed.flush(attempts=2)  # at shutdown: give up after two attempts
+    assert sum(len(b) for b in published) == len(_lines(0, 10)) + 1
+    assert feed.state.unpublished == 0
+
+
+async def _until_published(feed: BinanceFeed) -> None:
+    for _ in range(200):
+        await feed.flush()
+        if not feed.state.unpublished:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("never published")
+
+
+async def test_past_the_buffer_bound_the_feed_waits_for_the_bus() -> None:
+    published, failures, publish = _flaky_bus(3)
+
+    feed = BinanceFeed(Settings(stream_buffer_events=5), ["BTCUSDT", "ETHUSDT"], publish)
+    for line in _lines(0, 10):
+        feed.handle(line)
+    await feed.flush()  # above the bound: retries until the bus takes it (reading waits)
+    assert failures["left"] == 0
     assert sum(len(b) for b in published) == len(_lines(0, 10))
+    assert feed.state.unpublished == 0
     assert feed.state.last_error == "bus: redis is restarting"
     await feed._set("connected")  # a status the bus cannot take is only lost
     failures["left"] = 5

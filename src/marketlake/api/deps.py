@@ -70,7 +70,7 @@ class ApiContext:
     def bus(self) -> Bus:
         """The event bus (live SSE streams, feed states); opened on first use."""
         if self._bus is None:
-            self._bus = open_bus(self.settings)
+            self._bus = open_bus(self.settings, "api")
             self.owns_bus = True
         return self._bus
 

@@ -102,7 +102,7 @@ def stream(
         if window
         else Schedule.load(settings.config_dir / "ingestion_schedule.yml")
     )
-    bus = open_bus(settings)
+    bus = open_bus(settings, "feed")
     store = st.store if isinstance(bus, MemoryBus) else None
     _logging(settings)
     latest: list[FeedState] = []
@@ -174,7 +174,7 @@ def worker(
 
     st = state(ctx)
     settings = st.settings
-    bus = open_bus(settings)
+    bus = open_bus(settings, "worker")
     if isinstance(bus, MemoryBus):
         raise InputError(
             "`marketlake worker` consumes a shared bus: set MARKETLAKE_BUS="

@@ -84,6 +84,9 @@ class BarBuilder:
     def __contains__(self, symbol: object) -> bool:
         return symbol in self._open
 
+    def symbols(self) -> list[str]:
+        return list(self._open)
+
     def drop(self, symbol: str) -> None:
         self._open.pop(symbol, None)
 

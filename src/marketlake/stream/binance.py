@@ -53,6 +53,7 @@ from marketlake.errors import BusError, MarketLakeError
 from marketlake.providers.binance.klines import BAR_VALUES, SOURCE, parse_kline_event
 from marketlake.providers.binance.rest import BinanceProvider
 from marketlake.schema import BAR_SCHEMA, from_epoch_us, normalize_symbol
+from marketlake.stream.bus.base import backoff
 from marketlake.stream.events import Batch, bars_table, now_us, trades_table
 from marketlake.stream.windows import Schedule
 
@@ -89,6 +90,7 @@ class FeedState:
     planned_reconnects: int = 0
     stalls: int = 0
     backfilled_bars: int = 0
+    unpublished: int = 0
     gaps: list[list[int]] = field(default_factory=list)
     last_error: str | None = None
 
@@ -139,6 +141,9 @@ class BinanceFeed:
         self._bars: dict[tuple[str, bool], dict[str, list[Any]]] = {}
         self._pending = 0
         self._flush_lock = asyncio.Lock()
+        self._unsent: list[Batch] = []
+        self._bus_failures = 0
+        self._retry_at = 0.0
         self._complete_until: dict[str, int] = {}
         self._last_seen_us: int | None = None
 
@@ -359,32 +364,56 @@ class BinanceFeed:
                 Batch("bar", s, bars_table(s, "1m", SOURCE, b), "live", final)
                 for (s, final), b in bars.items()
             ]
-            if batches:
-                await self._publish(batches, attempts=attempts)
+            self._unsent += batches
+            self.state.unpublished += sum(len(b) for b in batches)
+            await self._send(attempts=attempts)
 
-    async def _publish(self, batches: list[Batch], *, attempts: int | None = None) -> None:
-        """Publish, retrying while the bus is down (reading pauses meanwhile, nothing is
-        dropped); after ``attempts`` failures (at shutdown) give up and log what is lost."""
-        delay, failures = 0.1, 0
-        while True:
+    async def _publish(self, batches: list[Batch]) -> None:
+        """Publish ``batches`` now (after whatever is still unsent)."""
+        async with self._flush_lock:
+            self._unsent += batches
+            self.state.unpublished += sum(len(b) for b in batches)
+            await self._send()
+
+    async def _send(self, *, attempts: int | None = None) -> None:
+        """Publish the unsent batches, in order. While the bus is down they are kept and
+        reading goes on, retried with backoff, up to ``stream_buffer_events``; past that
+        this waits for the bus (reading pauses: the exchange's buffer and, after a
+        disconnect, the backfill take over). After ``attempts`` failures (at shutdown)
+        give up and log what is lost."""
+        failures = 0
+        while self._unsent:
+            full = self.state.unpublished > self.settings.stream_buffer_events
+            if attempts is None and not full and time.monotonic() < self._retry_at:
+                return  # backing off: keep reading
             try:
-                await self.publish(batches)
-                return
+                await self.publish(self._unsent)
             except BusError as exc:
                 failures += 1
+                self._bus_failures += 1
+                delay = backoff(self._bus_failures, initial=0.1, cap=5.0)
+                self._retry_at = time.monotonic() + delay
                 self.state.last_error = f"bus: {exc.message}"
                 if attempts is not None and failures >= attempts:
                     log.error(
                         "binance feed: %d events not published: %s",
-                        sum(len(b) for b in batches),
+                        self.state.unpublished,
                         exc.message,
                     )
+                    self._unsent, self.state.unpublished = [], 0
                     return
                 log.warning(
-                    "binance feed: publishing failed (%s); retrying in %.1f s", exc.message, delay
+                    "binance feed: publishing failed (%s); %d events kept, retrying in %.1f s",
+                    exc.message,
+                    self.state.unpublished,
+                    delay,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                if full or attempts is not None:
+                    await asyncio.sleep(delay)
+                continue
+            if self._bus_failures:
+                log.info("binance feed: publishing again (%d events)", self.state.unpublished)
+            self._unsent, self.state.unpublished, self._bus_failures = [], 0, 0
 
     # -- backfill after a reconnect -----------------------------------------------------
 

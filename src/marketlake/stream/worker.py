@@ -1,41 +1,55 @@
 """``marketlake worker``: consume the raw topic, build bars, run analytics and alerts, persist.
 
-One round: fetch up to ``worker_fetch_entries`` bus entries → run every batch
-through the :class:`~marketlake.stream.pipeline.Pipeline` → publish its alerts at
-once → store the alerts, trades, bars and metrics (idempotent) → publish the
-latest metrics → acknowledge the entries. The writes of one round overlap the
-fetching and processing of the next. A crash anywhere before the ack means the
-entries are delivered again and the writes change nothing; an alert published
-before the crash is published again with the same id (at least once: the
-dashboard and API clients keep one alert per id).
+The hot path never waits for the store. One round: fetch up to
+``worker_fetch_entries`` bus entries → run every batch through the
+:class:`~marketlake.stream.pipeline.Pipeline` → publish its alerts at once →
+hand the round to the :class:`Writer` → fetch the next. The writer, a task of
+its own, stores alerts, trades, bars and metrics (idempotent, in a thread),
+publishes the latest metrics and only then acknowledges the entries. When the
+store is slower than the feed, the rounds waiting for it are merged into one
+write; when more than ``worker_write_backlog_events`` processed events wait,
+the hot path stops reading (backpressure: the entries wait in Redis, not in
+memory). A crash anywhere before the ack means the entries are delivered
+again and the writes change nothing; an alert published before the crash is
+published again with the same id (at least once: the dashboard and API
+clients keep one alert per id).
 
-Alerts are published before the previous round's writes have finished: a
-database write can take tens of milliseconds, and an alert is what someone is
-waiting for.
+The writes are awaited only before something reads the store or moves
+shards: a symbol this worker wrote before and must now rebuild from the store,
+and giving shards away to a new member.
 
-SIGTERM (or SIGINT) lets the round in flight finish, acknowledges it, gives
-the shard leases back and exits.
+A dropped bus connection is not fatal: the worker logs one line, lets the
+writer store what was processed, forgets its in-memory state and joins the
+group again under the same name with backoff; it takes back the shards it held
+and reclaims its open entries, and rebuilds each symbol from the store.
+
+SIGTERM (or SIGINT) lets the round in flight finish, waits for the writes,
+acknowledges them, gives the shard leases back and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from marketlake.config import Settings
+from marketlake.errors import BusError
 from marketlake.store.base import Store
 from marketlake.stream.alerts import Alert, RuleSource
 from marketlake.stream.analytics import AnalyticsConfig
 from marketlake.stream.bus import Bus, Consumer, Message
+from marketlake.stream.bus.base import backoff
 from marketlake.stream.events import ALERTS_TOPIC, METRICS_TOPIC, Batch, now_us
 from marketlake.stream.pipeline import Outputs, Pipeline, insert_alerts, persist_data
 from marketlake.stream.portfolio import Portfolio
@@ -68,6 +82,7 @@ class WorkerStats:
     trades_inserted: int = 0
     bars_inserted: int = 0
     alerts: int = 0
+    writes: int = 0
     last_round_ms: float = 0.0
     lag_s: float | None = None
     rules: int = 0
@@ -107,40 +122,72 @@ class Worker:
         self._next_status = 0.0
 
     async def run(self, stop: asyncio.Event, consumer: Consumer | None = None) -> WorkerStats:
-        """Process until ``stop`` is set; the round in flight is finished and acked.
-
-        Rounds overlap by one: while round k is written (in a thread), round
-        k+1 is fetched and processed; its writes start after round k's ended.
-        Before anything that reads the store or moves shards (a symbol seen
-        for the first time, a rebalance) the writes in flight are awaited.
-        """
-        if consumer is None:
-            consumer = await self.bus.consumer(self.group, self.stats.name)
-        writing: asyncio.Task[None] | None = None
+        """Process until ``stop`` is set; what was read is stored and acked before returning."""
+        writer = Writer(self, self.settings.worker_write_backlog_events)
+        writing = asyncio.create_task(writer.run())
+        failures = 0
         try:
             while not stop.is_set():
-                if writing is not None and (writing.done() or consumer.rebalance_due()):
-                    await writing
-                    writing = None
-                messages = await self._fetch(consumer)
-                if not messages:
-                    continue
-                if writing is not None and self._new_symbols(messages):
-                    await writing
-                    writing = None
-                started = time.perf_counter()
-                out, newest = self._process(messages)
-                if out.alerts:
-                    await self._publish_alerts(out.alerts)
-                if writing is not None:
-                    await writing
-                writing = asyncio.create_task(self._write(consumer, messages, out, newest, started))
-            if writing is not None:
-                await writing
+                if consumer is None:
+                    consumer = await self._join(stop, failures)
+                    if consumer is None:
+                        break
+                try:
+                    await self._rounds(stop, consumer, writer)
+                    failures = 0
+                except BusError as exc:
+                    failures += 1
+                    log.warning("worker %s: %s; reconnecting", self.stats.name, exc.message)
+                    await consumer.abandon()
+                    consumer = None
+                    await writer.drain()  # what was processed is stored before rebuilding
+                    self.pipeline.take()
+                    self.pipeline.forget(
+                        [*self.pipeline.analytics.symbols(), *self.pipeline.bars.symbols()]
+                    )
+                    writer.bus_error = None
+            await writer.drain()
         finally:
-            await consumer.close()
-            await self._status(final=True)
+            await writer.close()
+            await writing
+            if consumer is not None:
+                await consumer.close()
+            with contextlib.suppress(BusError):
+                await self._status(final=True)
         return self.stats
+
+    async def _join(self, stop: asyncio.Event, failures: int) -> Consumer | None:
+        """Join the group again (same name) with backoff; None when stopped meanwhile."""
+        while not stop.is_set():
+            await _sleep(stop, backoff(failures, initial=0.1, cap=5.0) if failures else 0.0)
+            try:
+                consumer = await self.bus.consumer(self.group, self.stats.name)
+            except BusError as exc:
+                failures += 1
+                log.warning("worker %s: %s; retrying", self.stats.name, exc.message)
+                continue
+            log.info("worker %s: joined group %s", self.stats.name, self.group)
+            return consumer
+        return None
+
+    async def _rounds(self, stop: asyncio.Event, consumer: Consumer, writer: Writer) -> None:
+        """Fetch, process and publish until stopped; writes go to ``writer``."""
+        while not stop.is_set():
+            if writer.bus_error is not None:
+                raise writer.bus_error
+            if consumer.must_release():
+                await writer.drain()
+                await consumer.release_surplus()
+            messages = await self._fetch(consumer)
+            if not messages:
+                continue
+            if self._rebuilt_symbols(messages) & writer.symbols():
+                await writer.drain()  # the store must hold what this worker wrote of them
+            started = time.perf_counter()
+            out, newest = self._process(messages)
+            if out.alerts:
+                await self._publish_alerts(out.alerts)
+            await writer.put(Round(consumer, messages, out, newest, started))
 
     async def _fetch(self, consumer: Consumer) -> list[Message]:
         self._reload_rules()
@@ -150,11 +197,13 @@ class Worker:
             await self._status()
         return messages
 
-    def _new_symbols(self, messages: list[Message]) -> bool:
-        return any(
-            isinstance(m.payload, Batch) and m.payload.symbol not in self.pipeline.bars
+    def _rebuilt_symbols(self, messages: list[Message]) -> set[str]:
+        """Symbols of ``messages`` the pipeline will rebuild from the store."""
+        return {
+            m.payload.symbol
             for m in messages
-        )
+            if isinstance(m.payload, Batch) and m.payload.symbol not in self.pipeline.bars
+        }
 
     def _process(self, messages: list[Message]) -> tuple[Outputs, int | None]:
         """CPU work of a round; the newest trade time (for the lag gauge)."""
@@ -167,29 +216,26 @@ class Worker:
                 newest = last if newest is None else max(newest, last)
         return self.pipeline.take(), newest
 
-    async def _write(
-        self,
-        consumer: Consumer,
-        messages: list[Message],
-        out: Outputs,
-        newest: int | None,
-        started: float,
-    ) -> None:
-        """Store and publish a round's results, then acknowledge its entries."""
+    async def write(self, rounds: list[Round]) -> None:
+        """Store rounds as one write, publish their metrics, then acknowledge their entries."""
+        out = merge([r.out for r in rounds])
         if out.alerts:  # already published; stored before the bulk writes
             alerts = await asyncio.to_thread(insert_alerts, self.store, out.alerts)
             self.stats.alerts += len(alerts)
         trades, bars = await asyncio.to_thread(persist_data, self.store, out)
-        for symbol, values in out.metrics.items():
-            await self.bus.publish_event(METRICS_TOPIC, {"symbol": symbol, **values})
-        await consumer.ack(messages)
-        if newest is not None:
-            self.stats.lag_s = (now_us() - newest) / 1e6
         self.stats.trades_inserted += trades.inserted
         self.stats.bars_inserted += bars.inserted
-        self.stats.rounds += 1
-        self.stats.entries += len(messages)
-        self.stats.last_round_ms = (time.perf_counter() - started) * 1000
+        for symbol, values in out.metrics.items():
+            await self.bus.publish_event(METRICS_TOPIC, {"symbol": symbol, **values})
+        for consumer, messages in _by_consumer(rounds):
+            await consumer.ack(messages)
+        newest = [r.newest for r in rounds if r.newest is not None]
+        if newest:
+            self.stats.lag_s = (now_us() - max(newest)) / 1e6
+        self.stats.rounds += len(rounds)
+        self.stats.writes += 1
+        self.stats.entries += sum(len(r.messages) for r in rounds)
+        self.stats.last_round_ms = (time.perf_counter() - rounds[-1].started) * 1000
         if self.on_round is not None:
             self.on_round(self.stats)
 
@@ -217,6 +263,151 @@ class Worker:
             "updated_us": time.time_ns() // 1000,
         }
         await self.bus.set_status(f"worker:{self.stats.name}", data)
+
+
+@dataclass(slots=True)
+class Round:
+    """What one fetch produced, waiting to be stored and acknowledged."""
+
+    consumer: Consumer
+    messages: list[Message]
+    out: Outputs
+    newest: int | None
+    started: float
+    symbols: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.symbols = {m.payload.symbol for m in self.messages if isinstance(m.payload, Batch)}
+
+    @property
+    def events(self) -> int:
+        return max(1, self.out.events)
+
+
+class Writer:
+    """The worker's store writes, off the hot path (one task).
+
+    :meth:`put` queues a processed round and returns at once unless ``limit``
+    events wait unwritten (then it waits: backpressure). :meth:`run` takes every
+    queued round, writes them as one, and acknowledges them. A store error ends
+    the writer and is raised by the next :meth:`put` or :meth:`drain`; a bus
+    error (metrics, ack) is kept in :attr:`bus_error` for the hot path, which
+    reconnects: the entries not acknowledged are delivered again.
+    """
+
+    def __init__(self, worker: Worker, limit: int) -> None:
+        self.worker = worker
+        self.limit = limit
+        self.bus_error: BusError | None = None
+        self._queued: list[Round] = []
+        self._writing: list[Round] = []
+        self._events = 0
+        self._failed: BaseException | None = None
+        self._closing = False
+        self._changed = asyncio.Condition()
+
+    def symbols(self) -> set[str]:
+        """Symbols with rounds not yet stored."""
+        return set().union(*(r.symbols for r in self._queued + self._writing))
+
+    async def put(self, item: Round) -> None:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._failed is not None or self._events < self.limit
+            )
+            self._raise()
+            self._queued.append(item)
+            self._events += item.events
+            self._changed.notify_all()
+
+    async def drain(self) -> None:
+        """Wait until every queued round is stored (and acknowledged, if the bus allows)."""
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._failed is not None or not (self._queued or self._writing)
+            )
+            self._raise()
+
+    async def close(self) -> None:
+        """Let :meth:`run` return once the queue is empty."""
+        async with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+
+    def _raise(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+
+    async def run(self) -> None:
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(lambda: bool(self._queued) or self._closing)
+                if not self._queued:
+                    return
+                self._writing, self._queued = self._queued, []
+            try:
+                await self.worker.write(self._writing)
+            except BusError as exc:  # stored, not acknowledged: delivered again later
+                self.bus_error = exc
+            except BaseException as exc:
+                async with self._changed:
+                    self._failed = exc
+                    self._writing = []
+                    self._changed.notify_all()
+                if isinstance(exc, Exception):
+                    return
+                raise
+            async with self._changed:
+                self._events -= sum(r.events for r in self._writing)
+                self._writing = []
+                self._changed.notify_all()
+
+
+def merge(outs: list[Outputs]) -> Outputs:
+    """Several rounds' outputs as one write (later metrics win; lists concatenated)."""
+    if len(outs) == 1:
+        return outs[0]
+    built = [o.built_bars for o in outs if o.built_bars is not None and o.built_bars.num_rows]
+    final = [b for o in outs for b in o.final_bars]
+    metrics: dict[str, dict[str, Any]] = {}
+    for o in outs:
+        metrics.update(o.metrics)
+    return Outputs(
+        trades=[t for o in outs for t in o.trades],
+        final_bars=[_last_per_key(final)] if final else [],
+        built_bars=_last_per_key(built) if built else None,
+        metrics=metrics,
+        alerts=[a for o in outs for a in o.alerts],
+        events=sum(o.events for o in outs),
+    )
+
+
+def _last_per_key(tables: list[pa.Table]) -> pa.Table:
+    """Bars of ``tables`` with the last row of each (symbol, timeframe, ts) only: one write
+    must not touch a row twice (a kline redelivered, a bar rebuilt after a reconnect)."""
+    table = pa.concat_tables(tables)
+    if len(tables) == 1:
+        return table
+    keys = ["symbol", "timeframe", "ts"]
+    last = (
+        table.append_column("_i", pa.array(range(table.num_rows), pa.int64()))
+        .group_by(keys, use_threads=False)
+        .aggregate([("_i", "max")])
+        .column("_i_max")
+    )
+    return table.take(pc.take(last, pc.sort_indices(last)))
+
+
+def _by_consumer(rounds: list[Round]) -> list[tuple[Consumer, list[Message]]]:
+    groups: dict[int, tuple[Consumer, list[Message]]] = {}
+    for r in rounds:
+        groups.setdefault(id(r.consumer), (r.consumer, []))[1].extend(r.messages)
+    return list(groups.values())
+
+
+async def _sleep(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
 
 
 def coalesce(batches: Iterable[Batch]) -> list[Batch]:

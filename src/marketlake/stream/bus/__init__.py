@@ -16,6 +16,8 @@ of recent entries and skip what fell out of it.
 
 from __future__ import annotations
 
+import os
+
 from marketlake.config import Settings
 from marketlake.errors import ConfigError
 from marketlake.stream.bus.base import Bus, Consumer, Message, check_topic, shard_of
@@ -33,8 +35,12 @@ __all__ = [
 ]
 
 
-def open_bus(settings: Settings) -> Bus:
-    """The bus ``settings.bus`` names; an unknown scheme raises :class:`ConfigError`."""
+def open_bus(settings: Settings, role: str = "client") -> Bus:
+    """The bus ``settings.bus`` names; an unknown scheme raises :class:`ConfigError`.
+
+    On Redis every connection is named ``{bus_prefix}{role}-{pid}`` (``CLIENT LIST``
+    shows which process holds which connection; ``CLIENT KILL ID`` can drop one).
+    """
     uri = settings.bus
     if uri.startswith("memory:"):
         return MemoryBus(queue_size=settings.bus_queue_size)
@@ -47,6 +53,10 @@ def open_bus(settings: Settings) -> Bus:
             shards=settings.bus_shards,
             maxlen=settings.bus_maxlen,
             lease_ttl_s=settings.worker_lease_ttl_s,
+            client_name="".join(
+                c if c.isprintable() and not c.isspace() else "_"
+                for c in f"{settings.bus_prefix}{role}-{os.getpid()}"
+            ),
         )
     raise ConfigError(
         f"unknown bus URI {uri!r}: use memory:// or redis://host:6379/0 (set MARKETLAKE_BUS)"

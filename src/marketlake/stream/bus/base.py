@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import random
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ def shard_of(symbol: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+def backoff(failures: int, *, initial: float = 0.05, cap: float = 5.0) -> float:
+    """The wait before reconnect attempt ``failures`` (1, 2, …): exponential, half jittered."""
+    delay = min(cap, initial * 2.0 ** min(failures - 1, 30))
+    return delay / 2 + random.random() * delay / 2
+
+
 class Consumer(ABC):
     """A member of a consumer group on the raw topic."""
 
@@ -51,9 +58,16 @@ class Consumer(ABC):
         """Whether this member currently processes ``symbol`` (Redis moves shards)."""
         return True
 
-    def rebalance_due(self) -> bool:
-        """Whether the next :meth:`fetch` may give shards away (finish writes first)."""
+    def must_release(self) -> bool:
+        """Whether this member holds more than its share (Redis): store and acknowledge
+        what was read, then call :meth:`release_surplus`."""
         return False
+
+    async def release_surplus(self) -> None:  # noqa: B027 - optional hook: in-process has no shards
+        """Give back the shards above this member's share."""
+
+    async def abandon(self) -> None:  # noqa: B027 - optional hook: nothing to stop in-process
+        """Stop background work after the connection was lost (no network calls)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook: nothing to leave in-process
         """Leave the group."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import time
@@ -31,10 +32,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from marketlake.errors import BusError
-from marketlake.stream.bus.base import Bus, Consumer, Message, check_topic, shard_of
+from marketlake.stream.bus.base import Bus, Consumer, Message, backoff, check_topic, shard_of
 from marketlake.stream.events import (
     RAW_TOPIC,
     Batch,
@@ -44,6 +48,7 @@ from marketlake.stream.events import (
     encode_json,
 )
 
+log = logging.getLogger(__name__)
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
@@ -65,13 +70,23 @@ class RedisBus(Bus):
         shards: int = 8,
         maxlen: int = 200_000,
         lease_ttl_s: float = 10.0,
+        client_name: str | None = None,
     ) -> None:
         self.uri = uri
         self.prefix = prefix
         self.shards = shards
         self.maxlen = maxlen
         self.lease_ttl_s = lease_ttl_s
-        self.redis: Any = aioredis.Redis.from_url(uri)  # redis-py's async types are unions
+        self.client_name = client_name
+        # Every connection carries the client name (``CLIENT LIST`` shows who is who);
+        # redis-py reconnects and retries a failed command a few times by itself, and
+        # what still fails reaches the callers as RedisError, which reconnect with backoff.
+        self.redis: Any = aioredis.Redis.from_url(  # redis-py's async types are unions
+            uri,
+            client_name=client_name,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.02), 2),
+            retry_on_error=[RedisConnectionError],
+        )
 
     def key(self, topic: str, shard: int | None = None) -> str:
         return f"{self.prefix}{topic}" if shard is None else f"{self.prefix}{topic}:{shard}"
@@ -116,8 +131,17 @@ class RedisBus(Bus):
             ids = {keys[0]: after}
         else:
             ids = {k: await self._last_id(k) for k in keys}
+        failures = 0
         while True:
-            response = await self.redis.xread(ids, count=500, block=1000)
+            try:
+                response = await self.redis.xread(ids, count=500, block=1000)
+            except (RedisError, OSError) as exc:  # dropped: go on from the last ids seen
+                failures += 1
+                delay = backoff(failures)
+                log.warning("redis tail of %s: %s; reconnecting in %.1f s", topic, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
             for key, entries in response or ():
                 name = key.decode()
                 for entry_id, fields in entries:
@@ -125,8 +149,16 @@ class RedisBus(Bus):
                     yield Message(ids[name], topic, _payload(fields), name)
 
     async def _last_id(self, key: str) -> str:
-        newest = await self.redis.xrevrange(key, count=1)
-        return str(newest[0][0].decode()) if newest else "0-0"
+        failures = 0
+        while True:
+            try:
+                newest = await self.redis.xrevrange(key, count=1)
+            except (RedisError, OSError) as exc:
+                failures += 1
+                log.warning("redis tail of %s: %s; reconnecting", key, exc)
+                await asyncio.sleep(backoff(failures))
+                continue
+            return str(newest[0][0].decode()) if newest else "0-0"
 
     async def set_status(self, name: str, data: dict[str, Any]) -> None:
         try:
@@ -170,6 +202,7 @@ class ShardConsumer(Consumer):
         self._ttl_ms = int(bus.lease_ttl_s * 1000)
         self._backlog: list[Message] = []
         self._next_balance = 0.0
+        self._target = bus.shards
         self._renew = self._redis.register_script(_RENEW)
         self._release = self._redis.register_script(_RELEASE)
         self._heartbeat: asyncio.Task[None] | None = None
@@ -179,6 +212,17 @@ class ShardConsumer(Consumer):
         return self.bus.key("lease", shard)
 
     async def start(self) -> None:
+        """Join the group: create it if needed, take shards, reclaim their open entries.
+
+        A member that lost its connection starts again under the same name: it
+        takes back the shards it still holds and reclaims its own open entries.
+        """
+        try:
+            await self._start()
+        except (RedisError, OSError) as exc:
+            raise BusError(f"cannot join the consumer group on {self.bus.uri}: {exc}") from exc
+
+    async def _start(self) -> None:
         for key in self.bus.raw_keys():
             try:
                 await self._redis.xgroup_create(key, self.group, id="0", mkstream=True)
@@ -217,23 +261,39 @@ class ShardConsumer(Consumer):
                         self.owned.discard(shard)  # lost: another worker has it now
 
     async def _balance(self) -> None:
-        """Hold ``ceil(shards / live members)`` shards: give extras back, take free ones."""
+        """Hold ``ceil(shards / live members)`` shards: take free ones, note the extras.
+
+        Extras are only given back by :meth:`release_surplus`, which the worker calls
+        once the writes of what it read from them are stored and acknowledged.
+        """
         members = self.bus.key("members")
         await self._redis.zremrangebyscore(members, "-inf", await self._now_ms())
         alive = max(1, await self._redis.zcard(members))
-        target = math.ceil(self.bus.shards / alive)
-        for shard in sorted(self.owned)[target:]:
-            await self._release(keys=[self._lease(shard)], args=[self.name])
-            self.owned.discard(shard)
+        self._target = target = math.ceil(self.bus.shards / alive)
         free = [s for s in range(self.bus.shards) if s not in self.owned]
         random.shuffle(free)
         for shard in free:
             if len(self.owned) >= target:
                 break
-            if await self._redis.set(self._lease(shard), self.name, nx=True, px=self._ttl_ms):
+            lease = self._lease(shard)
+            # Ours already when this member reconnects before its lease expired.
+            if await self._redis.set(
+                lease, self.name, nx=True, px=self._ttl_ms
+            ) or await self._renew(keys=[lease], args=[self.name, self._ttl_ms]):
                 self.owned.add(shard)
                 await self._reclaim(shard)
         self._next_balance = time.monotonic() + self._ttl_ms / 3000
+
+    def must_release(self) -> bool:
+        return len(self.owned) > self._target
+
+    async def release_surplus(self) -> None:
+        try:
+            for shard in sorted(self.owned)[self._target :]:
+                await self._release(keys=[self._lease(shard)], args=[self.name])
+                self.owned.discard(shard)
+        except (RedisError, OSError) as exc:
+            raise BusError(f"cannot give shards back on {self.bus.uri}: {exc}") from exc
 
     async def _reclaim(self, shard: int) -> None:
         """Take over the pending entries of whoever held the shard before (XAUTOCLAIM)."""
@@ -254,6 +314,12 @@ class ShardConsumer(Consumer):
                 return
 
     async def fetch(self, count: int, block_ms: int) -> list[Message]:
+        try:
+            return await self._fetch(count, block_ms)
+        except (RedisError, OSError) as exc:
+            raise BusError(f"cannot read from {self.bus.uri}: {exc}") from exc
+
+    async def _fetch(self, count: int, block_ms: int) -> list[Message]:
         if time.monotonic() >= self._next_balance:
             await self._balance()
         if self._backlog:
@@ -281,22 +347,30 @@ class ShardConsumer(Consumer):
         pipe = self._redis.pipeline(transaction=False)
         for message in messages:
             pipe.xack(message.key, self.group, message.id)
-        await pipe.execute()
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise BusError(f"cannot acknowledge on {self.bus.uri}: {exc}") from exc
 
     def owns(self, symbol: str) -> bool:
         return shard_of(symbol, self.bus.shards) in self.owned
 
-    def rebalance_due(self) -> bool:
-        return time.monotonic() >= self._next_balance
-
-    async def close(self) -> None:
-        """Give every lease back and leave (a clean exit needs no lease expiry)."""
+    async def abandon(self) -> None:
+        """Stop renewing without a word to Redis (the connection is gone): what this
+        member holds is taken back by a new consumer of the same name, or expires."""
         self._closing.set()
         if self._heartbeat is not None:
             _, pending = await asyncio.wait({self._heartbeat}, timeout=self._ttl_ms / 1000)
             for task in pending:
                 task.cancel()
-        for shard in list(self.owned):
-            await self._release(keys=[self._lease(shard)], args=[self.name])
+
+    async def close(self) -> None:
+        """Give every lease back and leave (a clean exit needs no lease expiry)."""
+        await self.abandon()
+        try:
+            for shard in list(self.owned):
+                await self._release(keys=[self._lease(shard)], args=[self.name])
+            await self._redis.zrem(self.bus.key("members"), self.name)
+        except (RedisError, OSError) as exc:  # the leases expire by themselves
+            log.warning("leaving the consumer group on %s failed: %s", self.bus.uri, exc)
         self.owned.clear()
-        await self._redis.zrem(self.bus.key("members"), self.name)
