@@ -247,3 +247,49 @@ def test_a_synthetic_range_without_a_session_says_how_many_bars_are_needed() -> 
             end=datetime(2024, 3, 10, tzinfo=UTC),
             synthetic=True,
         )
+
+
+def holey_store(store: Store) -> None:
+    """AAPL 1h for 2024-01..06 and 2026-11..12 only (2.5 empty years between)."""
+    store.ensure_instruments(["AAPL"])
+    store.write_bars(bars_for(["AAPL"], "1h", "2024-01-02", "2024-07-01"))
+    store.write_bars(bars_for(["AAPL"], "1h", "2026-11-02", "2026-12-01"))
+
+
+def test_a_hole_of_years_is_reported_with_the_result(duck: Store) -> None:
+    holey_store(duck)
+    result = run_backtest(
+        duck, "sma_cross", {"fast": 5, "slow": 20}, symbols=["AAPL"], timeframe="1h", save=False
+    )
+    [note] = result.notes
+    assert note.startswith("AAPL 1h: no bars from 2024-06-28T19:00:00Z to 2026-11-02T14:00:00Z")
+    assert "(857 days)" in note
+
+
+def test_a_hole_of_years_is_refused_on_request_and_normal_closures_are_not_holes(
+    duck: Store,
+) -> None:
+    from marketlake.errors import DataError
+
+    holey_store(duck)
+    with pytest.raises(DataError, match="no bars from 2024-06-28T19:00:00Z"):
+        run_backtest(
+            duck, "sma_cross", {}, symbols=["AAPL"], timeframe="1h", save=False, on_hole="refuse"
+        )
+    # weekends, holidays (Good Friday, Memorial Day, July 4th) are no holes
+    closed = run_backtest(
+        duck,
+        "sma_cross",
+        {},
+        symbols=["AAPL"],
+        timeframe="1h",
+        start=datetime(2024, 1, 2, tzinfo=UTC),
+        end=datetime(2024, 7, 1, tzinfo=UTC),
+        save=False,
+        on_hole="refuse",
+    )
+    assert closed.notes == []
+    with pytest.raises(InputError, match="--on-hole 'split' must be report or refuse"):
+        run_backtest(
+            duck, "sma_cross", {}, symbols=["AAPL"], timeframe="1h", save=False, on_hole="split"
+        )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from marketlake.errors import DataError, NotFoundError
+from marketlake.errors import DataError, InputError, NotFoundError
 from marketlake.schema import Timeframe, from_epoch_us, normalize_symbol, to_epoch_us
 
 if TYPE_CHECKING:
@@ -174,6 +174,45 @@ def load_bars(
             table = _rolled_up(store, symbol, tf, start, end)
         out.append(_as_bars(symbol, table))
     return out
+
+
+HOLE_DAYS = 7
+"""A stretch without bars longer than this (and than 5 bars of the timeframe) is a hole:
+longer than any normal closure (a long weekend with a holiday is under 4 days; the
+longest exchange closures, e.g. September 2001, under 7)."""
+
+
+def large_holes(bars: Bars, timeframe: str | Timeframe) -> list[str]:
+    """One line per stretch without bars far longer than the timeframe's closures."""
+    tf = Timeframe.parse(timeframe)
+    step = 31 * 86400 * 1_000_000 if tf.is_calendar else tf.micros
+    limit = max(5 * step, HOLE_DAYS * 86400 * 1_000_000)
+    if len(bars) < 2:
+        return []
+    gaps = np.diff(bars.ts)
+    out = []
+    for i in np.flatnonzero(gaps > limit).tolist():
+        days = gaps[i] / (86400 * 1_000_000)
+        out.append(
+            f"{bars.symbol} {tf}: no bars from {bars.time(i)} to {bars.time(i + 1)} "
+            f"({days:,.0f} days); positions are held across it and drawdown durations "
+            "include it"
+        )
+    return out
+
+
+def check_holes(bars: Sequence[Bars], timeframe: str | Timeframe, on_hole: str) -> list[str]:
+    """The holes of ``bars``; with ``on_hole="refuse"`` the first one is a DataError."""
+    if on_hole not in ("report", "refuse"):
+        raise InputError(f"--on-hole {on_hole!r} must be report or refuse", param="on_hole")
+    found = [line for b in bars for line in large_holes(b, timeframe)]
+    if found and on_hole == "refuse":
+        raise DataError(
+            f"{found[0]}; backtest a range without it (--start/--end), fill it "
+            "(marketlake repair), or pass --on-hole report",
+            problems=found,
+        )
+    return found
 
 
 def _as_bars(symbol: str, table: pa.Table) -> Bars:

@@ -136,6 +136,7 @@ class BacktestResult:
     trades: pa.Table
     stats: dict[str, Any]
     id: str | None = field(default=None)
+    notes: list[str] = field(default_factory=list)  # e.g. large holes in the data
 
     @property
     def symbols(self) -> list[str]:

@@ -18,7 +18,13 @@ import orjson
 import pyarrow as pa
 
 from marketlake.backtest import engine
-from marketlake.backtest.data import empty_bars, load_bars, split_symbols, synthetic_bars
+from marketlake.backtest.data import (
+    check_holes,
+    empty_bars,
+    load_bars,
+    split_symbols,
+    synthetic_bars,
+)
 from marketlake.backtest.engine import BacktestConfig, BacktestResult
 from marketlake.backtest.portfolio import (
     PortfolioConfig,
@@ -52,12 +58,14 @@ def run_backtest(
     synthetic: bool = False,
     seed: int = 7,
     save: bool = True,
+    on_hole: str = "report",
 ) -> BacktestResult:
     """Run ``strategy`` on stored (or synthetic) bars; store the result unless ``save=False``.
 
     Parameters and config are checked before any data is read; nothing is
     stored when the backtest fails. The returned result carries the stored
-    ``id``.
+    ``id``. Stretches without bars far longer than the timeframe's closures are
+    reported in ``notes`` (``on_hole="report"``) or refused (``"refuse"``).
     """
     chosen = get_strategy(strategy, params)
     config = config or BacktestConfig()
@@ -66,7 +74,9 @@ def run_backtest(
     if not names:
         raise InputError("give at least one symbol", param="symbols")
     bars = load_for_backtest(store, list(dict.fromkeys(names)), tf, start, end, synthetic, seed)
+    holes = check_holes(bars, tf, on_hole)
     result = engine.run(bars, chosen, config, tf)
+    result.notes = holes
     if save and store is not None:
         request = {
             "kind": "run",

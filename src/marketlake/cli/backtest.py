@@ -173,6 +173,14 @@ def run(
             "(the nautilus extra; long only, fills at the close, no costs)."
         ),
     ] = EngineName.marketlake,
+    on_hole: Annotated[
+        str,
+        typer.Option(
+            "--on-hole",
+            help="A stretch without bars far longer than the timeframe's closures (over 7 "
+            "days and 5 bars): report (run and say so) or refuse (exit 2).",
+        ),
+    ] = "report",
     no_save: NoSave = False,
     as_json: AsJson = False,
 ) -> None:
@@ -229,8 +237,11 @@ def run(
         synthetic=synthetic,
         seed=seed,
         save=not no_save,
+        on_hole=on_hole,
     )
     print_result(result, as_json=as_json)
+    for note in result.notes:
+        err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     if report is not None:
         from marketlake.backtest.report import write_report
 

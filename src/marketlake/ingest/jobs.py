@@ -351,32 +351,30 @@ class _Job:
         by_symbol = {r.symbol: r for r in results}
         replace = self.provider.settings.rollup_replace_sources
         clashes: list[SourceClash] = []
-        try:
-            rolled = self.store.atomically(
-                lambda: rollup_spans(
-                    self.store,
-                    spans,
-                    self.tf,
-                    self.rollups,
-                    instruments=self._instruments(list(spans)),
-                    replace_sources=replace,
-                    clashes=clashes,
-                ),
-                "rolling up the bars",
+
+        def roll(which: dict[str, tuple[datetime, datetime]]) -> dict[str, int]:
+            found: list[SourceClash] = []  # afresh on every try of a retried transaction
+            counts = rollup_spans(
+                self.store,
+                which,
+                self.tf,
+                self.rollups,
+                instruments=self._instruments(list(which)),
+                replace_sources=replace,
+                clashes=found,
             )
+            clashes.extend(found)
+            return counts
+
+        try:
+            rolled = self.store.atomically(lambda: roll(spans), "rolling up the bars")
         except MarketLakeError:  # one symbol at a time, to tell which one fails
+            clashes.clear()
             rolled = {}
             for symbol, span in spans.items():
                 try:
                     rolled |= self.store.atomically(
-                        lambda s=symbol, sp=span: rollup_spans(  # type: ignore[misc]
-                            self.store,
-                            {s: sp},
-                            self.tf,
-                            self.rollups,
-                            replace_sources=replace,
-                            clashes=clashes,
-                        ),
+                        lambda s=symbol, sp=span: roll({s: sp}),  # type: ignore[misc]
                         "rolling up the bars",
                     )
                 except MarketLakeError as exc:
