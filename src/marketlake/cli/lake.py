@@ -68,7 +68,12 @@ def export(
 
     begin, stop = resolve_range(start, end, None, required=False)
     summary = export_lake(
-        state(ctx).store, to, symbols=_symbols(symbols), timeframe=timeframe, start=begin, end=stop
+        state(ctx).store,
+        state(ctx).path(to),
+        symbols=_symbols(symbols),
+        timeframe=timeframe,
+        start=begin,
+        end=stop,
     )
     result = summary.as_dict()
     _show(
@@ -93,14 +98,14 @@ def import_lake(
     """
     from marketlake.store.lake import import_lake as run
 
-    if not directory.is_dir():
+    if not state(ctx).path(directory).is_dir():
         raise InputError(
             f"{directory} is not a directory; give the --to folder of an export", param="dir"
         )
     begin, stop = resolve_range(start, end, None, required=False)
     summary = run(
         state(ctx).store,
-        directory,
+        state(ctx).path(directory),
         symbols=_symbols(symbols),
         timeframe=timeframe,
         start=begin,

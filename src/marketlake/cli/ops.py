@@ -93,7 +93,9 @@ def doctor(
     ok = True
     try:
         store = st.store
-        checks.append({"check": "store", "status": "ok", "detail": st.settings.store})
+        from marketlake.store.pgconn import mask
+
+        checks.append({"check": "store", "status": "ok", "detail": mask(st.settings.store)})
         checks.append(
             {"check": "schema version", "status": "ok", "detail": str(store.schema_version())}
         )
