@@ -80,8 +80,9 @@ class ConfigError(InputError):
 
 
 class NotFoundError(MarketLakeError):
-    """The thing asked for does not exist."""
+    """The thing asked for does not exist (in the CLI: bad input, exit code 2)."""
 
+    exit_code = 2
     http_status = 404
     title = "Not found"
 
@@ -146,6 +147,22 @@ class StoreError(MarketLakeError):
 
     http_status = 503
     title = "Store unavailable"
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the embedded store open (DuckDB allows one writer per file)."""
+
+    def __init__(self, message: str, *, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ServerUnreachableError(MarketLakeError):
+    """The MarketLake server the CLI or client works through does not answer."""
+
+    exit_code = 2
+    http_status = 502
+    title = "Server unreachable"
 
 
 class StoreVersionError(StoreError):

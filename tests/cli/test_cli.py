@@ -110,7 +110,7 @@ def test_debug_shows_the_traceback(uri: str) -> None:
     plain = subprocess.run(
         [*command, "instruments", "show", "NOPE"], capture_output=True, text=True, check=False
     )
-    assert plain.returncode == 1
+    assert plain.returncode == 2
     assert plain.stderr.strip().splitlines() == [
         "error: unknown symbol NOPE; list known ones with `marketlake instruments list`"
     ]
@@ -120,7 +120,7 @@ def test_debug_shows_the_traceback(uri: str) -> None:
         text=True,
         check=False,
     )
-    assert debug.returncode == 1
+    assert debug.returncode == 2
     assert "Traceback (most recent call last)" in debug.stderr
     assert "marketlake.errors.NotFoundError: unknown symbol NOPE" in debug.stderr
 
@@ -175,8 +175,8 @@ def test_instruments_add_list_show_rm(capsys: Capsys, uri: str) -> None:
         (["add", "AAPL", "--asset-class", "bond"], 2, "--asset-class"),
         (["add", "AAPL", "--timezone", "Mars/Base"], 2, "unknown IANA timezone 'Mars/Base'"),
         (["add", "AA PL"], 2, "symbol 'AA PL'"),
-        (["show", "NOPE"], 1, "unknown symbol NOPE"),
-        (["rm", "NOPE"], 1, "unknown symbol NOPE"),
+        (["show", "NOPE"], 2, "unknown symbol NOPE"),
+        (["rm", "NOPE"], 2, "unknown symbol NOPE"),
     ],
 )
 def test_instrument_errors(
@@ -305,7 +305,7 @@ def test_bars_limit_tail_and_table(capsys: Capsys, loaded: str) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["bars", "NOPE"], 1, "unknown symbol NOPE"),
+        (["bars", "NOPE"], 2, "unknown symbol NOPE"),
         (["bars", "AAPL", "-f", "parquet"], 2, "--format parquet needs --output FILE"),
         (["bars", "AAPL", "--limit", "0"], 2, "limit 0 must be between"),
         (["bars", "AAPL", "-f", "xml"], 2, "Invalid value for '--format'"),
@@ -335,7 +335,7 @@ def test_jobs_list_and_show(capsys: Capsys, loaded: str) -> None:
     assert "succeeded" in out
     assert run(capsys, loaded, "jobs", "list")[0] == 0
     code, _, err = run(capsys, loaded, "jobs", "show", "nope")
-    assert code == 1
+    assert code == 2
     assert "unknown job nope" in one_line_error(err)
 
 

@@ -93,6 +93,7 @@ def create_app(
     bus: Bus | None = None,
     *,
     freeze_gc: bool = False,
+    local_token: str | None = None,
 ) -> FastAPI:
     """A new MarketLake API app; ``store`` and ``bus`` default to opening ``settings.store``
     and ``settings.bus`` on first use (pass the bus of an in-process feed to share it).
@@ -102,6 +103,9 @@ def create_app(
     thousand of them (FastAPI, pydantic, Arrow, DuckDB, pandas); each full collection
     walked them all, a ~100 ms stall of every request in flight, every few tens of
     thousands of requests.
+
+    ``local_token``: the token ``marketlake serve`` writes to the discovery file beside an
+    embedded store; requests bearing it from a loopback address get every scope.
     """
     settings = settings or Settings()
     metrics = ApiMetrics()
@@ -114,6 +118,7 @@ def create_app(
         streams=StreamSlots(settings.api_sse_clients_per_client),
         _store=store,
         _bus=bus,
+        local_token=local_token,
         limiter=(
             make_rate_limiter(
                 settings.bus, settings.api_rate_limit_per_minute, settings.api_rate_limit_prefix

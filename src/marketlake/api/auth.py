@@ -50,6 +50,8 @@ class Principal:
 
 ANONYMOUS = Principal("anonymous", "anonymous", frozenset({"read"}))
 NOBODY = Principal("anonymous", "anonymous", frozenset())
+# the caller holding the token of the server's discovery file (same user, same machine)
+LOCAL = Principal("local", "local", frozenset(SCOPES), "local CLI")
 
 
 def looks_like_jwt(token: str) -> bool:

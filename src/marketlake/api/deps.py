@@ -12,7 +12,9 @@ rejected everywhere).
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -20,14 +22,14 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
-from marketlake.api.auth import Authenticator, Principal
+from marketlake.api.auth import LOCAL, Authenticator, Principal
 from marketlake.api.cache import BarCache
 from marketlake.api.jobs import JobRunner
 from marketlake.api.observability import ApiMetrics
 from marketlake.api.ratelimit import RateLimiter
 from marketlake.api.sse import StreamSlot, StreamSlots
 from marketlake.config import Settings
-from marketlake.errors import InputError
+from marketlake.errors import AuthError, InputError
 from marketlake.schema import normalize_symbol
 from marketlake.store import Store, open_store
 from marketlake.stream.bus import Bus, open_bus
@@ -52,6 +54,7 @@ class ApiContext:
     owns_store: bool = False
     _bus: Bus | None = field(default=None, repr=False)
     owns_bus: bool = False
+    local_token: str | None = field(default=None, repr=False)
 
     @property
     def store(self) -> Store:
@@ -138,7 +141,10 @@ def access(scope: str) -> Callable[..., Awaitable[Principal]]:
     async def check(request: Request) -> Principal:
         ctx = context_of(request)
         token = credential(request)
-        if token:
+        principal: Principal | None
+        if token and ctx.local_token and secrets.compare_digest(token, ctx.local_token):
+            principal = _local(request)
+        elif token:
             principal = ctx.auth.authenticate_cached(token)
             if principal is None:
                 principal = await run_in_threadpool(ctx.auth.authenticate, ctx.store, token)
@@ -158,6 +164,18 @@ def access(scope: str) -> Callable[..., Awaitable[Principal]]:
 
     check.__name__ = f"require_{scope}"
     return check
+
+
+def _local(request: Request) -> Principal:
+    """The holder of the discovery file's token, which only counts from this machine."""
+    host = request.client.host if request.client else ""
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise AuthError("the local server token is accepted from this machine only")
+    return LOCAL
 
 
 ReadAccess = Annotated[Principal, Depends(access("read"))]

@@ -9,7 +9,10 @@ the traceback instead.
 from __future__ import annotations
 
 import sys
+import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import click
@@ -18,9 +21,9 @@ from pydantic import ValidationError
 from typer.core import TyperOption
 
 from marketlake import __version__
-from marketlake.cli.output import error
+from marketlake.cli.output import err_console, error
 from marketlake.config import Settings
-from marketlake.errors import ConfigError, MarketLakeError
+from marketlake.errors import ConfigError, InputError, MarketLakeError, StoreLockedError
 
 if TYPE_CHECKING:
     from marketlake.store import Store
@@ -46,26 +49,81 @@ app = typer.Typer(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A command run inside a server for a CLI elsewhere (see :mod:`marketlake.cli.remote`).
+
+    ``cwd`` is the caller's working directory when it runs on this machine (files
+    named on its command line are read and written there); None for a remote caller.
+    """
+
+    settings: Settings
+    store: Store
+    cwd: Path | None
+
+
+RUNNING_FOR: ContextVar[Caller | None] = ContextVar("marketlake_cli_caller", default=None)
+
+
 @dataclass
 class State:
     """What every command gets: the settings and a store opened on first use."""
 
     settings: Settings
     debug: bool = False
+    wait_s: float = 0.0
+    cwd: Path | None = None
+    remote: bool = False
     _store: Store | None = field(default=None, repr=False)
+    _owns_store: bool = field(default=True, repr=False)
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            from marketlake.store import open_store
-
-            self._store = open_store(self.settings.store)
+            self._store = _open_waiting(self.settings.store, self.wait_s)
         return self._store
 
+    def path(self, path: Path) -> Path:
+        """A file named on the command line, relative to the caller's working directory."""
+        if self.remote:
+            raise InputError(
+                f"{path}: files cannot be read or written through --api (the server does "
+                "not see this machine's files); run the command where the file is, or use "
+                "stdout (e.g. --format csv > FILE)"
+            )
+        if self.cwd is None or path.is_absolute():
+            return path
+        return self.cwd / path
+
     def close(self) -> None:
-        if self._store is not None:
+        if self._store is not None and self._owns_store:
             self._store.close()
-            self._store = None
+        self._store = None
+
+
+def _open_waiting(uri: str, wait_s: float) -> Store:
+    """Open the store; while another process holds it, retry for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    from marketlake.store import open_store
+
+    while True:
+        try:
+            return open_store(uri)
+        except StoreLockedError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                from marketlake.store.holder import command_of
+
+                err_console.print(
+                    f"waiting up to {wait_s:g} s for process {exc.pid} "
+                    f"({command_of(exc.pid or 0) or 'unknown'}) to release the store",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                said = True
+            time.sleep(0.2)
 
 
 def state(ctx: typer.Context) -> State:
@@ -92,11 +150,48 @@ def _root(
             help="Store URI: duckdb:///FILE, duckdb:///:memory: or postgresql://…",
         ),
     ] = None,
+    api: Annotated[
+        str | None,
+        typer.Option(
+            "--api",
+            envvar="MARKETLAKE_API",
+            help="Run the command on the MarketLake server at this URL (with MARKETLAKE_API_KEY).",
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="MARKETLAKE_API_KEY",
+            help="API key for --api (scope read, write or admin as the command needs).",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            help="Seconds to wait for another process holding the embedded store to let go.",
+        ),
+    ] = 0.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
 ) -> None:
+    caller = RUNNING_FOR.get()
+    if caller is not None:  # inside a server, for a CLI elsewhere: the server's store
+        ctx.obj = State(
+            settings=caller.settings,
+            debug=debug,
+            cwd=caller.cwd,
+            remote=caller.cwd is None,
+            _store=caller.store,
+            _owns_store=False,
+        )
+        ctx.call_on_close(ctx.obj.close)
+        return
     try:
         settings = Settings(store=store) if store else Settings()
     except ValidationError as exc:
@@ -104,7 +199,10 @@ def _root(
         raise ConfigError(
             f"setting MARKETLAKE_{str(first['loc'][0]).upper()}: {first['msg']}"
         ) from None
-    ctx.obj = State(settings=settings, debug=debug)
+    from marketlake.cli import remote
+
+    remote.route(ctx, settings, api=api, api_key=api_key, command_line=list(ARGV.get()))
+    ctx.obj = State(settings=settings, debug=debug, wait_s=wait)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -116,6 +214,8 @@ def _register() -> None:
     import marketlake.cli as package
 
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):  # helpers of a command, imported when it runs
+            continue
         module = importlib.import_module(f"marketlake.cli.{info.name}")
         register = getattr(module, "register", None)
         if register is not None:
@@ -125,9 +225,13 @@ def _register() -> None:
 _register()
 
 
+ARGV: ContextVar[tuple[str, ...]] = ContextVar("marketlake_cli_argv", default=())
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Run the command line and return its exit code (used by ``main`` and the tests)."""
     args = sys.argv[1:] if argv is None else argv
+    ARGV.set(tuple(args))
     debug = "--debug" in args
     try:
         result = app(args=args, prog_name="marketlake", standalone_mode=False)
@@ -139,9 +243,12 @@ def cli(argv: list[str] | None = None) -> int:
     except (typer.TyperException, click.ClickException) as exc:
         return _usage_error(exc)
     except MarketLakeError as exc:
-        if debug:
-            raise
-        error(exc.message)
+        if debug:  # the traceback, and still the error's own exit code
+            import traceback
+
+            traceback.print_exc()
+        else:
+            error(exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
         error("interrupted")

@@ -6,7 +6,6 @@ commands do not pay for them at start-up.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from marketlake.cli.app import state
-from marketlake.cli.output import console, emit_json, err_console, show_table
+from marketlake.cli.output import console, emit_json, err_console, show_table, stderr_isatty
 from marketlake.errors import InputError
 
 if TYPE_CHECKING:
@@ -245,7 +244,7 @@ def run(
     if report is not None:
         from marketlake.backtest.report import write_report
 
-        write_report(result, report)
+        write_report(result, st.path(report))
         err_console.print(f"report written to {report}", highlight=False)
 
 
@@ -586,7 +585,7 @@ def sweep(
         }
         result.id = save_sweep(st.store, request, rows)
     if output is not None:
-        _write_rows(rows, output)
+        _write_rows(rows, st.path(output))
     _print_sweep(rows, list(grid), sort, top, result.id, len(result.skipped), as_json=as_json)
 
 
@@ -786,7 +785,7 @@ def _load(
 def _with_progress(work: Any, *, quiet: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    show = not quiet and sys.stderr.isatty()
+    show = not quiet and stderr_isatty()
     with Progress(
         BarColumn(),
         MofNCompleteColumn(),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,7 +10,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketlake.cli.app import state
-from marketlake.cli.output import console, emit_json, show_table
+from marketlake.cli.output import console, emit_json, show_table, stderr_isatty
 
 if TYPE_CHECKING:
     from marketlake.ingest.csv_import import ImportResult
@@ -85,7 +84,7 @@ def import_csv_command(
     from marketlake.quality.policy import QualityPolicy
 
     st = state(ctx)
-    show_progress = not (quiet or as_json) and sys.stderr.isatty()
+    show_progress = not (quiet or as_json) and stderr_isatty()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -102,7 +101,7 @@ def import_csv_command(
 
         result = import_csv(
             st.store,
-            file,
+            st.path(file),
             symbol,
             timeframe=timeframe,
             tz=tz,

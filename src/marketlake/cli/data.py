@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
@@ -14,7 +13,15 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketlake.cli.app import State, state
-from marketlake.cli.output import console, emit_json, err_console, error, show_table
+from marketlake.cli.output import (
+    console,
+    emit_json,
+    err_console,
+    error,
+    show_table,
+    stderr_isatty,
+    stdout_bytes,
+)
 from marketlake.errors import InputError
 
 # The names of marketlake.providers.PROVIDERS, spelled out so that the help needs no
@@ -75,7 +82,7 @@ def ingest(
     assert begin is not None
     assert stop is not None
     source = get_provider(provider, st.settings)
-    show_progress = not (quiet or as_json) and sys.stderr.isatty()
+    show_progress = not (quiet or as_json) and stderr_isatty()
     with Progress(
         TextColumn("{task.description:>10}"),
         BarColumn(),
@@ -236,22 +243,23 @@ def bars(
     if fmt is BarFormat.parquet:
         if output is None:
             raise InputError("--format parquet needs --output FILE", param="output")
-        pq.write_table(table, output, compression="zstd")
+        pq.write_table(table, st.path(output), compression="zstd")
     elif fmt is BarFormat.csv:
         from marketlake.api.formats import bars_csv
 
         data = bars_csv(table)
         if output:
-            output.write_bytes(data)
+            st.path(output).write_bytes(data)
         else:
-            sys.stdout.buffer.write(data)
-            sys.stdout.flush()
+            sink = stdout_bytes()
+            sink.write(data)
+            sink.flush()
     elif fmt is BarFormat.json:
         rows = table.to_pylist()
         if output:
             import json
 
-            output.write_text(json.dumps(rows, default=str))
+            st.path(output).write_text(json.dumps(rows, default=str))
         else:
             emit_json(rows)
     else:

@@ -90,7 +90,12 @@ def export(
         _export_nautilus(ctx, to, _symbols(symbols), timeframe, begin, stop, as_json)
         return
     summary = export_lake(
-        state(ctx).store, to, symbols=_symbols(symbols), timeframe=timeframe, start=begin, end=stop
+        state(ctx).store,
+        state(ctx).path(to),
+        symbols=_symbols(symbols),
+        timeframe=timeframe,
+        start=begin,
+        end=stop,
     )
     result = summary.as_dict()
     _show(
@@ -149,14 +154,14 @@ def import_lake(
     from marketlake.store.lake import import_lake as run
     from marketlake.timeseries.times import resolve_range
 
-    if not directory.is_dir():
+    if not state(ctx).path(directory).is_dir():
         raise InputError(
             f"{directory} is not a directory; give the --to folder of an export", param="dir"
         )
     begin, stop = resolve_range(start, end, None, required=False)
     summary = run(
         state(ctx).store,
-        directory,
+        state(ctx).path(directory),
         symbols=_symbols(symbols),
         timeframe=timeframe,
         start=begin,

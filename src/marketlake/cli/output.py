@@ -1,20 +1,90 @@
-"""Terminal output: Rich tables for people, JSON for scripts, one-line errors on stderr."""
+"""Terminal output: Rich tables for people, JSON for scripts, one-line errors on stderr.
+
+Commands write through ``console``, ``err_console``, :func:`stdout` and
+:func:`stdout_bytes`. Normally these are the process's own streams; while a
+server runs a command for a CLI elsewhere (:mod:`marketlake.cli.remote`) they
+are that caller's streams, rendered for its terminal (width, colours), so the
+caller sees exactly what the command prints when run directly.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import IO, Any, cast
 
 from rich.console import Console
 from rich.table import Table
 
 from marketlake.config import redact
 
-console = Console()
-err_console = Console(stderr=True)
+
+@dataclass(slots=True)
+class Streams:
+    """Where one command's output goes: text and bytes on stdout, the two consoles."""
+
+    out: IO[str]
+    out_bytes: IO[bytes]
+    console: Console
+    err_console: Console
+    err_tty: bool
+
+
+_streams: ContextVar[Streams | None] = ContextVar("marketlake_cli_streams", default=None)
+
+
+class _Console:
+    """A stand-in for a Rich console that writes to the running command's streams."""
+
+    def __init__(self, default: Console, *, err: bool) -> None:
+        self._default = default
+        self._err = err
+
+    def __getattr__(self, name: str) -> Any:
+        streams = _streams.get()
+        if streams is None:
+            return getattr(self._default, name)
+        return getattr(streams.err_console if self._err else streams.console, name)
+
+
+console = cast(Console, _Console(Console(), err=False))
+err_console = cast(Console, _Console(Console(stderr=True), err=True))
+
+
+def redirect(streams: Streams | None) -> Any:
+    """Send this context's output to ``streams`` (None: the process's own); returns a token."""
+    return _streams.set(streams)
+
+
+def reset(token: Any) -> None:
+    _streams.reset(token)
+
+
+def redirected() -> bool:
+    """Whether this command runs for a caller elsewhere (its output goes there)."""
+    return _streams.get() is not None
+
+
+def stdout() -> IO[str]:
+    """The command's standard output (text)."""
+    streams = _streams.get()
+    return sys.stdout if streams is None else streams.out
+
+
+def stdout_bytes() -> IO[bytes]:
+    """The command's standard output (bytes)."""
+    streams = _streams.get()
+    return sys.stdout.buffer if streams is None else streams.out_bytes
+
+
+def stderr_isatty() -> bool:
+    """Whether the command's standard error is a terminal (progress bars show then)."""
+    streams = _streams.get()
+    return sys.stderr.isatty() if streams is None else streams.err_tty
 
 
 def _cell(value: Any) -> str:
@@ -31,7 +101,7 @@ def _cell(value: Any) -> str:
 
 def emit_json(data: Any) -> None:
     """Machine-readable output on stdout."""
-    sys.stdout.write(json.dumps(data, default=_json_default, indent=2) + "\n")
+    stdout().write(json.dumps(data, default=_json_default, indent=2) + "\n")
 
 
 def _json_default(value: Any) -> Any:

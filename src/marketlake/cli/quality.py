@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import sys
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from marketlake.cli.app import state
-from marketlake.cli.output import console, emit_json, show_table
+from marketlake.cli.output import console, emit_json, show_table, stdout
 from marketlake.errors import InputError
 
 SERIES_COLUMNS = (
@@ -140,7 +139,7 @@ def _print_report(
         )
         return
     if fmt is Format.csv:
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(stdout())
         writer.writerow(FINDING_COLUMNS)
         for f in findings:
             writer.writerow([_csv_cell(f.get(c)) for c in FINDING_COLUMNS])
@@ -229,7 +228,7 @@ def _print_list(store: Any, fmt: Format) -> None:
         "rejected",
     )
     if fmt is Format.csv:
-        writer = csv.writer(sys.stdout)
+        writer = csv.writer(stdout())
         writer.writerow(columns)
         for row in rows:
             writer.writerow([_csv_cell(row[c]) for c in columns])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
+import socket
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
@@ -16,7 +19,50 @@ if TYPE_CHECKING:
     from marketlake.store import Store
 
 
-FACTORY = "marketlake.api.app:app_from_env"
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+FACTORY = "marketlake.cli.serve:app_from_env"
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn's factory for several workers: the API app with the CLI route."""
+    from marketlake.api.app import app_from_env as make
+    from marketlake.cli._server import install
+
+    app = make()
+    install(app)
+    return app
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: a free one), so the URL is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port"
+        ) from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _local_url(host: str, port: int) -> str | None:
+    """The loopback URL other processes on this machine reach the server at, if any."""
+    if host in ("0.0.0.0", "", "::"):
+        return f"http://127.0.0.1:{port}"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"http://127.0.0.1:{port}" if host == "localhost" else None
+    if not address.is_loopback:
+        return None
+    return f"http://[{host}]:{port}" if address.version == 6 else f"http://{host}:{port}"
 
 
 def run_server(
@@ -41,14 +87,7 @@ def run_server(
         )
     _check_free(host, port)
     configure_logging(settings.log_level, json=log_format == "json")
-    console.print(
-        f"MarketLake serving on [bold]http://{host}:{port}/[/]  (API docs at "
-        f"http://{host}:{port}/docs; Ctrl-C stops)",
-        highlight=False,
-    )
     options = {
-        "host": host,
-        "port": port,
         "log_config": None,
         "access_log": False,
         # X-Forwarded-For/-Proto only from the configured proxies: anyone else could
@@ -58,11 +97,38 @@ def run_server(
         "server_header": False,
     }
     if workers > 1:
+        _announce(host, port)
         os.environ["MARKETLAKE_STORE"] = settings.store
         os.environ["MARKETLAKE_LOG_JSON"] = "1" if log_format == "json" else "0"
-        uvicorn.run(FACTORY, factory=True, workers=workers, **options)  # type: ignore[arg-type]
-    else:
-        uvicorn.run(create_app(settings, store, freeze_gc=True), **options)  # type: ignore[arg-type]
+        uvicorn.run(FACTORY, factory=True, workers=workers, host=host, port=port, **options)  # type: ignore[arg-type]
+        return
+    from marketlake.cli._server import install
+    from marketlake.store.holder import new_token, remove_server_file, write_server_file
+
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    url = _local_url(host, port)
+    token = new_token() if url is not None else None
+    app = create_app(settings, store, freeze_gc=True, local_token=token)
+    install(app)
+    discovery = write_server_file(settings.store, url, token) if url and token else None
+    _announce(host, port)
+    try:
+        server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+        server.run(sockets=[sock])
+    finally:
+        if discovery is not None and token is not None:
+            remove_server_file(discovery, token)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _announce(host: str, port: int) -> None:
+    console.print(
+        f"MarketLake serving on [bold]http://{host}:{port}/[/]  (API docs at "
+        f"http://{host}:{port}/docs; Ctrl-C stops)",
+        highlight=False,
+    )
 
 
 def _check_free(host: str, port: int) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from marketlake.cli.app import state
-from marketlake.cli.output import console, emit_json, show_table
+from marketlake.cli.output import console, emit_json, show_table, stdout
 from marketlake.config import Settings, redact
 from marketlake.errors import ConfigError, InputError
 
@@ -246,7 +246,7 @@ def replay(
         ):
             counts["bars" if event["type"] == "bar" else "alerts"] += 1
             if as_json:
-                sys.stdout.write(json.dumps(event) + "\n")
+                stdout().write(json.dumps(event) + "\n")
             else:
                 _print_replay(event)
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from marketlake.errors import ConfigError, StoreError, StoreVersionError
+from marketlake.errors import StoreError, StoreLockedError, StoreVersionError
 from marketlake.schema import (
     BAR_SCHEMA,
     TRADE_SCHEMA,
@@ -35,21 +35,9 @@ from marketlake.schema import (
 )
 from marketlake.store import duckdb_bars as layout
 from marketlake.store.base import OnConflict, Store, WriteResult, check_keys, check_on_conflict
+from marketlake.store.holder import lock_holder, path_of
 from marketlake.store.merge import Group, split_groups, ts_micros
 from marketlake.store.tables import SCHEMA_VERSION, metadata
-
-
-def path_of(uri: str) -> str:
-    """The file path of a ``duckdb:///path`` URI (``:memory:`` for memory)."""
-    rest = uri.split(":", 1)[1]
-    if not rest.startswith("//"):
-        raise ConfigError(f"store URI {uri!r} must look like duckdb:///path/to/file.duckdb")
-    path = rest[2:]
-    if path.startswith(("/./", "/:memory:")):
-        path = path[1:]
-    if path.startswith("//"):  # duckdb:////abs/path, as SQLAlchemy writes absolute paths
-        path = path[1:]
-    return path or ":memory:"
 
 
 class DuckDBStore(Store):
@@ -72,6 +60,15 @@ class DuckDBStore(Store):
         try:
             self._con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.Error as exc:
+            holder = lock_holder(str(exc))
+            if holder is not None:
+                pid, command = holder
+                raise StoreLockedError(
+                    f"cannot open DuckDB store {self.path}: process {pid} holds it "
+                    f"({command}); wait for it with --wait SECONDS, stop it, or use the "
+                    "PostgreSQL store for several processes",
+                    pid=pid,
+                ) from None
             raise StoreError(
                 f"cannot open DuckDB store {self.path}: {exc}. Another process may hold it "
                 "open for writing; stop it or use the PostgreSQL store for several processes"
