@@ -171,6 +171,21 @@ def test_both_transports_give_equal_frames(tmp_path: Path, server: tuple[str, st
         assert local.latest("AAPL") == remote.latest("AAPL")
 
 
+def test_connect_goes_through_the_server_that_holds_the_file(tmp_path: Path) -> None:
+    uri = f"duckdb:///{tmp_path}/held.duckdb"
+    _seed(uri)
+    # the file is locked by the server: connect() goes through it, no local open
+    with (
+        running(["--store", uri, "serve"], tmp_path / "serve.log") as (url, _),
+        ml.connect(uri) as lake,
+    ):
+        assert repr(lake) == f"<Lake {url}>"
+        assert len(lake.bars("BTCUSDT", "1d", start=START, end=END)) == 5
+    with ml.connect(uri) as lake:  # the server is gone: the file opens here again
+        assert repr(lake) == f"<Lake {uri}>"
+        assert len(lake.bars("BTCUSDT", "1d", start=START, end=END)) == 5
+
+
 def test_an_unreachable_server_is_one_line() -> None:
     with (
         ml.connect("http://127.0.0.1:9", api_key="x") as lake,

@@ -61,8 +61,17 @@ def connect(uri: str | None = None, *, api_key: str | None = None, timeout: floa
 
         return Lake(RemoteTransport(uri, api_key=api_key, timeout=timeout))
     from marketlake.client.local import LocalTransport
+    from marketlake.store.holder import find_server
 
-    return Lake(LocalTransport(uri))
+    local = LocalTransport(uri)
+    server = find_server(local.settings.store)
+    if server is not None:
+        # `marketlake serve` (or `demo`) holds this DuckDB file: go through it, with the
+        # token it left for processes of this machine beside the database
+        from marketlake.client.remote import RemoteTransport
+
+        return Lake(RemoteTransport(server.url, api_key=server.token, timeout=timeout))
+    return Lake(local)
 
 
 def _iso(value: TimeLike) -> str | None:
