@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import pathlib
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -169,20 +171,40 @@ async def test_redis_limiter_lets_requests_through_when_redis_is_down() -> None:
     await limiter.close()
 
 
-def test_serve_runs_uvicorn_with_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_runs_uvicorn_with_the_app(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """One worker: uvicorn serves the bound socket while the discovery file names it;
+    several workers: uvicorn's factory mode (PostgreSQL only)."""
     import uvicorn
 
     from marketlake.cli.serve import run_server
+    from marketlake.store.holder import server_file_path
+
+    db = f"duckdb:///{tmp_path / 'lake.duckdb'}"
+    discovery = server_file_path(tmp_path / "lake.duckdb")
+    served: list[tuple[Any, int, Any]] = []
+
+    class FakeServer:
+        def __init__(self, config: Any) -> None:
+            self.config = config
+
+        def run(self, sockets: list[Any]) -> None:
+            # what other processes on this machine see while the server runs
+            served.append((self.config, sockets[0].getsockname()[1], discovery.read_text()))
 
     calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "Server", FakeServer)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
-    run_server(settings(), host="127.0.0.1", port=8123, log_format="console")
+    run_server(settings(store=db), host="127.0.0.1", port=0, log_format="console")
     run_server(settings(store="postgresql://db/x"), host="0.0.0.0", port=8124, workers=3)
-    (app, one), (factory, many) = calls
-    assert app.title == "MarketLake API"
-    assert one["port"] == 8123
-    assert one["access_log"] is False
-    assert factory == "marketlake.api.app:app_from_env"
+    ((config, port, found),) = served
+    assert config.app.title == "MarketLake API"
+    assert config.access_log is False
+    assert json.loads(found)["url"] == f"http://127.0.0.1:{port}"
+    assert not discovery.exists()  # removed when the server stopped
+    ((factory, many),) = calls
+    assert factory == "marketlake.cli.serve:app_from_env"
     assert many["workers"] == 3
     assert many["factory"] is True
 
