@@ -127,7 +127,7 @@ def test_the_recorded_job_shows_per_symbol_counts(
 def test_progress_bars_show_on_a_terminal(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr("marketlake.cli.data.sys.stderr.isatty", lambda: True)
+    monkeypatch.setattr("marketlake.cli.data.stderr_isatty", lambda: True)
     assert cli(["ingest", "binance", "BTCUSDT", "ETHUSDT", "-t", "1h", *RANGE]) == 0
     progress = capsys.readouterr().err
     assert "BTCUSDT" in progress
