@@ -197,6 +197,8 @@ def test_a_killed_streamed_sweep_resumes_to_the_same_rows(tmp_path: Path) -> Non
     import sys
     import time
 
+    import psutil
+
     exe = str(Path(sys.executable).parent / "marketlake")
     common = [
         exe, "--store", f"duckdb:///{tmp_path}/ml.duckdb", "backtest", "sweep",
@@ -209,8 +211,13 @@ def test_a_killed_streamed_sweep_resumes_to_the_same_rows(tmp_path: Path) -> Non
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
         time.sleep(0.05)
+    workers = psutil.Process(proc.pid).children()
+    assert len(workers) >= 2  # the spawn pool (and its resource tracker)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # the pool's workers notice their parent is gone and leave: no orphans behind a kill
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == [], [p.pid for p in alive]
     before = out.read_text().count("\n") - 1
     assert 0 < before < 39 * 16
     done = subprocess.run([*common, "-o", str(out), "--resume"], capture_output=True, text=True)

@@ -19,6 +19,8 @@ import csv
 import heapq
 import itertools
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field
@@ -165,7 +167,10 @@ def run_sweep(
                 progress(i + 1, len(todo))
     else:
         with ProcessPoolExecutor(
-            jobs, mp_context=get_context("spawn"), initializer=_init, initargs=(list(bars),)
+            jobs,
+            mp_context=get_context("spawn"),
+            initializer=_init,
+            initargs=(list(bars), os.getpid()),
         ) as pool:
             futures = [pool.submit(_work, strategy, params, config) for params in todo]
             for i, _ in enumerate(as_completed(futures)):
@@ -206,8 +211,23 @@ def _one(
 _WORKER_BARS: list[Bars] = []
 
 
-def _init(bars: list[Bars]) -> None:
+def _init(bars: list[Bars], parent: int) -> None:
     _WORKER_BARS[:] = bars
+    exit_with_parent(parent)
+
+
+def exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this pool worker when the process that started it is gone.
+
+    A sweep killed with SIGKILL cannot stop its workers, and they would wait on the
+    task queue for ever (its write end stays open in the sibling workers)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _work(strategy: str, params: dict[str, Scalar], config: BacktestConfig) -> dict[str, Any]:
@@ -359,7 +379,10 @@ def stream_sweep(
                 take([_one_row(bars, strategy, i, p, config) for i, p in chunk], writer, handle)
         else:
             with ProcessPoolExecutor(
-                workers, mp_context=get_context("spawn"), initializer=_init, initargs=(list(bars),)
+                workers,
+                mp_context=get_context("spawn"),
+                initializer=_init,
+                initargs=(list(bars), os.getpid()),
             ) as pool:
                 running: set[Future[list[dict[str, Any]]]] = set()
                 for chunk in chunks:

@@ -42,7 +42,7 @@ from marketlake.backtest.data import Bars, FloatArray, IntArray
 from marketlake.backtest.engine import BacktestConfig
 from marketlake.backtest.stats import US_PER_DAY, US_PER_YEAR, iso_us, risk_stats
 from marketlake.backtest.strategies import Scalar, Strategy, get_strategy
-from marketlake.backtest.sweep import Progress, _one, combinations, sort_rows
+from marketlake.backtest.sweep import Progress, _one, combinations, exit_with_parent, sort_rows
 from marketlake.errors import InputError
 
 Anchor = Literal["rolling", "anchored"]
@@ -233,7 +233,7 @@ def walk_forward(
                     workers,
                     mp_context=get_context("spawn"),
                     initializer=_init_bars,
-                    initargs=(list(bars),),
+                    initargs=(list(bars), os.getpid()),
                 )
             )
         results, curves = _windows(
@@ -306,8 +306,9 @@ _BARS: list[Bars] = []
 _SLICES: dict[tuple[int, int], list[Bars]] = {}
 
 
-def _init_bars(bars: list[Bars]) -> None:
+def _init_bars(bars: list[Bars], parent: int) -> None:
     _BARS[:] = bars
+    exit_with_parent(parent)
 
 
 def _in_sample(span: tuple[int, int]) -> list[Bars]:
