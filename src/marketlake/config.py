@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         "without series versions (or with MARKETLAKE_API_CACHE_CHECK_MS=0)",
     )
     api_cache_check_ms: float = Field(
-        100.0,
+        250.0,
         ge=0,
         description="PostgreSQL: cached bars hold every write committed this long before "
         "the request (one query checks every cached series' version; 0: use the TTL)",
