@@ -30,7 +30,10 @@ Freshness, three ways:
 
 Series longer than ``max_rows`` are never cached; the least recently used
 series are evicted to stay within ``max_rows`` in total (rendered JSON pages
-count against it by size), so ``max_rows`` bounds the cache's memory.
+count against it by size), so ``max_rows`` bounds the cache's memory. At most
+:data:`MAX_LOADS` series load at once (loads are transient peaks the allocator
+keeps); a request missing a series while every slot is taken reads its page
+from the store.
 """
 
 from __future__ import annotations
@@ -128,6 +131,11 @@ class _Entry:
 
 _TOO_BIG = object()
 MAX_ENTRIES = 4096
+MAX_LOADS = 2
+"""Series loads running at once per process. A load holds a few times the series'
+size while it decodes, and the allocator keeps the peak: 16 requests missing 16
+series at once grew a server by ~250 MB. A request that finds every slot taken
+reads its page from the store instead of waiting."""
 
 
 class BarCache:
@@ -144,6 +152,8 @@ class BarCache:
         self._check_queued = False
         self._checker: ThreadPoolExecutor | None = None
         self.checks = 0
+        self._loads = threading.BoundedSemaphore(MAX_LOADS)
+        self.busy = 0
         self._entries: OrderedDict[tuple[Any, ...], _Entry] = OrderedDict()
         self._rows = 0
         self._lock = threading.Lock()
@@ -270,7 +280,7 @@ class BarCache:
 
         def refresh() -> None:
             try:
-                with self._single_flight(key):
+                with self._single_flight(key), self._loads:
                     self._load_series(store, key, key[1], key[2])
             except MarketLakeError as exc:  # the next request past the TTL retries and reports
                 log.warning("bar_cache_refresh_failed", series=key[1:], error=exc.message)
@@ -357,7 +367,13 @@ class BarCache:
             with self._single_flight(key):
                 entry = self._get(store, key)  # loaded while this caller waited?
                 if entry is None:
-                    return self._load_series(store, key, symbol, timeframe)
+                    if not self._loads.acquire(blocking=False):
+                        self.busy += 1  # every load slot taken: read the page from the store
+                        return None
+                    try:
+                        return self._load_series(store, key, symbol, timeframe)
+                    finally:
+                        self._loads.release()
         return None if entry.value is _TOO_BIG else entry.value
 
     def _load_series(
