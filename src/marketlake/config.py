@@ -95,7 +95,15 @@ class Settings(BaseSettings):
         1_000_000, description="Bars the API keeps in memory for hot series (0: no cache)"
     )
     api_cache_ttl_s: float = Field(
-        1.0, description="Seconds cached bars may be stale when other processes write the store"
+        1.0,
+        description="Seconds cached values may be stale when other processes write a store "
+        "without series versions (or with MARKETLAKE_API_CACHE_CHECK_MS=0)",
+    )
+    api_cache_check_ms: float = Field(
+        250.0,
+        ge=0,
+        description="PostgreSQL: cached bars hold every write committed this long before "
+        "the request (one query checks every cached series' version; 0: use the TTL)",
     )
     api_workers: int = Field(1, description="Worker processes of `marketlake serve`")
     api_access_log: bool = Field(True, description="Log one structured line per API request")

@@ -150,6 +150,25 @@ def test_cache_evicts_the_least_recently_used_series(duck: Store) -> None:
     assert cache.peek(duck, "BTCUSDT", "1m") is None
 
 
+def test_a_series_miss_reads_from_the_store_while_every_load_slot_is_taken(
+    duck: Store,
+) -> None:
+    from marketlake.api.cache import MAX_LOADS
+
+    duck.write_bars(bars_for(["AAPL"]))
+    cache = BarCache(max_rows=10_000, ttl_s=60)
+    for _ in range(MAX_LOADS):  # loads of other series in flight
+        cache._loads.acquire()
+    assert cache.series(duck, "AAPL", "1m") is None  # the caller reads its page itself
+    assert cache.busy == 1
+    assert cache.peek(duck, "AAPL", "1m") is None  # nothing was loaded
+    for _ in range(MAX_LOADS):
+        cache._loads.release()
+    loaded = cache.series(duck, "AAPL", "1m")
+    assert loaded is not None
+    assert loaded.rows == 780
+
+
 async def test_memory_limiter_refills_over_time() -> None:
     now = [0.0]
     limiter = MemoryRateLimiter(60, clock=lambda: now[0])

@@ -113,7 +113,11 @@ def create_app(
         settings=settings,
         metrics=metrics,
         auth=Authenticator(settings),
-        cache=BarCache(settings.api_cache_max_rows, settings.api_cache_ttl_s),
+        cache=BarCache(
+            settings.api_cache_max_rows,
+            settings.api_cache_ttl_s,
+            settings.api_cache_check_ms / 1000,
+        ),
         jobs=JobRunner(settings, metrics),
         streams=StreamSlots(settings.api_sse_clients_per_client),
         _store=store,

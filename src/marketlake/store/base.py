@@ -173,6 +173,10 @@ class Store(ABC):
     #: True when no other process can write while this object has the store open (an
     #: embedded DuckDB file): then :attr:`generation` is an exact change marker for caches.
     exclusive: ClassVar[bool] = False
+    #: True when every write of bars bumps a per-series version in the store itself
+    #: (PostgreSQL): then :meth:`series_versions` tells caches in other processes what
+    #: changed, with one query.
+    versioned: ClassVar[bool] = False
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -465,6 +469,12 @@ class Store(ABC):
             if page.next_cursor is None:
                 return
             cursor = page.next_cursor
+
+    def series_versions(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The version of each (symbol, timeframe) series in ``keys`` (0: never written
+        since versions exist). A store that keeps no versions (``versioned`` False)
+        answers an empty dict."""
+        return {}
 
     def delete_bars(self, symbol: str, timeframe: str | Timeframe | None = None) -> int:
         """Delete the stored bars of a symbol (of one timeframe, or all); return how many."""

@@ -242,6 +242,18 @@ def apply_plan(conn: Connection, plan: Plan, on_conflict: OnConflict) -> WriteRe
     return WriteResult(r.inserted, r.duplicates, r.conflicts - changed.num_rows, changed.num_rows)
 
 
+def bump_versions(conn: Connection, keys: Sequence[tuple[str, str]]) -> None:
+    """Add one to the version of each (symbol, timeframe) series, in the caller's
+    transaction (readers see the new version when the bars are committed)."""
+    unique = sorted(set(keys))
+    conn.execute(
+        "INSERT INTO series_versions (symbol, timeframe, version) "
+        "SELECT symbol, timeframe, 1 FROM unnest(%s::text[], %s::text[]) AS k(symbol, timeframe) "
+        "ON CONFLICT (symbol, timeframe) DO UPDATE SET version = series_versions.version + 1",
+        [[k[0] for k in unique], [k[1] for k in unique]],
+    )
+
+
 # -- trades ------------------------------------------------------------------------------
 
 

@@ -47,8 +47,10 @@ from marketlake.schema import (
     BAR_SCHEMA,
     TRADE_SCHEMA,
     TS_TYPE,
+    Timeframe,
     constant_column,
     normalize_bars,
+    normalize_symbol,
     normalize_trades,
 )
 from marketlake.store.base import (
@@ -66,6 +68,7 @@ from marketlake.store.pgwrite import (
     Connection,
     apply_plan,
     batch_months,
+    bump_versions,
     copy_out,
     first_trades,
     insert_new_trades,
@@ -134,6 +137,7 @@ class PostgresStore(Store):
     """A :class:`Store` in a PostgreSQL database (one schema of it)."""
 
     schemes: ClassVar[tuple[str, ...]] = ("postgresql", "postgres")
+    versioned: ClassVar[bool] = True
 
     def __init__(
         self, uri: str, *, connect_timeout_s: float = 5.0, pool_timeout_s: float = 30.0
@@ -412,9 +416,45 @@ class PostgresStore(Store):
         def write(conn: Connection) -> WriteResult:
             self._lock_series(conn, "bars", [f"{g.symbol}\x1f{g.timeframe}" for g in groups])
             plan = plan_bars(groups, stored_bars(conn, groups))
-            return apply_plan(conn, plan, on_conflict)
+            result = apply_plan(conn, plan, on_conflict)
+            if result.inserted or result.replaced:
+                bump_versions(conn, [(g.symbol, g.timeframe) for g in groups])
+            return result
 
         return self._retrying(write, f"{table.num_rows:,} bars")
+
+    def delete_bars(self, symbol: str, timeframe: str | Timeframe | None = None) -> int:
+        """Delete as the base class does, bumping the versions of the series deleted in
+        the same transaction."""
+        symbol = normalize_symbol(symbol)
+        with self.transaction():
+            if timeframe is None:
+                found = self.query("SELECT DISTINCT timeframe FROM bars WHERE symbol = ?", [symbol])
+                timeframes = [str(tf) for tf in found.column("timeframe").to_pylist()]
+            else:
+                timeframes = [str(Timeframe.parse(timeframe))]
+            deleted = super().delete_bars(symbol, timeframe)
+            if deleted:
+                with self._connection() as conn:
+                    bump_versions(conn, [(symbol, tf) for tf in timeframes])
+        return deleted
+
+    def series_versions(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        if not keys:
+            return {}
+        symbols = [k[0] for k in keys]
+        timeframes = [k[1] for k in keys]
+
+        def read(conn: Connection) -> dict[tuple[str, str], int]:
+            rows = conn.execute(
+                "SELECT v.symbol, v.timeframe, v.version FROM series_versions v "
+                "JOIN unnest(%s::text[], %s::text[]) AS k(symbol, timeframe) "
+                "ON v.symbol = k.symbol AND v.timeframe = k.timeframe",
+                [symbols, timeframes],
+            ).fetchall()
+            return {(s, tf): int(v) for s, tf, v in rows}
+
+        return self._statement(read)
 
     def write_trades(self, table: pa.Table) -> WriteResult:
         table = table if table.schema.equals(TRADE_SCHEMA) else normalize_trades(table)

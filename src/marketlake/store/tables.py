@@ -28,7 +28,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -161,6 +161,18 @@ metrics = Table(
     _ts("ts", nullable=False),
     Column("value", Double()),
     PrimaryKeyConstraint("symbol", "name"),
+)
+
+# A counter per bar series, bumped in the transaction of every write of its bars (by
+# the PostgreSQL store), so that caches in other processes see the change with one
+# cheap query. The embedded store has no other writer and keeps it empty.
+series_versions = Table(
+    "series_versions",
+    metadata,
+    Column("symbol", String, nullable=False),
+    Column("timeframe", String, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    PrimaryKeyConstraint("symbol", "timeframe"),
 )
 
 alert_rules = Table(

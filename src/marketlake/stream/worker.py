@@ -87,6 +87,7 @@ class WorkerStats:
     lag_s: float | None = None
     rules: int = 0
     rules_error: str | None = None
+    backlog_events: int = 0
 
 
 class Worker:
@@ -118,12 +119,13 @@ class Worker:
             portfolio=Portfolio.load(settings.config_dir / "portfolio.yml"),
         )
         self.stats = WorkerStats(name or default_name(), rules=len(rules.rules))
+        self.writer: Writer | None = None
         self._next_reload = time.monotonic() + settings.alerts_reload_s
         self._next_status = 0.0
 
     async def run(self, stop: asyncio.Event, consumer: Consumer | None = None) -> WorkerStats:
         """Process until ``stop`` is set; what was read is stored and acked before returning."""
-        writer = Writer(self, self.settings.worker_write_backlog_events)
+        writer = self.writer = Writer(self, self.settings.worker_write_backlog_events)
         writing = asyncio.create_task(writer.run())
         failures = 0
         try:
@@ -306,6 +308,11 @@ class Writer:
         self._closing = False
         self._changed = asyncio.Condition()
 
+    @property
+    def events(self) -> int:
+        """Processed events waiting to be stored (queued or being written)."""
+        return self._events
+
     def symbols(self) -> set[str]:
         """Symbols with rounds not yet stored."""
         return set().union(*(r.symbols for r in self._queued + self._writing))
@@ -318,6 +325,7 @@ class Writer:
             self._raise()
             self._queued.append(item)
             self._events += item.events
+            self.worker.stats.backlog_events = self._events
             self._changed.notify_all()
 
     async def drain(self) -> None:
@@ -359,6 +367,7 @@ class Writer:
                 raise
             async with self._changed:
                 self._events -= sum(r.events for r in self._writing)
+                self.worker.stats.backlog_events = self._events
                 self._writing = []
                 self._changed.notify_all()
 

@@ -276,11 +276,13 @@ async def _json_page(
     hit, body = ctx.cache.peek_memo(store, key)
     if hit:
         return body  # type: ignore[no-any-return]
-    generation = store.generation
+    stamp = ctx.cache.stamp(store, symbol, tf)
     page = await read_page(ctx, symbol, tf, start, end, limit, cursor)
     body = formats.json_page(symbol, tf, page.table, page.next_cursor)
     if limit <= RENDERED_MAX_LIMIT:
-        ctx.cache.remember(store, key, body, generation=generation, weight=len(body) // 100)
+        ctx.cache.remember(
+            store, key, body, generation=stamp, weight=len(body) // 100, series=(symbol, tf)
+        )
     return body
 
 
