@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import bisect
 import json
 import math
@@ -235,14 +236,24 @@ def shared_store(tmp: Path) -> tuple[list[str], str]:
         from marketlake.store.pgmigrate import migrate  # type: ignore[import-not-found]
 
         psycopg.connect(PG_URL, connect_timeout=2).close()
-        uri = f"{PG_URL}?schema=mlbench_{uuid.uuid4().hex[:8]}"
+        schema = f"mlbench_{uuid.uuid4().hex[:8]}"
+        uri = f"{PG_URL}?schema={schema}"
         migrate(uri, timescale="off")
+        atexit.register(_drop_schema, schema)
         return [uri, uri], "one PostgreSQL store shared by both workers"
     except Exception:  # noqa: BLE001 - any missing piece means: fall back to DuckDB
         return (
             [f"duckdb:///{tmp}/w{i}.duckdb" for i in range(2)],
             "PostgreSQL store not available: each worker writes its own DuckDB file",
         )
+
+
+def _drop_schema(schema: str) -> None:
+    """Leave the database as the bench found it."""
+    import psycopg
+
+    with suppress(Exception), psycopg.connect(PG_URL, connect_timeout=2, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
 async def _progress(prefix: str) -> tuple[int, int]:
