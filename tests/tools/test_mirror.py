@@ -100,7 +100,7 @@ def test_main_serves_until_interrupted(
         raise KeyboardInterrupt
 
     monkeypatch.setattr("threading.Thread.join", interrupt)
-    main(["--port", "0"])
-    assert "mirror serving Yahoo, Alpaca and Binance formats at http://127.0.0.1:" in (
-        capsys.readouterr().out
-    )
+    main(["--port", "0", "--ws-port", "0"])
+    out = capsys.readouterr().out
+    assert "mirror serving Yahoo, Alpaca and Binance formats at http://127.0.0.1:" in out
+    assert "mirror serving the Binance websocket at ws://127.0.0.1:" in out
