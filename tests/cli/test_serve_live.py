@@ -228,3 +228,36 @@ async def test_open_streams_end_when_the_server_shuts_down() -> None:
     with pytest.raises(StopAsyncIteration):
         async with asyncio.timeout(5):
             await nxt
+
+
+@pytest.mark.slow
+def test_the_demo_ends_live_from_the_offline_mirror(tmp_path: Path) -> None:
+    """`marketlake demo` (= `make run`) serves with live trades from the mirror, its
+    sample rules and portfolio in force; Ctrl-C stops the server and the mirror."""
+    import re
+    import socket
+
+    repo = Path(__file__).resolve().parents[2]
+    store = f"duckdb:///{tmp_path}/demo.duckdb"
+    log = tmp_path / "demo.log"
+    with running(["--store", store, "demo", "--days", "1"], log, timeout_s=180) as (base, process):
+        live = sse_events(f"{base}/api/v1/stream/live?symbols=BTCUSDT", {"trades", "bar"})
+        assert live["trades"][0]["symbol"] == "BTCUSDT"
+        ready = httpx.get(f"{base}/api/v1/ready", timeout=10).json()
+        assert ready["checks"]["feed:binance"].startswith("connected")
+        if Path.cwd() == repo:  # the shipped config/ is in force when run from the repo
+            rules = httpx.get(f"{base}/api/v1/alerts/rules", timeout=10).json()
+            assert "btc-fast-move" in {r["id"] for r in rules}
+            held = httpx.get(f"{base}/api/v1/portfolio", timeout=10).json()
+            assert {p["symbol"] for p in held["positions"]} == {"BTCUSDT", "ETHUSDT"}
+        # today's minutes so far came from the mirror's REST klines: no gap before live
+        latest = httpx.get(f"{base}/api/v1/bars/BTCUSDT/latest", timeout=10)
+        assert latest.status_code == 200
+        assert latest.json()["ts"][:10] == time.strftime("%Y-%m-%d", time.gmtime())
+    text = log.read_text()
+    assert process.returncode in (0, 130), text[-2000:]
+    assert "Traceback" not in text
+    found = re.search(r"offline Binance mirror \(ws://127\.0\.0\.1:(\d+)\)", text)
+    assert found, text[-2000:]
+    with socket.socket() as probe:  # the mirror child stopped with the demo
+        assert probe.connect_ex(("127.0.0.1", int(found.group(1)))) != 0
