@@ -261,3 +261,35 @@ def test_the_demo_ends_live_from_the_offline_mirror(tmp_path: Path) -> None:
     assert found, text[-2000:]
     with socket.socket() as probe:  # the mirror child stopped with the demo
         assert probe.connect_ex(("127.0.0.1", int(found.group(1)))) != 0
+
+
+@pytest.mark.slow
+def test_serve_runs_the_ingestion_schedule_on_its_store(
+    tmp_path: Path, mirror: dict[str, str]
+) -> None:
+    """`serve --schedule FILE`: the jobs run inside the server and write the store it
+    serves; `marketlake scheduler` beside it is refused with a pointer to the flag."""
+    store = f"duckdb:///{tmp_path}/lake.duckdb"
+    env = {"MARKETLAKE_STORE": store, **mirror}
+    schedule = tmp_path / "schedule.yml"
+    schedule.write_text(
+        "jobs:\n  - {name: eth-minutes, cron: '* * * * *', provider: binance,"
+        " symbols: [ETHUSDT], timeframe: 1m, lookback: 30m}\n"
+    )
+    args = ["serve", "--schedule", str(schedule)]
+    with running(args, tmp_path / "serve.log", env=env, timeout_s=120) as (base, process):
+        refused = marketlake(tmp_path, env, "scheduler", "--config", str(schedule))
+        assert refused.returncode == 2
+        assert "marketlake serve --schedule FILE" in refused.stderr
+        deadline = time.monotonic() + 150  # the job fires at the next whole minute
+        count = 0
+        while time.monotonic() < deadline and not count:
+            page = httpx.get(f"{base}/api/v1/bars/ETHUSDT", params={"timeframe": "1m"}, timeout=10)
+            count = page.json().get("count", 0) if page.status_code == 200 else 0
+            time.sleep(1)
+        assert count >= 25, (tmp_path / "serve.log").read_text()[-2000:]
+        jobs = marketlake(tmp_path, env, "jobs", "list", "--json")
+        assert jobs.returncode == 0, jobs.stderr
+        assert any(j["status"] == "succeeded" for j in orjson.loads(jobs.stdout))
+    assert process.returncode in (0, 130)
+    assert "scheduler: 1 ingest jobs from" in (tmp_path / "serve.log").read_text()
