@@ -197,6 +197,11 @@ def test_live_on_one_machine_mirror_feed_server_sse_and_cli(
         rows = orjson.loads(bars.stdout)
         assert len(rows) == 3
         assert all(r["symbol"] == "BTCUSDT" for r in rows)
+        metrics = marketlake(tmp_path, env, "metrics", "--json")
+        assert metrics.returncode == 0, metrics.stderr
+        shown = orjson.loads(metrics.stdout)
+        assert [f["state"] for f in shown["feeds"] if f["feed"] == "binance"] == ["connected"]
+        assert "BTCUSDT" in {m["symbol"] for m in shown["metrics"]}
         stored = httpx.get(f"{base}/api/v1/alerts", params={"symbol": "BTCUSDT"}, timeout=10)
         assert any(a["rule_id"] == "btc-any-price" for a in stored.json())
     # Ctrl-C: uvicorn stops, then re-raises the signal (exit 130, as for any Ctrl-C)
