@@ -133,10 +133,11 @@ def demo(
 LIVE_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 
 
-def _say_next(st: State, host: str, port: int) -> None:
+def _say_next(st: State, host: str, port: int, *, live: bool = False) -> None:
     key = _dashboard_key(st)
+    link = f"#key={key}" + (f"&symbol={LIVE_SYMBOLS[0]}&live=1" if live else "")
     console.print(
-        f"[bold]next[/] the dashboard is at http://{host}:{port}/#key={key} (the key lets it "
+        f"[bold]next[/] the dashboard is at http://{host}:{port}/{link} (the key lets it "
         f"run backtests) and the API docs at http://{host}:{port}/docs; Ctrl-C stops "
         "(`--no-serve` skips serving)",
         highlight=False,
@@ -170,7 +171,7 @@ def _serve_live(st: State, host: str, port: int, synthetic_end: datetime) -> Non
             highlight=False,
             soft_wrap=True,
         )
-        _say_next(st, host, port)
+        _say_next(st, host, port, live=True)
         run_server(settings, host=host, port=port, store=st.store, log_format="console", live=live)
 
 
