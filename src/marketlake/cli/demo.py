@@ -179,9 +179,10 @@ def _serve_live(st: State, host: str, port: int, synthetic_end: datetime) -> Non
 def _mirror(timeout_s: float = 60.0) -> Iterator[tuple[str, str]]:
     """The offline vendor mirror (``python -m marketlake.tools.mirror``) on loopback, free
     ports, as a child process: (REST URL, websocket URL). Stopped on the way out."""
-    import selectors
+    import queue
     import subprocess
     import sys
+    import threading
 
     from marketlake.errors import MarketLakeError
 
@@ -193,24 +194,33 @@ def _mirror(timeout_s: float = 60.0) -> Iterator[tuple[str, str]]:
         text=True,
         start_new_session=True,  # Ctrl-C reaches the demo, which stops the mirror last
     )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:  # until the mirror's stdout closes (it stopped)
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, name="marketlake-mirror-out", daemon=True).start()
     try:
         urls: dict[str, str] = {}
         deadline = time.monotonic() + timeout_s
-        assert process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(process.stdout, selectors.EVENT_READ)
-            while len(urls) < 2 and time.monotonic() < deadline:
-                if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                    break
-                line = process.stdout.readline()
-                if not line:
-                    break
-                for scheme in ("http", "ws"):
-                    if f" at {scheme}://" in line:
-                        urls[scheme] = line.rsplit(" at ", 1)[1].strip()
+        while len(urls) < 2 and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if not line:
+                break
+            for scheme in ("http", "ws"):
+                if f" at {scheme}://" in line:
+                    urls[scheme] = line.rsplit(" at ", 1)[1].strip()
         if len(urls) < 2:
+            code = process.poll()
+            how = f"exited with code {code}" if code is not None else f"within {timeout_s:g} s"
             raise MarketLakeError(
-                f"the offline mirror did not start within {timeout_s:g} s; run "
+                f"the offline mirror did not start ({how}); run "
                 "`python -m marketlake.tools.mirror` to see why, or use `demo --no-live`"
             )
         yield urls["http"], urls["ws"]
