@@ -187,6 +187,7 @@ def _mirror(timeout_s: float = 60.0) -> Iterator[tuple[str, str]]:
     from marketlake.errors import MarketLakeError
 
     command = [sys.executable, "-m", "marketlake.tools.mirror", "--port", "0", "--ws-port", "0"]
+    command.append("--exit-with-parent")  # even if the demo is killed outright
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,

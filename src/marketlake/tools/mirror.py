@@ -341,6 +341,20 @@ def _token(token: str | None, start_us: int) -> tuple[int, int]:
     return int(index), int(after)
 
 
+def _exit_with_parent() -> None:
+    """End this process once its parent has gone (killed without a chance to stop us)."""
+    import os
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="mirror-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m marketlake.tools.mirror [--host] [--port] [--ws-port] [--delay]``: serve
     until stopped."""
@@ -351,7 +365,14 @@ def main(argv: list[str] | None = None) -> None:
         "--ws-port", type=int, default=8766, help="port of the Binance websocket (-1: none)"
     )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait per answer")
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started this one is gone (as `marketlake demo` runs it)",
+    )
     args = parser.parse_args(argv)
+    if args.exit_with_parent:
+        _exit_with_parent()
     mirror = Mirror(delay_s=args.delay)
     server = mirror.serve(args.host, args.port)
     print(f"mirror serving Yahoo, Alpaca and Binance formats at {server.url}", flush=True)  # noqa: T201
