@@ -211,10 +211,20 @@ def _describe(settings: Settings, live: Live) -> None:
         where = settings.binance_ws_url if live.feed == "binance" else live.feed
         windows = "always" if live.windows is None or live.windows.always else "in its windows"
         rules = settings.alert_rules_path()
+        if settings.bus.startswith("memory:"):
+            shown = rules if rules.exists() else "no rule file"
+            goes = (
+                f"trades, 1m bars, analytics and alerts ({shown}) go to the store and to "
+                "/api/v1/stream/live and /api/v1/alerts/stream"
+            )
+        else:
+            goes = (
+                f"published to {redact(settings.bus)}; `marketlake worker` processes build "
+                "bars, analytics and alerts"
+            )
         console.print(
             f"live: {live.feed} {', '.join(live.symbols)} from {redact(where)} ({windows}); "
-            f"trades, 1m bars, analytics and alerts ({rules if rules.exists() else 'no rule file'}"
-            ") go to the store and to /api/v1/stream/live and /api/v1/alerts/stream",
+            + goes,
             highlight=False,
             soft_wrap=True,
         )
