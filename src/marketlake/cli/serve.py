@@ -190,7 +190,7 @@ async def _running(app: Any, settings: Settings, live: Live) -> AsyncIterator[No
         if scheduler is not None:
             await asyncio.to_thread(scheduler.shutdown, True)  # running ingests finish
         if feed_task is not None:
-            with contextlib.suppress(MarketLakeError, asyncio.CancelledError):
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # _report_end logged it
                 await feed_task
 
 
