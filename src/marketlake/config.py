@@ -161,6 +161,11 @@ class Settings(BaseSettings):
         None, gt=0, description="Annualisation; default: buckets in 365 days (crypto, 24/7)"
     )
     alerts_reload_s: float = Field(2.0, gt=0, description="How often alert rules are re-read")
+    alert_rules_file: Path | None = Field(
+        None,
+        description="Alert rules YAML (unset: alert_rules.yml in the config dir); "
+        "`marketlake serve --alerts FILE` sets it",
+    )
 
     timescale: Literal["auto", "on", "off"] = Field(
         "auto",
@@ -205,3 +210,7 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Log level")
     log_json: bool = Field(False, description="Log as JSON lines instead of console text")
+
+    def alert_rules_path(self) -> Path:
+        """The alert rules file: ``alert_rules_file``, else ``<config_dir>/alert_rules.yml``."""
+        return self.alert_rules_file or self.config_dir / "alert_rules.yml"

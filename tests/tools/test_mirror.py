@@ -100,7 +100,42 @@ def test_main_serves_until_interrupted(
         raise KeyboardInterrupt
 
     monkeypatch.setattr("threading.Thread.join", interrupt)
-    main(["--port", "0"])
-    assert "mirror serving Yahoo, Alpaca and Binance formats at http://127.0.0.1:" in (
-        capsys.readouterr().out
+    main(["--port", "0", "--ws-port", "0"])
+    out = capsys.readouterr().out
+    assert "mirror serving Yahoo, Alpaca and Binance formats at http://127.0.0.1:" in out
+    assert "mirror serving the Binance websocket at ws://127.0.0.1:" in out
+
+
+def test_the_mirror_stops_when_its_parent_is_gone() -> None:
+    """`--exit-with-parent` (as the demo starts it): no orphan mirror when the demo dies."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    spawn = (
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'marketlake.tools.mirror', '--port', '0',"
+        " '--ws-port', '0', '--exit-with-parent'], stdout=subprocess.PIPE, text=True)\n"
+        "p.stdout.readline(); p.stdout.readline()\n"
+        "print(p.pid, flush=True)\n"
     )
+    parent = subprocess.run(
+        [sys.executable, "-c", spawn], capture_output=True, text=True, timeout=120, check=True
+    )
+    pid = int(parent.stdout.split()[-1])
+
+    def alive() -> bool:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return False
+        return "\nState:\tZ" not in status  # a zombie has exited
+
+    deadline = time.monotonic() + 30
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive():
+        os.kill(pid, 9)
+        raise AssertionError("the mirror outlived its parent")

@@ -237,6 +237,19 @@ def test_a_live_trade_updates_the_last_price(browser: object, filled: tuple) -> 
     assert errors == []
 
 
+def test_the_demo_link_opens_its_symbol_with_live_on(browser: object, filled: tuple) -> None:
+    """`marketlake demo` prints `/#key=…&symbol=BTCUSDT&live=1` when it streams: the page
+    shows the symbol and turns Live on by itself."""
+    server, _ = filled
+    page, errors = _open(browser, f"{server.url}/#symbol=BTCUSDT&live=1", "link")
+    page.wait_for_selector("#chart[data-candles]:not([data-candles='0'])")
+    _until(page, "document.querySelector('#conn').textContent === 'live'")
+    assert page.is_checked("#live-toggle")  # type: ignore[attr-defined]
+    assert page.input_value("#symbol-input") == "BTCUSDT"  # type: ignore[attr-defined]
+    assert page.url.endswith("/#BTCUSDT/1h")  # type: ignore[attr-defined]
+    assert errors == []
+
+
 def test_a_new_alert_appears_in_the_log(browser: object, filled: tuple) -> None:
     from marketlake.stream.events import ALERTS_TOPIC
 

@@ -77,6 +77,11 @@ class ApiContext:
             self.owns_bus = True
         return self._bus
 
+    @property
+    def open_bus(self) -> Bus | None:
+        """The bus if one is open (passed in, or opened by a request); None otherwise."""
+        return self._bus
+
     async def close_bus(self) -> None:
         if self._bus is not None and self.owns_bus:
             await self._bus.close()

@@ -43,16 +43,29 @@ def encode_event(event_id: str | None, event: str, data: Any) -> bytes:
 
 
 async def frames(
-    events: AsyncIterator[Event], keepalive_s: float = 15.0, retry_ms: int | None = 2000
+    events: AsyncIterator[Event],
+    keepalive_s: float = 15.0,
+    retry_ms: int | None = 2000,
+    *,
+    stop: asyncio.Event | None = None,
 ) -> AsyncIterator[bytes]:
-    """SSE frames of ``events``, with keep-alive comments while nothing happens."""
+    """SSE frames of ``events``, with keep-alive comments while nothing happens; the
+    stream ends when ``stop`` is set (the server is shutting down)."""
     if retry_ms is not None:
         yield f"retry: {retry_ms}\n\n".encode()
     iterator = aiter(events)
     pending: asyncio.Future[Event] = asyncio.ensure_future(anext(iterator))
+    stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
     try:
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=keepalive_s)
+            waiting: set[asyncio.Future[Any]] = {pending}
+            if stopping is not None:
+                waiting.add(stopping)
+            done, _ = await asyncio.wait(
+                waiting, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if stopping is not None and stopping.done():
+                return
             if not done:
                 yield b": keep-alive\n\n"
                 continue
@@ -63,6 +76,8 @@ async def frames(
             yield encode_event(*event)
             pending = asyncio.ensure_future(anext(iterator))
     finally:
+        if stopping is not None:
+            stopping.cancel()
         pending.cancel()
         # Bounded: a cancel landing inside a redis-py read can be absorbed by the client.
         await asyncio.wait({pending}, timeout=2.0)
@@ -79,6 +94,7 @@ class StreamSlot:
 
     def __init__(self, slots: StreamSlots, caller: str) -> None:
         self._slots, self.caller = slots, caller
+        self.closing = slots.closing
         self.handed = False  # the response owns it now and releases it when it ends
         self._held = True
 
@@ -94,6 +110,11 @@ class StreamSlots:
     def __init__(self, per_caller: int) -> None:
         self.per_caller = per_caller
         self.open: dict[str, int] = {}
+        self.closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every open stream (at shutdown: the server need not wait for the clients)."""
+        self.closing.set()
 
     def take(self, caller: str) -> StreamSlot:
         """A slot for ``caller``; a :class:`RateLimitError` (429) when it holds them all."""
@@ -128,7 +149,7 @@ def sse_response(
 ) -> StreamingResponse:
     """A streaming response of ``events`` (no caching, no proxy buffering); the stream
     holds ``slot`` until it ends."""
-    body = frames(events, keepalive_s)
+    body = frames(events, keepalive_s, stop=slot.closing if slot is not None else None)
     if slot is not None:
         slot.handed = True
         body = _holding(slot, body)

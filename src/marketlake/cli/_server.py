@@ -66,6 +66,7 @@ async def run_command(body: CliRequest, principal: ReadAccess, ctx: ContextDep) 
         settings=ctx.settings,
         store=ctx.store,
         cwd=Path(body.cwd) if local and body.cwd else None,
+        bus=_in_process(ctx.open_bus),
     )
     return StreamingResponse(
         stream_command(body.argv, caller, body.out.model_dump(), body.err.model_dump(), _run_for),
@@ -82,3 +83,11 @@ def _run_for(argv: list[str], caller: Caller) -> int:
     """The CLI, run for ``caller`` (its files, its terminal) inside this server."""
     RUNNING_FOR.set(caller)
     return cli(argv)
+
+
+def _in_process(bus: Any) -> Any:
+    """The server's bus when commands may read it from their own thread: the in-process
+    one (its live feed states); a Redis bus belongs to the server's event loop."""
+    from marketlake.stream.bus import MemoryBus
+
+    return bus if isinstance(bus, MemoryBus) else None

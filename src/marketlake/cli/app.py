@@ -60,6 +60,7 @@ class Caller:
     settings: Settings
     store: Store
     cwd: Path | None
+    bus: Any = None  # the server's event bus: live feed states for `metrics`
 
 
 RUNNING_FOR: ContextVar[Caller | None] = ContextVar("marketlake_cli_caller", default=None)
@@ -74,6 +75,7 @@ class State:
     wait_s: float = 0.0
     cwd: Path | None = None
     remote: bool = False
+    bus: Any = None  # inside a server: its event bus (not closed by the command)
     _store: Store | None = field(default=None, repr=False)
     _owns_store: bool = field(default=True, repr=False)
 
@@ -187,6 +189,7 @@ def _root(
             debug=debug,
             cwd=caller.cwd,
             remote=caller.cwd is None,
+            bus=caller.bus,
             _store=caller.store,
             _owns_store=False,
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -68,8 +70,22 @@ def demo(
     host: Annotated[str, typer.Option(help="Bind address when serving.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port when serving.")] = 8000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live/--no-live",
+            help="When serving, stream live BTCUSDT and ETHUSDT trades from the offline "
+            "mirror's Binance websocket (candles form, metrics move, alerts fire).",
+        ),
+    ] = True,
 ) -> None:
-    """Offline tour: synthetic 1-minute data for 5 symbols, stored, summarised (then served)."""
+    """Offline tour: synthetic 1-minute data for 5 symbols, stored, summarised, then served
+    with live crypto trades from a local Binance mirror (no network needed).
+
+    The live part runs `marketlake serve --stream binance:BTCUSDT,ETHUSDT` against the
+    mirror (`python -m marketlake.tools.mirror`) on loopback; alerts come from
+    config/alert_rules.yml and P&L from config/portfolio.yml. Ctrl-C stops everything.
+    """
     st = state(ctx)
     store = st.store
     from marketlake.schema import Instrument
@@ -105,18 +121,144 @@ def demo(
         show_table(store.bar_summary(), columns, title="Stored bars", numeric=("bars",))
     if not as_json:
         _sample_backtest(st)
-    if serve:
+    if serve and live:
+        _serve_live(st, host, port, end)
+    elif serve:
         from marketlake.cli.serve import run_server
 
-        key = _dashboard_key(st)
+        _say_next(st, host, port)
+        run_server(st.settings, host=host, port=port, store=store, log_format="console")
+
+
+LIVE_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+
+
+def _say_next(st: State, host: str, port: int, *, live: bool = False) -> None:
+    key = _dashboard_key(st)
+    link = f"#key={key}" + (f"&symbol={LIVE_SYMBOLS[0]}&live=1" if live else "")
+    console.print(
+        f"[bold]next[/] the dashboard is at http://{host}:{port}/{link} (the key lets it "
+        f"run backtests) and the API docs at http://{host}:{port}/docs; Ctrl-C stops "
+        "(`--no-serve` skips serving)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _serve_live(st: State, host: str, port: int, synthetic_end: datetime) -> None:
+    """Serve with a live feed from the offline Binance mirror (REST and websocket on
+    loopback): today's minutes so far come from its REST klines, then its websocket's
+    trades and klines, on the same price path, stream into the server."""
+    from dataclasses import replace
+
+    from marketlake.cli.serve import prepare_live, run_server
+
+    with _mirror() as (rest_url, ws_url):
+        settings = st.settings.model_copy(
+            update={"binance_url": rest_url, "binance_ws_url": ws_url, "rate_limit": False}
+        )
+        settings, live = prepare_live(
+            settings, stream="binance:" + ",".join(LIVE_SYMBOLS), schedule=None, alerts=None
+        )
+        assert live is not None
+        live = replace(live, windows=None)  # the demo streams at any hour
+        _top_up(st, settings, synthetic_end)
+        rules = settings.alert_rules_path()
         console.print(
-            f"[bold]next[/] the dashboard is at http://{host}:{port}/#key={key} (the key lets it "
-            f"run backtests) and the API docs at http://{host}:{port}/docs; Ctrl-C stops "
-            "(`--no-serve` skips serving)",
+            f"[bold]live[/] {', '.join(LIVE_SYMBOLS)} trades from the offline Binance mirror "
+            f"({ws_url}); alert rules: "
+            + (str(rules) if rules.exists() else f"none ({rules} not found)"),
             highlight=False,
             soft_wrap=True,
         )
-        run_server(st.settings, host=host, port=port, store=store, log_format="console")
+        _say_next(st, host, port, live=True)
+        run_server(settings, host=host, port=port, store=st.store, log_format="console", live=live)
+
+
+@contextlib.contextmanager
+def _mirror(timeout_s: float = 60.0) -> Iterator[tuple[str, str]]:
+    """The offline vendor mirror (``python -m marketlake.tools.mirror``) on loopback, free
+    ports, as a child process: (REST URL, websocket URL). Stopped on the way out."""
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    from marketlake.errors import MarketLakeError
+
+    command = [sys.executable, "-m", "marketlake.tools.mirror", "--port", "0", "--ws-port", "0"]
+    command.append("--exit-with-parent")  # even if the demo is killed outright
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # Ctrl-C reaches the demo, which stops the mirror last
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:  # until the mirror's stdout closes (it stopped)
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=read, name="marketlake-mirror-out", daemon=True).start()
+    try:
+        urls: dict[str, str] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(urls) < 2 and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if not line:
+                break
+            for scheme in ("http", "ws"):
+                if f" at {scheme}://" in line:
+                    urls[scheme] = line.rsplit(" at ", 1)[1].strip()
+        if len(urls) < 2:
+            code = process.poll()
+            how = f"exited with code {code}" if code is not None else f"within {timeout_s:g} s"
+            raise MarketLakeError(
+                f"the offline mirror did not start ({how}); run "
+                "`python -m marketlake.tools.mirror` to see why, or use `demo --no-live`"
+            )
+        yield urls["http"], urls["ws"]
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _top_up(st: State, settings: Any, since: datetime) -> None:
+    """Today's minutes of the live symbols from the mirror's REST klines, so the chart
+    runs on without a gap into the live candles."""
+    from marketlake.ingest.jobs import run_ingest
+    from marketlake.providers.binance.rest import BinanceProvider
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    if now <= since:
+        return
+    provider = BinanceProvider(settings)
+
+    async def fetch() -> Any:
+        try:
+            return await run_ingest(
+                st.store, provider, list(LIVE_SYMBOLS), "1m", since, now, rollup=False
+            )
+        finally:
+            await provider.aclose()
+
+    result = asyncio.run(fetch())
+    console.print(
+        f"[bold]live[/] {result.rows:,} minutes of today so far from the mirror's Binance "
+        f"REST klines (job {result.job_id}: {result.status})",
+        highlight=False,
+    )
 
 
 def _sample_backtest(st: State) -> None:

@@ -1,26 +1,241 @@
-"""``marketlake serve``: the REST API (and dashboard) with uvicorn."""
+"""``marketlake serve``: the REST API (and dashboard) with uvicorn.
+
+With ``--stream PROVIDER:SYMBOLS`` and ``--schedule FILE`` the live feed (with the
+stream pipeline: bars, analytics, alerts) and the ingestion scheduler run inside the
+server process, on its store and its bus: on the embedded DuckDB store, which one
+process only may open, this is how live data and the API run on one machine.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
+import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Annotated, Literal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console
 from marketlake.config import Settings
-from marketlake.errors import ConfigError
-
-if TYPE_CHECKING:
-    from marketlake.store import Store
-
+from marketlake.errors import ConfigError, InputError, MarketLakeError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+    from marketlake.store import Store
+    from marketlake.stream.windows import Schedule
+
+log = logging.getLogger("marketlake.serve")
+GRACEFUL_SHUTDOWN_S = 5.0
+"""Open streams (SSE) get this long to end after Ctrl-C before they are cut."""
+
+
+@dataclass(frozen=True, slots=True)
+class Live:
+    """What runs inside the server beside the API: a live feed and/or scheduled ingests."""
+
+    feed: str | None = None
+    symbols: tuple[str, ...] = ()
+    windows: Schedule | None = None
+    jobs: list[Any] = field(default_factory=list)
+    schedule_file: Path | None = None
+
+
+def parse_stream(value: str) -> tuple[str, tuple[str, ...]]:
+    """``binance:BTCUSDT,ETHUSDT`` → ``("binance", ("BTCUSDT", "ETHUSDT"))``; bad: InputError."""
+    from marketlake.schema import normalize_symbol
+    from marketlake.stream.live import FEEDS
+
+    feeds = ", ".join(sorted(FEEDS))
+    provider, colon, names = value.partition(":")
+    provider = provider.strip().lower()
+    if not colon or not provider:
+        raise InputError(
+            f"--stream {value!r}: give PROVIDER:SYMBOLS, e.g. binance:BTCUSDT,ETHUSDT",
+            param="stream",
+        )
+    if provider not in FEEDS:
+        raise InputError(
+            f"--stream {value!r}: no live feed {provider!r}; live feeds: {feeds} "
+            "(e.g. binance:BTCUSDT,ETHUSDT)",
+            param="stream",
+        )
+    symbols: list[str] = []
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        try:
+            symbol = normalize_symbol(name)
+        except (InputError, ValueError) as exc:
+            raise InputError(f"--stream {value!r}: {exc}", param="stream") from None
+        if symbol not in symbols:
+            symbols.append(symbol)
+    if not symbols:
+        raise InputError(
+            f"--stream {value!r}: no symbols; list them after the colon, "
+            f"e.g. {provider}:BTCUSDT,ETHUSDT",
+            param="stream",
+        )
+    return provider, tuple(symbols)
+
+
+def prepare_live(
+    settings: Settings,
+    *,
+    stream: str | None,
+    schedule: Path | None,
+    alerts: Path | None,
+) -> tuple[Settings, Live | None]:
+    """Check ``--stream``, ``--schedule`` and ``--alerts`` before anything is served.
+
+    Every problem is one :class:`InputError` (exit 2). Returns the settings the server
+    runs with (``--alerts`` sets the alert rules file) and what runs beside the API.
+    """
+    if alerts is not None:
+        if not alerts.is_file():
+            raise ConfigError(
+                f"--alerts {alerts}: no such file; give an alert rules YAML file "
+                "(see config/alert_rules.yml and docs/streaming.md#alerts)"
+            )
+        settings = settings.model_copy(update={"alert_rules_file": alerts})
+    if stream is None and schedule is None:
+        if alerts is not None:
+            raise InputError(
+                "--alerts needs --stream: alert rules run on the live feed "
+                "(e.g. --stream binance:BTCUSDT --alerts FILE)",
+                param="alerts",
+            )
+        return settings, None
+    feed, symbols = parse_stream(stream) if stream is not None else (None, ())
+    jobs: list[Any] = []
+    if schedule is not None:
+        from marketlake.ingest.scheduler import load_schedule
+
+        if not schedule.is_file():
+            raise ConfigError(
+                f"--schedule {schedule}: no such file; give an ingestion schedule YAML "
+                "file such as config/ingestion_schedule.yml"
+            )
+        jobs = load_schedule(schedule)
+    windows = None
+    if feed is not None:
+        from marketlake.stream.alerts import load_rule_file
+        from marketlake.stream.portfolio import Portfolio
+        from marketlake.stream.windows import Schedule
+
+        load_rule_file(settings.alert_rules_path())
+        Portfolio.load(settings.config_dir / "portfolio.yml")
+        windows = Schedule.load(schedule or settings.config_dir / "ingestion_schedule.yml")
+    return settings, Live(feed, symbols, windows, jobs, schedule)
+
+
+def _attach_live(app: FastAPI, settings: Settings, live: Live, bus: Any) -> None:
+    """Run ``live`` during the app's lifespan: started once the store is open, stopped
+    (the feed flushed, the worker's queue stored, running ingests finished) before the
+    store and the bus close."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        try:
+            async with inner(application) as maybe_state, _running(application, settings, live):
+                yield maybe_state
+        finally:
+            await bus.close()
+
+    app.router.lifespan_context = lifespan
+
+
+@contextlib.asynccontextmanager
+async def _running(app: Any, settings: Settings, live: Live) -> AsyncIterator[None]:
+    ctx = app.state.ctx
+    stop = asyncio.Event()
+    feed_task: asyncio.Task[Any] | None = None
+    scheduler: Any = None
+    if live.feed is not None:
+        from marketlake.stream.bus import MemoryBus
+        from marketlake.stream.live import run_stream
+
+        bus = ctx.bus
+        in_process = isinstance(bus, MemoryBus)
+        feed_task = asyncio.create_task(
+            run_stream(
+                settings,
+                bus,
+                live.feed,
+                live.symbols,
+                stop=stop,
+                store=ctx.store if in_process else None,
+                schedule=live.windows,
+            ),
+            name="marketlake-feed",
+        )
+        feed_task.add_done_callback(_report_end)
+    if live.jobs:
+        from marketlake.ingest.scheduler import Runner, build_scheduler
+
+        scheduler = build_scheduler(live.jobs, Runner(ctx.store, settings))
+        scheduler.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.shutdown, True)  # running ingests finish
+        if feed_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):  # _report_end logged it
+                await feed_task
+
+
+def _report_end(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        message = exc.message if isinstance(exc, MarketLakeError) else repr(exc)
+        ours = isinstance(exc, MarketLakeError)
+        log.error("the live feed stopped: %s", message, exc_info=None if ours else exc)
+
+
+def _describe(settings: Settings, live: Live) -> None:
+    from marketlake.config import redact
+
+    if live.feed is not None:
+        where = settings.binance_ws_url if live.feed == "binance" else live.feed
+        windows = "always" if live.windows is None or live.windows.always else "in its windows"
+        rules = settings.alert_rules_path()
+        if settings.bus.startswith("memory:"):
+            shown = rules if rules.exists() else "no rule file"
+            goes = (
+                f"trades, 1m bars, analytics and alerts ({shown}) go to the store and to "
+                "/api/v1/stream/live and /api/v1/alerts/stream"
+            )
+        else:
+            goes = (
+                f"published to {redact(settings.bus)}; `marketlake worker` processes build "
+                "bars, analytics and alerts"
+            )
+        console.print(
+            f"live: {live.feed} {', '.join(live.symbols)} from {redact(where)} ({windows}); "
+            + goes,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if live.jobs:
+        console.print(
+            f"scheduler: {len(live.jobs)} ingest jobs from {live.schedule_file} "
+            "(`marketlake scheduler --list --config FILE` shows when they run)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
 
 FACTORY = "marketlake.cli.serve:app_from_env"
 
@@ -73,8 +288,11 @@ def run_server(
     workers: int = 1,
     store: Store | None = None,
     log_format: str = "json",
+    live: Live | None = None,
 ) -> None:
-    """Serve the API until interrupted; ``store`` (one worker only) is reused as is."""
+    """Serve the API until interrupted; ``store`` (one worker only) is reused as is.
+
+    ``live``: a feed and/or scheduled ingests to run in this process (one worker only)."""
     import uvicorn
 
     from marketlake.api.app import create_app
@@ -84,6 +302,12 @@ def run_server(
         raise ConfigError(
             f"--workers {workers}: the embedded DuckDB store can be opened by one process only; "
             "use --workers 1, or a PostgreSQL store (MARKETLAKE_STORE=postgresql://…) for more"
+        )
+    if workers > 1 and live is not None:
+        raise ConfigError(
+            f"--workers {workers}: --stream and --schedule run inside the one server process; "
+            "use --workers 1, or run `marketlake stream` and `marketlake scheduler` beside "
+            "a PostgreSQL server"
         )
     _check_free(host, port)
     configure_logging(settings.log_level, json=log_format == "json")
@@ -95,6 +319,7 @@ def run_server(
         "proxy_headers": bool(settings.api_trusted_proxies),
         "forwarded_allow_ips": ",".join(settings.api_trusted_proxies) or "",
         "server_header": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
     }
     if workers > 1:
         _announce(host, port)
@@ -109,18 +334,41 @@ def run_server(
     port = sock.getsockname()[1]
     url = _local_url(host, port)
     token = new_token() if url is not None else None
-    app = create_app(settings, store, freeze_gc=True, local_token=token)
+    bus = None
+    if live is not None:
+        from marketlake.stream.bus import open_bus
+
+        bus = open_bus(settings, "api")
+    app = create_app(settings, store, bus, freeze_gc=True, local_token=token)
     install(app)
+    if live is not None:
+        _attach_live(app, settings, live, bus)
     discovery = write_server_file(settings.store, url, token) if url and token else None
     _announce(host, port)
+    if live is not None:
+        _describe(settings, live)
     try:
-        server = uvicorn.Server(uvicorn.Config(app, **options))  # type: ignore[arg-type]
+        server = _ending_streams(uvicorn.Server)(uvicorn.Config(app, **options))  # type: ignore[arg-type]
         server.run(sockets=[sock])
     finally:
         if discovery is not None and token is not None:
             remove_server_file(discovery, token)
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def _ending_streams(base: type[Any]) -> type[Any]:
+    """uvicorn's server that ends the open SSE streams when it starts shutting down:
+    Ctrl-C does not wait for browsers to hang up (nor cut them after a timeout)."""
+
+    class Server(base):  # type: ignore[misc]
+        async def shutdown(self, sockets: Any = None) -> None:
+            ctx = getattr(getattr(self.config.app, "state", None), "ctx", None)
+            if ctx is not None:
+                ctx.streams.close()
+            await super().shutdown(sockets=sockets)
+
+    return Server
 
 
 def _announce(host: str, port: int) -> None:
@@ -170,16 +418,55 @@ def serve(
         Literal["json", "console"],
         typer.Option("--log-format", help="json (one JSON object per line) or console."),
     ] = "json",
+    stream: Annotated[
+        str | None,
+        typer.Option(
+            "--stream",
+            metavar="PROVIDER:SYMBOLS",
+            help="Run a live feed in the server, e.g. binance:BTCUSDT,ETHUSDT: trades and "
+            "1m bars, analytics and alerts are stored and streamed (SSE) by this server. "
+            "The feed connects to MARKETLAKE_BINANCE_WS_URL, only inside the windows of "
+            "the --schedule file (or config/ingestion_schedule.yml), if it has any.",
+        ),
+    ] = None,
+    schedule: Annotated[
+        Path | None,
+        typer.Option(
+            "--schedule",
+            metavar="FILE",
+            help="Run the ingestion schedule of FILE (e.g. config/ingestion_schedule.yml) "
+            "in the server, as `marketlake scheduler` would.",
+        ),
+    ] = None,
+    alerts: Annotated[
+        Path | None,
+        typer.Option(
+            "--alerts",
+            metavar="FILE",
+            help="Alert rules YAML for --stream (default: config/alert_rules.yml; "
+            "MARKETLAKE_ALERT_RULES_FILE).",
+        ),
+    ] = None,
 ) -> None:
-    """Serve the REST API under /api/v1, /metrics, /docs and the dashboard at /."""
+    """Serve the REST API under /api/v1, /metrics, /docs and the dashboard at /.
+
+    On the embedded store (one process only may open the DuckDB file) the live feed and
+    the ingestion scheduler run inside the server: `--stream binance:BTCUSDT,ETHUSDT`,
+    `--schedule config/ingestion_schedule.yml`. Other `marketlake` commands on the same
+    store run through the server meanwhile.
+
+    Example: `marketlake serve --stream binance:BTCUSDT,ETHUSDT --schedule
+    config/ingestion_schedule.yml`
+    """
     st = state(ctx)
-    settings = st.settings
+    settings, live = prepare_live(st.settings, stream=stream, schedule=schedule, alerts=alerts)
     run_server(
         settings,
         host=host or settings.api_host,
         port=port or settings.api_port,
         workers=workers or settings.api_workers,
         log_format=log_format,
+        live=live,
     )
 
 

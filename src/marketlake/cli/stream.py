@@ -302,7 +302,7 @@ def metrics(
         entry = per_symbol.setdefault(row["symbol"], {"symbol": row["symbol"], "ts": row["ts"]})
         entry[row["name"]] = row["value"]
         entry["ts"] = max(entry["ts"], row["ts"])
-    statuses = asyncio.run(_statuses(st.settings))
+    statuses = asyncio.run(_statuses(st.settings, st.bus))
     feeds = [v for k, v in statuses.items() if k.startswith("feed:")]
     workers = [v for k, v in statuses.items() if k.startswith("worker:")]
     prices = {s: v["price"] for s, v in per_symbol.items() if v.get("price") is not None}
@@ -353,9 +353,14 @@ def metrics(
         )
 
 
-async def _statuses(settings: Settings) -> dict[str, dict[str, Any]]:
+async def _statuses(settings: Settings, served: Any = None) -> dict[str, dict[str, Any]]:
+    """Feed and worker states: from the bus of the server this runs in (its in-process
+    feed), else from the bus the settings name."""
     from marketlake.stream.bus import open_bus
 
+    if served is not None:
+        found: dict[str, dict[str, Any]] = await served.statuses()
+        return found
     bus = open_bus(settings)
     try:
         return await bus.statuses()

@@ -66,9 +66,7 @@ async def replay(
             param="speed",
         )
     if rules is None:
-        rules = await asyncio.to_thread(
-            RuleSource(settings.config_dir / "alert_rules.yml", store).load
-        )
+        rules = await asyncio.to_thread(RuleSource(settings.alert_rules_path(), store).load)
     pipeline = replay_pipeline(settings, tf, rules)
     delay = tf.seconds / speed if speed else 0.0
     found = False

@@ -110,7 +110,7 @@ class Worker:
         self.group = group
         self.block_ms = block_ms
         self.on_round = on_round
-        self.rules = RuleSource(settings.config_dir / "alert_rules.yml", store)
+        self.rules = RuleSource(settings.alert_rules_path(), store)
         rules = self.rules.load()
         self.pipeline = Pipeline(
             analytics_config(settings),

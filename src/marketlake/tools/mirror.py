@@ -1,4 +1,5 @@
-"""A local stand-in for the vendors' HTTP APIs: Yahoo chart, Alpaca bars, Binance klines.
+"""A local stand-in for the vendors' APIs: Yahoo chart, Alpaca bars, Binance klines and
+the Binance websocket (trades and klines, :mod:`marketlake.tools.binance_stream`).
 
 The mirror serves bars from a source (by default the deterministic synthetic
 market of :mod:`marketlake.providers.synthetic`) in each vendor's wire format,
@@ -7,8 +8,12 @@ byte for byte when the same request comes again, so a second run measures the
 client, not the rendering. Tests, benchmarks and offline demos point the
 provider URL settings at it::
 
-    python -m marketlake.tools.mirror --port 8765 &
+    python -m marketlake.tools.mirror --port 8765 --ws-port 8766 &
     MARKETLAKE_BINANCE_URL=http://127.0.0.1:8765 marketlake ingest binance BTCUSDT -t 1m --period 2d
+    MARKETLAKE_BINANCE_URL=http://127.0.0.1:8765 MARKETLAKE_BINANCE_WS_URL=ws://127.0.0.1:8766 \
+        marketlake serve --stream binance:BTCUSDT,ETHUSDT
+
+The websocket's trades and klines follow the same price path as the REST klines.
 
 It is a test double, not a vendor: no auth, no corporate actions, no rate limits.
 """
@@ -33,6 +38,7 @@ import orjson
 import pyarrow as pa
 
 from marketlake.schema import Timeframe, default_instrument, parse_time, to_epoch_us
+from marketlake.tools.binance_stream import BinanceStream, StreamServer, kline_fields
 
 Source = Callable[[str, str, datetime, datetime], pa.Table]
 """``(symbol, timeframe, start, end)`` → canonical bars in ``[start, end)``; raises
@@ -55,6 +61,8 @@ _YAHOO = {
     "1mo": "1mo",
 }
 _BINANCE = {"1M": "1mo"}
+REST_KLINE = ("t", "o", "h", "l", "c", "v", "T", "q", "n", "V", "Q", "B")
+"""The fields of a websocket kline in the order of a REST kline's array."""
 _ALPACA = {"Min": "m", "Hour": "h", "Day": "d", "Week": "w", "Month": "mo"}
 
 
@@ -154,25 +162,8 @@ class Mirror:
         bars = self._window(query["symbol"], tf, lo_ms * 1000, (hi_ms + 1) * 1000, limit)
         rows = []
         for bar in bars.to_pylist():
-            t = to_epoch_us(bar["ts"]) // 1000
-            vol = bar["volume"]
-            quote = vol * (bar["vwap"] if bar["vwap"] is not None else bar["close"])
-            rows.append(
-                [
-                    t,
-                    f"{bar['open']:.8f}",
-                    f"{bar['high']:.8f}",
-                    f"{bar['low']:.8f}",
-                    f"{bar['close']:.8f}",
-                    f"{vol:.8f}",
-                    t + tf.seconds * 1000 - 1,
-                    f"{quote:.8f}",
-                    bar["trades"] or 0,
-                    f"{vol / 2:.8f}",
-                    f"{quote / 2:.8f}",
-                    "0",
-                ]
-            )
+            k = kline_fields(bar, tf.seconds * 1000)
+            rows.append([k[name] for name in REST_KLINE])
         return Answer(200, orjson.dumps(rows))
 
     def _window(self, symbol: str, tf: Timeframe, lo_us: int, hi_us: int, limit: int) -> pa.Table:
@@ -234,6 +225,11 @@ class Mirror:
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> MirrorServer:
         """Serve over HTTP in a background thread; ``port=0`` picks a free port."""
         return MirrorServer(self, host, port)
+
+    def serve_websocket(self, host: str = "127.0.0.1", port: int = 0) -> StreamServer:
+        """Serve the Binance websocket (``ws://…/stream?streams=…``) in background threads,
+        on the price path of this mirror's source; ``port=0`` picks a free port."""
+        return StreamServer(BinanceStream(self.source), host, port)
 
 
 class MirrorServer:
@@ -345,19 +341,50 @@ def _token(token: str | None, start_us: int) -> tuple[int, int]:
     return int(index), int(after)
 
 
+def _exit_with_parent() -> None:
+    """End this process once its parent has gone (killed without a chance to stop us)."""
+    import os
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="mirror-parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m marketlake.tools.mirror [--host] [--port] [--delay]``: serve until stopped."""
+    """``python -m marketlake.tools.mirror [--host] [--port] [--ws-port] [--delay]``: serve
+    until stopped."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--ws-port", type=int, default=8766, help="port of the Binance websocket (-1: none)"
+    )
     parser.add_argument("--delay", type=float, default=0.0, help="seconds to wait per answer")
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started this one is gone (as `marketlake demo` runs it)",
+    )
     args = parser.parse_args(argv)
-    server = Mirror(delay_s=args.delay).serve(args.host, args.port)
+    if args.exit_with_parent:
+        _exit_with_parent()
+    mirror = Mirror(delay_s=args.delay)
+    server = mirror.serve(args.host, args.port)
     print(f"mirror serving Yahoo, Alpaca and Binance formats at {server.url}", flush=True)  # noqa: T201
+    ws = mirror.serve_websocket(args.host, args.ws_port) if args.ws_port >= 0 else None
+    if ws is not None:
+        print(f"mirror serving the Binance websocket at {ws.url}", flush=True)  # noqa: T201
     try:
         server.thread.join()
     except KeyboardInterrupt:
         server.close()
+        if ws is not None:
+            ws.close()
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def _check_event_id(bus: Bus, event_id: str | None) -> str | None:
 async def list_rules(_: ReadAccess, store: StoreDep, settings: SettingsDep) -> list[dict[str, Any]]:
     """Every rule in force; ``source`` is ``file`` (config/alert_rules.yml) or ``api``."""
     rules: list[dict[str, Any]] = await in_thread(
-        rules_api.list_rules, settings.config_dir / "alert_rules.yml", store
+        rules_api.list_rules, settings.alert_rules_path(), store
     )
     return rules
 
@@ -146,7 +146,7 @@ async def add_rule(
 ) -> dict[str, Any]:
     """Store a rule; running workers pick it up within ``MARKETLAKE_ALERTS_RELOAD_S``."""
     added = await in_thread(
-        rules_api.add_rule, store, rule.model_dump(), settings.config_dir / "alert_rules.yml"
+        rules_api.add_rule, store, rule.model_dump(), settings.alert_rules_path()
     )
     return {**added.model_dump(), "source": "api"}
 

@@ -541,7 +541,15 @@ function drawBacktest(result) {
 
 // ---------------------------------------------------------------- start-up
 
+// `#key=…&symbol=BTCUSDT&live=1` (as `marketlake demo` prints it when it streams): the
+// symbol to show and whether to turn Live on; read before apiKey() clears the fragment.
+function linkOptions() {
+  const symbol = /(?:^#|&)symbol=([A-Za-z0-9._\-]+)/.exec(location.hash);
+  return { symbol: symbol ? symbol[1].toUpperCase() : null, live: /(?:^#|&)live=1(?:&|$)/.test(location.hash) };
+}
+
 async function main() {
+  const link = linkOptions();
   state.key = apiKey();
   if (!LC) { banner("The chart library is missing: run `make install` (it copies lightweight-charts into the package)."); return; }
   buildTimeframes();
@@ -551,7 +559,8 @@ async function main() {
   $("replay-form").addEventListener("submit", startReplay);
   $("replay-pause").addEventListener("click", pauseReplay);
   $("bt-form").addEventListener("submit", runBacktest);
-  const [hashSymbol, hashTf] = decodeURIComponent(location.hash.slice(1)).split("/");
+  const [pathSymbol, hashTf] = decodeURIComponent(location.hash.slice(1)).split("/");
+  const hashSymbol = link.symbol || pathSymbol;
   if (hashTf && TIMEFRAMES.includes(hashTf)) { state.timeframe = hashTf; buildTimeframesState(); }
   // Ask for the newest bar of the linked symbol while the instrument list loads.
   if (hashSymbol) state.prefetch = { symbol: hashSymbol.toUpperCase(), tf: state.timeframe, last: latestBar(hashSymbol.toUpperCase(), state.timeframe).catch(() => null) };
@@ -561,6 +570,7 @@ async function main() {
     showEmpty("The store is empty. Load demo data with <code>marketlake demo</code> or <code>marketlake ingest synthetic AAPL --timeframe 1m --period 30d</code>, then reload.");
   } else {
     await showSymbol(hashSymbol || instruments[0].symbol);
+    if (link.live) { $("live-toggle").checked = true; toggleLive(true); }
   }
   // The side panels load after the main chart is on screen.
   loadAlerts(); loadPortfolio();
