@@ -392,3 +392,21 @@ def test_import_marketlake_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert callable(ml.connect)
+
+
+def test_a_file_above_the_servers_body_limit_says_so(tmp_path: Path) -> None:
+    uri = f"duckdb:///{tmp_path}/small.duckdb"
+    key = _seed(uri)
+    big = tmp_path / "big.csv"
+    big.write_text("Date,Open,High,Low,Close,Volume\n" + "2024-01-02,10,11,9,10.5,100\n" * 100)
+    with (
+        running(
+            ["--store", uri, "serve"], tmp_path / "serve.log",
+            env={"MARKETLAKE_API_MAX_BODY_BYTES": "1024"},
+        ) as (url, _),
+        ml.connect(url, api_key=key) as lake,
+        pytest.raises(InputError, match=r"big\.csv is too large to upload") as caught,
+    ):  # fmt: skip
+        lake.import_csv(big, symbol="BIG", timeframe="1d")
+    assert "1,024 bytes" in caught.value.message
+    assert "marketlake import-csv" in caught.value.message

@@ -118,11 +118,20 @@ class RemoteTransport:
         params = {k: v for k, v in options.items() if v is not None}
         if "replace" in params:
             params["replace"] = "true" if params["replace"] else "false"
-        with file.open("rb") as data:
-            found: dict[str, Any] = self._call(
-                "POST", "/import/csv", params=params, content=data,
-                headers={"Content-Type": "text/csv"},
-            ).json()  # fmt: skip
+        try:
+            with file.open("rb") as data:
+                found: dict[str, Any] = self._call(
+                    "POST", "/import/csv", params=params, content=data,
+                    headers={"Content-Type": "text/csv"},
+                ).json()  # fmt: skip
+        except InputError as exc:
+            if "MARKETLAKE_API_MAX_BODY_BYTES" not in exc.message:
+                raise
+            raise InputError(
+                f"{file.name} is too large to upload to {self.url}: {exc.message.split(';')[0]}; "
+                "raise it on the server or run `marketlake import-csv` there",
+                param="path",
+            ) from None
         return found
 
     def latest(self, symbol: str) -> dict[str, Any]:
