@@ -41,11 +41,11 @@ WRITE_ROUTES: list[tuple[str, str, dict[str, Any] | None, int]] = [
 ]
 # the routes of the Python client's calls (api/routes/tasks.py); a bytes body is a file
 WRITE_ROUTES += [
-    ("POST", "/api/v1/jobs/validate", {"symbols": ["AAPL"], "timeframes": ["1m"]}, 201),
-    ("POST", "/api/v1/jobs/aggregate", {"symbols": ["AAPL"], "from_tf": "1m", "to": ["1h"]}, 201),
+    ("POST", "/api/v1/validate/run", {"symbols": ["AAPL"], "timeframes": ["1m"]}, 201),
+    ("POST", "/api/v1/aggregate/run", {"symbols": ["AAPL"], "from_tf": "1m", "to": ["1h"]}, 201),
     (
         "POST",
-        "/api/v1/jobs/repair",
+        "/api/v1/repair/run",
         {"symbol": "AAPL", "timeframe": "1m", "provider": "synthetic"},
         201,
     ),
@@ -57,7 +57,7 @@ WRITE_ROUTES += [
     ),
     (
         "POST",
-        "/api/v1/backtests/sweep",
+        "/api/v1/sweep/run",
         {
             "strategy": "sma_cross",
             "symbols": ["AAPL"],

@@ -104,7 +104,7 @@ class RemoteTransport:
         return self._arrow(f"/actions/{_path(symbol)}", _times(start, end))
 
     def task(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        path = "/backtests/sweep" if kind == "sweep" else f"/jobs/{kind}"
+        path = f"/{kind}/run"  # validate, aggregate, repair, sweep: as POST /ingest/run
         clean = {k: v for k, v in body.items() if v is not None}
         found: dict[str, Any] = self._call("POST", path, json=clean).json()
         return found

@@ -1,12 +1,12 @@
 """Store work beyond ingest, as recorded jobs: validate, aggregate, repair, CSV import, sweep.
 
-- ``POST /jobs/validate``: check stored bars against the quality rules (the report is
+- ``POST /validate/run``: check stored bars against the quality rules (the report is
   stored, as by `marketlake validate`);
-- ``POST /jobs/aggregate``: build roll-ups (`marketlake aggregate`);
-- ``POST /jobs/repair``: re-fetch the gaps of a series (`marketlake repair`);
+- ``POST /aggregate/run``: build roll-ups (`marketlake aggregate`);
+- ``POST /repair/run``: re-fetch the gaps of a series (`marketlake repair`);
 - ``POST /import/csv?symbol=…``: the request body is a CSV file of bars, imported as
   `marketlake import-csv` does (within the API's body size limit);
-- ``POST /backtests/sweep``: backtest a parameter grid and store the ranked rows
+- ``POST /sweep/run``: backtest a parameter grid and store the ranked rows
   (`marketlake backtest sweep`).
 
 Each runs to its end in a worker thread, is recorded in ``jobs`` (or, for the sweep,
@@ -87,7 +87,7 @@ def job_record(store: Store, job_id: str) -> dict[str, Any]:
 
 
 class ValidateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     symbols: list[str] | None = Field(None, max_length=1000, description="Default: all stored")
     timeframes: list[str] | None = Field(None, description="Default: every stored one")
@@ -125,7 +125,7 @@ def validate(settings: Settings, store: Store, body: ValidateRequest) -> dict[st
 
 
 @router.post(
-    "/jobs/validate",
+    "/validate/run",
     status_code=status.HTTP_201_CREATED,
     summary="Validate stored bars (a recorded job)",
     responses=problem_responses(404, 422),
@@ -139,7 +139,7 @@ async def validate_route(body: ValidateRequest, _: WriteAccess, ctx: ContextDep)
 
 
 class AggregateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     symbols: list[str] | None = Field(None, max_length=1000, description="Default: all")
     from_tf: str = Field("1m", examples=["1m"], description="Timeframe to roll up")
@@ -182,7 +182,7 @@ def aggregate(settings: Settings, store: Store, body: AggregateRequest) -> dict[
 
 
 @router.post(
-    "/jobs/aggregate",
+    "/aggregate/run",
     status_code=status.HTTP_201_CREATED,
     summary="Build roll-ups (a recorded job)",
     responses=problem_responses(404, 422),
@@ -196,7 +196,7 @@ async def aggregate_route(body: AggregateRequest, _: WriteAccess, ctx: ContextDe
 
 
 class RepairRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     symbol: str = Field(examples=["AAPL"])
     timeframe: str = Field("1m", examples=["1m"])
@@ -245,7 +245,7 @@ def _run_coroutine(work: Callable[[], Any]) -> Any:
 
 
 @router.post(
-    "/jobs/repair",
+    "/repair/run",
     status_code=status.HTTP_201_CREATED,
     summary="Fill the gaps of a series (a recorded job)",
     responses=problem_responses(404, 422),
@@ -259,7 +259,7 @@ async def repair_route(body: RepairRequest, _: WriteAccess, ctx: ContextDep) -> 
 
 
 class ImportOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     symbol: str
     timeframe: str | None = None
@@ -402,7 +402,7 @@ def sweep(store: Store, body: SweepRequest) -> dict[str, Any]:
 
 
 @router.post(
-    "/backtests/sweep",
+    "/sweep/run",
     status_code=status.HTTP_201_CREATED,
     summary="Run and store a parameter sweep",
     responses=problem_responses(404, 422),
