@@ -349,6 +349,11 @@ def test_both_transports_give_equal_frames(tmp_path: Path, server: tuple[str, st
                                     "slow": [12]}, start=START, end=END),
         ):  # fmt: skip
             pd.testing.assert_frame_equal(call(local), call(remote))
+        for symbols in (["AAPL"], ["AAPL", "BTCUSDT"]):  # a dividend on 2024-03-06
+            a = local.bars(symbols, "5m", start=START, end=END, adjusted=True)
+            b = remote.bars(symbols, "5m", start=START, end=END, adjusted=True)
+            pd.testing.assert_frame_equal(a, b)
+            assert not a["close"].equals(local.bars(symbols, "5m", start=START, end=END)["close"])
         for as_ in ("polars", "arrow"):
             a = local.bars(["AAPL", "BTCUSDT"], "5m", start=START, end=END, as_=as_)
             b = remote.bars(["AAPL", "BTCUSDT"], "5m", start=START, end=END, as_=as_)
