@@ -415,3 +415,16 @@ def test_a_file_above_the_servers_body_limit_says_so(tmp_path: Path) -> None:
         lake.import_csv(big, symbol="BIG", timeframe="1d")
     assert "1,024 bytes" in caught.value.message
     assert "marketlake import-csv" in caught.value.message
+
+
+def test_thousands_of_symbols_go_in_as_few_requests_as_the_route_takes() -> None:
+    from marketlake.client.remote import _groups
+
+    names = [f"S{i:04d}" for i in range(1200)]
+    groups = _groups(names)
+    assert [len(g) for g in groups] == [500, 500, 200]
+    assert [s for g in groups for s in g] == names
+    long = [f"{'X' * 60}{i:03d}" for i in range(100)]
+    assert all(len(",".join(g)) <= 4000 for g in _groups(long))
+    assert len(_groups(long)) == 2
+    assert _groups(["AAPL", "MSFT"]) == [["AAPL", "MSFT"]]

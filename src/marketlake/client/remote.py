@@ -78,9 +78,12 @@ class RemoteTransport:
             params["end"] = end
         if adjusted:
             params["adjusted"] = "true"
-        if len(symbols) > 1:  # every symbol in one request, one Arrow stream
-            params["symbols"] = ",".join(symbols)
-            return self._arrow("/bars", params)
+        if len(symbols) > 1:  # the symbols in one request, one Arrow stream
+            tables = [
+                self._arrow("/bars", params | {"symbols": ",".join(group)})
+                for group in _groups(symbols)
+            ]
+            return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         params["format"] = "arrow"
         return self._arrow(f"/bars/{_path(symbols[0])}", params)
 
@@ -176,6 +179,20 @@ class RemoteTransport:
     def metrics(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("GET", "/metrics/latest").json()
         return rows
+
+
+def _groups(symbols: list[str], most: int = 500, chars: int = 4000) -> list[list[str]]:
+    """``symbols`` (sorted) in as few requests as ``GET /bars?symbols=`` takes: at most
+    ``most`` symbols and ``chars`` characters each (one request but for thousands)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for symbol in symbols:
+        if groups[-1] and (len(groups[-1]) >= most or size + len(symbol) + 1 > chars):
+            groups.append([])
+            size = 0
+        groups[-1].append(symbol)
+        size += len(symbol) + 1
+    return groups
 
 
 def _times(start: str | None, end: str | None) -> dict[str, str]:
