@@ -2,7 +2,10 @@
 
 Targets: local ≤ 60 ms, through a local server ≤ 2× local (Arrow IPC over HTTP), beside
 ``pandas.read_parquet`` of the same rows (the file a user would otherwise keep); and
-``import marketlake`` ≤ 0.15 s, beside ``python -c pass`` and ``import pandas``.
+``import marketlake`` ≤ 0.15 s, beside ``python -c pass`` and ``import pandas``; and the
+CLI through a server: ``marketlake bars BTCUSDT --tail 20`` run directly on the DuckDB
+file (no server) and then on the same file while ``marketlake serve`` holds it (the
+command goes through ``POST /api/v1/cli``), target: the server adds ≤ 30 ms.
 Each figure is the median of several runs, warm (the first call is not counted).
 """
 
@@ -42,6 +45,19 @@ def _process(code: str, runs: int = 7) -> float:
     for _ in range(runs):
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _cli(uri: str, runs: int = 7) -> float:
+    """Median wall time of ``marketlake bars BTCUSDT -t 1m --tail 20`` as a new process."""
+    command = [sys.executable, "-m", "marketlake", "--store", uri]
+    command += ["bars", "BTCUSDT", "-t", "1m", "--tail", "20"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)  # warm the file cache
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -92,6 +108,9 @@ def main() -> None:
         parquet = folder / "btc.parquet"
         frame.to_parquet(parquet)
         pandas_t = _median(lambda: pd.read_parquet(parquet))
+        runs = 5 if QUICK else 9
+        cli_direct = _cli(served_uri, runs)  # nobody holds the file: the CLI opens it
+        load_before = os.getloadavg()[0]
         log = folder / "serve.log"
         with (
             running(["--store", served_uri, "serve"], log) as (url, _),
@@ -99,12 +118,20 @@ def main() -> None:
         ):
             remote = _median(lambda: lake.bars("BTCUSDT", "1m"))
             assert len(lake.bars("BTCUSDT", "1m")) == ROWS
+            cli_served = _cli(served_uri, runs)  # the same file, held: through the server
+        load_after = os.getloadavg()[0]
     print(f"  lake.bars local           {local * 1000:7.1f} ms  (target ≤ 60 ms: "
           f"{'met' if local <= 0.060 else 'NOT met'})")  # fmt: skip
     print(f"  lake.bars through server  {remote * 1000:7.1f} ms  {remote / local:.2f}× local "
           f"(target ≤ 2×: {'met' if remote <= 2 * local else 'NOT met'})")  # fmt: skip
     print(f"  pandas.read_parquet       {pandas_t * 1000:7.1f} ms  (local is "
           f"{local / pandas_t:.2f}× it)")  # fmt: skip
+    added = cli_served - cli_direct
+    print(f"  marketlake bars --tail 20 {cli_direct * 1000:7.1f} ms directly, "
+          f"{cli_served * 1000:.1f} ms through the server: {added * 1000:+.1f} ms, "
+          f"{cli_served / cli_direct:.2f}× (target ≤ +30 ms: "
+          f"{'met' if added <= 0.030 else 'NOT met'}); load average {load_before:.2f} "
+          f"before, {load_after:.2f} after")  # fmt: skip
     bare = _process("pass")
     ours = _process("import marketlake")
     pandas_import = _process("import pandas")

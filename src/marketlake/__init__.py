@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from marketlake.client import BacktestRun, Lake, connect
+    from marketlake.client import BacktestRun, Lake, QualityReport, connect
 
-__all__ = ["BacktestRun", "Lake", "__version__", "connect"]
+__all__ = ["BacktestRun", "Lake", "QualityReport", "__version__", "connect"]
 
 
 def __getattr__(name: str) -> Any:
-    """``connect``, ``Lake`` and ``BacktestRun`` are imported when first used."""
-    if name in ("connect", "Lake", "BacktestRun"):
+    """``connect``, ``Lake``, ``BacktestRun`` and ``QualityReport`` are imported when
+    first used."""
+    if name in ("connect", "Lake", "BacktestRun", "QualityReport"):
         from marketlake import client
 
         return getattr(client, name)

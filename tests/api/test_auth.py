@@ -6,7 +6,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,6 +38,41 @@ WRITE_ROUTES: list[tuple[str, str, dict[str, Any] | None, int]] = [
         },
         202,
     ),
+]
+# the routes of the Python client's calls (api/routes/tasks.py); a bytes body is a file
+WRITE_ROUTES += [
+    ("POST", "/api/v1/validate/run", {"symbols": ["AAPL"], "timeframes": ["1m"]}, 201),
+    ("POST", "/api/v1/aggregate/run", {"symbols": ["AAPL"], "from_tf": "1m", "to": ["1h"]}, 201),
+    (
+        "POST",
+        "/api/v1/repair/run",
+        {"symbol": "AAPL", "timeframe": "1m", "provider": "synthetic"},
+        201,
+    ),
+    (
+        "POST",
+        "/api/v1/import/csv?symbol=UPLOAD&timeframe=1d",
+        b"Date,Open,High,Low,Close,Volume\n2024-01-02,10,11,9,10.5,100\n",  # type: ignore[list-item]
+        201,
+    ),
+    (
+        "POST",
+        "/api/v1/sweep/run",
+        {
+            "strategy": "sma_cross",
+            "symbols": ["AAPL"],
+            "timeframe": "1m",
+            "grid": {"fast": [3, 5], "slow": [12]},
+        },
+        201,
+    ),
+]
+# read routes, with MARKETLAKE_API_REQUIRE_KEY_FOR_READS=true
+READ_ROUTES: list[tuple[str, str]] = [
+    ("GET", "/api/v1/bars?symbols=AAPL,BTCUSDT&timeframe=1m"),
+    ("GET", "/api/v1/trades/AAPL"),
+    ("GET", "/api/v1/coverage?symbols=AAPL"),
+    ("GET", "/api/v1/actions/AAPL"),
 ]
 ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None, int]] = [
     ("GET", "/api/v1/keys", None, 200),
@@ -103,6 +138,7 @@ def _credentials(case: str, keys: dict[str, str], idp: Jwks) -> dict[str, str]:
         "write JWT": bearer(idp.token(scope="read write")),
         "admin JWT": bearer(idp.token(permissions=["marketlake:admin"])),
         "forged JWT": bearer(Jwks().token(scope="admin")),
+        "scopeless JWT": bearer(idp.token(scope="profile email")),
     }[case]
 
 
@@ -135,13 +171,102 @@ async def test_auth_matrix_on_every_write_route(
 ) -> None:
     method, path, body, ok = route
     expected = (EXPECTED_ADMIN if route in ADMIN_ROUTES else EXPECTED_WRITE)[case] or ok
+    payload: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"json": body}
     async with make_client(api_jwks_url=idp.url, api_jwt_audience="marketlake") as client:
-        r = await client.request(method, path, json=body, headers=_credentials(case, keys, idp))
+        r = await client.request(method, path, headers=_credentials(case, keys, idp), **payload)
     assert r.status_code == expected, r.text
     if expected in (401, 403):
         assert r.headers["content-type"] == "application/problem+json"
     if expected == 401:
         assert r.headers["www-authenticate"] == 'Bearer realm="marketlake"'
+
+
+EXPECTED_READ = {
+    "no key": 401,
+    "scopeless JWT": 403,
+    "read key": None,
+    "write key": None,
+    "revoked key": 401,
+    "forged JWT": 401,
+}
+
+
+@pytest.mark.parametrize("case", list(EXPECTED_READ))
+@pytest.mark.parametrize("route", READ_ROUTES, ids=[f"{m} {p}" for m, p in READ_ROUTES])
+async def test_auth_matrix_on_the_client_read_routes(
+    make_client: Callable[..., Any],
+    keys: dict[str, str],
+    idp: Jwks,
+    case: str,
+    route: tuple[str, str],
+) -> None:
+    method, path = route
+    async with make_client(
+        api_jwks_url=idp.url, api_jwt_audience="marketlake", api_require_key_for_reads=True
+    ) as client:
+        r = await client.request(method, path, headers=_credentials(case, keys, idp))
+    assert r.status_code == (EXPECTED_READ[case] or 200), r.text
+    if r.status_code == 200:
+        assert r.headers["content-type"] == "application/vnd.apache.arrow.stream"
+
+
+@pytest.fixture
+def make_cli_client(seeded: Store) -> Callable[..., Any]:
+    """An app with ``POST /api/v1/cli`` (which only ``marketlake serve`` adds)."""
+    from contextlib import asynccontextmanager
+
+    from marketlake.api import create_app
+    from marketlake.cli._server import install
+    from tests.api.conftest import client_for, settings
+
+    @asynccontextmanager
+    async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(settings(**overrides), seeded)
+        install(app)
+        async for client in client_for(app):
+            yield client
+
+    return make
+
+
+# (command line, scope it needs)
+CLI_COMMANDS = [
+    (["bars", "AAPL", "-t", "1m", "--tail", "2"], "read"),
+    (["validate", "AAPL", "-t", "1m"], "write"),
+    (["keys", "list"], "admin"),
+]
+EXPECTED_CLI = {
+    "read": {"no key": 401, "scopeless JWT": 403, "read key": 200, "write key": 200,
+             "admin key": 200},
+    "write": {"no key": 401, "scopeless JWT": 403, "read key": 403, "write key": 200,
+              "admin key": 200},
+    "admin": {"no key": 401, "scopeless JWT": 403, "read key": 403, "write key": 403,
+              "admin key": 200},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["no key", "scopeless JWT", "read key", "write key", "admin key"])
+@pytest.mark.parametrize("command", CLI_COMMANDS, ids=[c[1] for c in CLI_COMMANDS])
+async def test_auth_matrix_on_the_cli_route(
+    make_cli_client: Callable[..., Any],
+    keys: dict[str, str],
+    idp: Jwks,
+    case: str,
+    command: tuple[list[str], str],
+) -> None:
+    argv, scope = command
+    async with make_cli_client(
+        api_jwks_url=idp.url, api_jwt_audience="marketlake", api_require_key_for_reads=True
+    ) as client:
+        r = await client.post(
+            "/api/v1/cli", json={"argv": argv}, headers=_credentials(case, keys, idp)
+        )
+    assert r.status_code == EXPECTED_CLI[scope][case], r.text
+    if r.status_code == 200:
+        # frames: (1 stdout | 2 stderr | 3 exit code, 4-byte length, payload); exit 0 last
+        assert r.content.endswith(b"\x03\x00\x00\x00\x010")  # the exit code frame: 0
+    else:
+        assert r.headers["content-type"] == "application/problem+json"
 
 
 async def test_messages_say_what_is_missing(

@@ -9,6 +9,6 @@ calls with equal frames. See ``docs/python.md``.
 
 from __future__ import annotations
 
-from marketlake.client.lake import BacktestRun, Lake, connect
+from marketlake.client.lake import BacktestRun, Lake, QualityReport, connect
 
-__all__ = ["BacktestRun", "Lake", "connect"]
+__all__ = ["BacktestRun", "Lake", "QualityReport", "connect"]

@@ -29,8 +29,18 @@ class Transport(Protocol):
     def add_instrument(self, fields: dict[str, Any]) -> dict[str, Any]: ...
     def remove_instrument(self, symbol: str) -> None: ...
     def bars(
-        self, symbol: str, timeframe: str, start: str | None, end: str | None, adjusted: bool
+        self,
+        symbols: list[str],
+        timeframe: str,
+        start: str | None,
+        end: str | None,
+        adjusted: bool,
     ) -> pa.Table: ...
+    def trades(self, symbol: str, start: str | None, end: str | None) -> pa.Table: ...
+    def coverage(self, symbols: list[str] | None, timeframe: str | None) -> pa.Table: ...
+    def actions(self, symbol: str, start: str | None, end: str | None) -> pa.Table: ...
+    def task(self, kind: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    def import_csv(self, path: str, options: dict[str, Any]) -> dict[str, Any]: ...
     def latest(self, symbol: str) -> dict[str, Any]: ...
     def jobs(self, limit: int) -> list[dict[str, Any]]: ...
     def ingest(
@@ -249,13 +259,44 @@ class Lake:
         dividends.
         """
         names = _symbols(symbols)
-        tables = [self._t.bars(s, timeframe, _iso(start), _iso(end), adjusted) for s in names]
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        if len(names) > 1:
+            names = sorted(names)
+        # several symbols: one request (remote), one Arrow stream
+        table = self._t.bars(names, timeframe, _iso(start), _iso(end), adjusted)
         if len(names) == 1 and "symbol" in table.column_names:
             table = table.drop_columns(["symbol"])
         if "timeframe" in table.column_names:
             table = table.drop_columns(["timeframe"])
         return frame(table, as_, categorical=("source", "symbol"))
+
+    def trades(
+        self, symbol: str, start: TimeLike = None, end: TimeLike = None, *, as_: As = "pandas"
+    ) -> Any:
+        """Stored trades of a symbol in ``[start, end)``: indexed by ``ts`` (tz-aware UTC),
+        with price, size, side, trade_id and source."""
+        table = self._t.trades(_symbols(symbol)[0], _iso(start), _iso(end))
+        return frame(table.drop_columns(["symbol"]), as_, categorical=("source", "side"))
+
+    def coverage(
+        self,
+        symbols: str | Sequence[str] | None = None,
+        timeframe: str | None = None,
+        *,
+        as_: As = "pandas",
+    ) -> Any:
+        """What is stored: one row per (symbol, timeframe) with ``bars``, ``first`` and
+        ``last`` (bar open times, UTC); all symbols and timeframes unless narrowed."""
+        names = sorted(_symbols(symbols)) if symbols else None
+        return frame(self._t.coverage(names, timeframe), as_, index=None)
+
+    def actions(
+        self, symbol: str, start: TimeLike = None, end: TimeLike = None, *, as_: As = "pandas"
+    ) -> Any:
+        """Stored corporate actions of a symbol, indexed by ex-date (``ts``): ``kind``
+        (split or dividend), ``value`` (the split ratio, 4.0 = 4-for-1, or the cash per
+        share) and ``source``."""
+        table = self._t.actions(_symbols(symbol)[0], _iso(start), _iso(end))
+        return frame(table.drop_columns(["symbol"]), as_, categorical=("kind", "source"))
 
     def latest(self, symbol: str) -> dict[str, Any]:
         """The newest price of a symbol and the time of the bar (or trade) it comes from."""
@@ -286,6 +327,100 @@ class Lake:
             return self._t.ingest(
                 provider, _symbols(symbols), timeframe, _iso(start), _iso(end), period, bar.update
             )
+
+    # -- quality, roll-ups, repair, import ---------------------------------------------------
+
+    def validate(
+        self,
+        symbols: str | Sequence[str] | None = None,
+        timeframe: str | Sequence[str] | None = None,
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+    ) -> QualityReport:
+        """Check stored bars against the quality rules (all series, or those of ``symbols``
+        and ``timeframe``) in ``[start, end)``, as `marketlake validate`; the report is
+        stored. Returns a :class:`QualityReport` (``.findings``, ``.series``, ``.summary``)."""
+        frames = [timeframe] if isinstance(timeframe, str) else list(timeframe or [])
+        body = {
+            "symbols": _symbols(symbols) if symbols else None,
+            "timeframes": frames or None,
+            "start": _iso(start),
+            "end": _iso(end),
+        }
+        return QualityReport.of(self._t.task("validate", body))
+
+    def aggregate(
+        self,
+        symbols: str | Sequence[str] | None = None,
+        from_tf: str = "1m",
+        to_tf: str | Sequence[str] = ("5m", "1h", "1d"),
+        *,
+        start: TimeLike = None,
+        end: TimeLike = None,
+        replace_sources: bool | None = None,
+        as_: As = "pandas",
+    ) -> Any:
+        """Build roll-ups from stored ``from_tf`` bars to each of ``to_tf`` (as
+        `marketlake aggregate`); one row per series built (bars, inserted, first, last …)."""
+        targets = [t.strip() for t in to_tf.split(",")] if isinstance(to_tf, str) else list(to_tf)
+        body = {
+            "symbols": _symbols(symbols) if symbols else None,
+            "from_tf": from_tf,
+            "to": [t for t in targets if t],
+            "start": _iso(start),
+            "end": _iso(end),
+            "replace_sources": replace_sources,
+        }
+        rows = self._t.task("aggregate", body)["rows"]
+        return _rows(rows, as_, times=("first", "last", "partial"))
+
+    def repair(
+        self,
+        symbol: str,
+        timeframe: str = "1m",
+        *,
+        provider: str | None = None,
+        start: TimeLike = None,
+        end: TimeLike = None,
+    ) -> dict[str, Any]:
+        """Re-fetch only the missing ranges of a stored series (as `marketlake repair`); the
+        finished job, its ``summary`` holding ``filled``, ``missing_after`` and ``ranges``."""
+        body = {
+            "symbol": _symbols(symbol)[0],
+            "timeframe": timeframe,
+            "provider": provider,
+            "start": _iso(start),
+            "end": _iso(end),
+        }
+        return self._t.task("repair", body)
+
+    def import_csv(
+        self,
+        path: str | Any,
+        *,
+        symbol: str,
+        timeframe: str | None = None,
+        tz: str | None = None,
+        on_error: Literal["fail", "skip"] = "fail",
+        replace: bool = False,
+        delimiter: str = ",",
+        date_format: str | None = None,
+        decimal: Literal[".", ","] = ".",
+    ) -> dict[str, Any]:
+        """Import a CSV file of bars for ``symbol`` (as `marketlake import-csv`); the
+        finished job. Through a server the file is uploaded (within its body size limit)."""
+        options = {
+            "symbol": _symbols(symbol)[0],
+            "timeframe": timeframe,
+            "tz": tz,
+            "on_error": on_error,
+            "replace": replace,
+            "delimiter": delimiter,
+            "date_format": date_format,
+            "decimal": decimal,
+        }
+        return self._t.import_csv(str(path), options)
 
     # -- backtests --------------------------------------------------------------------------
 
@@ -354,6 +489,37 @@ class Lake:
         }
         return BacktestRun.of(self._t.backtest(body))
 
+    def sweep(
+        self,
+        strategy: str,
+        symbols: str | Sequence[str],
+        timeframe: str = "1d",
+        *,
+        grid: dict[str, Sequence[Any]],
+        start: TimeLike = None,
+        end: TimeLike = None,
+        sort: str = "sharpe",
+        config: dict[str, Any] | None = None,
+    ) -> Any:
+        """Backtest every combination of ``grid`` (``{"fast": [5, 10], "slow": [20, 50]}``)
+        and store the result (as `marketlake backtest sweep`); a DataFrame ranked by
+        ``sort``, best first, one row per combination. ``df.attrs["id"]`` is the stored
+        sweep (``marketlake backtest show ID``)."""
+        body: dict[str, Any] = {
+            "strategy": strategy,
+            "symbols": _symbols(symbols),
+            "timeframe": timeframe,
+            "start": _iso(start),
+            "end": _iso(end),
+            "grid": {k: list(v) for k, v in grid.items()},
+            "sort": sort,
+            **(config or {}),
+        }
+        found = self._t.task("sweep", body)
+        df = _rows(found["rows"], "pandas", times=("start", "end"))
+        df.attrs.update(id=found["id"], sort=found["sort"], skipped=found["skipped"])
+        return df
+
     # -- live -------------------------------------------------------------------------------
 
     def alerts(self, limit: int = 100, *, as_: As = "pandas") -> Any:
@@ -369,6 +535,59 @@ class Lake:
             pa.Table.from_pylist(rows) if rows else pa.table({"symbol": pa.array([], pa.string())})
         )
         return frame(table, as_, index=None)
+
+
+def _times(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    import pandas as pd
+
+    for column in columns:
+        if column in df.columns:
+            df[column] = pd.to_datetime(df[column], utc=True, format="ISO8601")
+    return df
+
+
+def _rows(rows: list[dict[str, Any]], as_: As, *, times: Sequence[str] = ()) -> Any:
+    """JSON rows (times as ISO strings) as a frame with tz-aware UTC times."""
+    import pandas as pd
+
+    df = _times(pd.DataFrame(rows), times)
+    if as_ == "pandas":
+        return df
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    return frame(table, as_, index=None)
+
+
+@dataclass
+class QualityReport:
+    """A stored validation report: ``.findings`` (one row per finding: rule, severity,
+    symbol, timeframe, ts, end_ts, message, values), ``.series`` (one row per series:
+    bars, expected, missing, errors, warnings, score) and ``.summary`` (counts per rule,
+    totals); ``.id`` is the report (`marketlake validate --show ID`)."""
+
+    id: str
+    job_id: str
+    summary: dict[str, Any]
+    findings: pd.DataFrame
+    series: pd.DataFrame
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> QualityReport:
+        import pandas as pd
+
+        columns = ["rule", "severity", "symbol", "timeframe", "ts", "end_ts", "message", "values"]
+        findings = pd.DataFrame(record.get("findings") or [], columns=columns)
+        findings = _times(findings, ("ts", "end_ts"))
+        summary = dict(record.get("summary") or {})
+        series = _times(pd.DataFrame(summary.get("series") or []), ("first", "last"))
+        return cls(str(record["id"]), str(record["job_id"]), summary, findings, series)
+
+    @property
+    def errors(self) -> int:
+        return int(self.summary.get("errors", 0))
+
+    @property
+    def warnings(self) -> int:
+        return int(self.summary.get("warnings", 0))
 
 
 class _Progress:

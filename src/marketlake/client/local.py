@@ -75,8 +75,18 @@ class LocalTransport:
         self.store.delete_instrument(symbol)
 
     def bars(
-        self, symbol: str, timeframe: str, start: str | None, end: str | None, adjusted: bool
+        self,
+        symbols: list[str],
+        timeframe: str,
+        start: str | None,
+        end: str | None,
+        adjusted: bool,
     ) -> pa.Table:
+        if len(symbols) > 1:  # what GET /api/v1/bars?symbols=… answers
+            from marketlake.api.routes.datasets import bars_table
+
+            return bars_table(self.store, sorted(symbols), timeframe, start, end, adjusted)
+        symbol = symbols[0]
         tf = Timeframe.parse(timeframe)
         begin = parse_time(start, param="start") if start else None
         stop = parse_time(end, param="end") if end else None
@@ -87,6 +97,58 @@ class LocalTransport:
             return read_adjusted(self.store, symbol, tf, begin, stop)
         table: pa.Table = self.store.read_bars(symbol, tf, begin, stop).table
         return table
+
+    def trades(self, symbol: str, start: str | None, end: str | None) -> pa.Table:
+        from marketlake.api.routes.datasets import trades_table
+
+        return trades_table(self.store, symbol, start, end)
+
+    def coverage(self, symbols: list[str] | None, timeframe: str | None) -> pa.Table:
+        from marketlake.api.routes.datasets import coverage_table
+
+        return coverage_table(self.store, symbols, timeframe)
+
+    def actions(self, symbol: str, start: str | None, end: str | None) -> pa.Table:
+        from marketlake.api.routes.datasets import actions_table
+
+        return actions_table(self.store, symbol, start, end)
+
+    def task(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """validate, aggregate, repair or sweep: the functions the API's routes call."""
+        from marketlake.api.routes import tasks
+
+        request: Any
+        try:
+            if kind == "sweep":
+                return tasks.sweep(self.store, tasks.SweepRequest(**body))
+            model = {
+                "validate": tasks.ValidateRequest,
+                "aggregate": tasks.AggregateRequest,
+                "repair": tasks.RepairRequest,
+            }[kind]
+            request = model(**body)
+        except ValueError as exc:
+            raise InputError(_first_problem(exc)) from None
+        if kind == "validate":
+            found = tasks.validate(self.settings, self.store, request)
+        elif kind == "aggregate":
+            found = tasks.aggregate(self.settings, self.store, request)
+        else:
+            found = tasks.repair(self.settings, self.store, request)
+        return found
+
+    def import_csv(self, path: str, options: dict[str, Any]) -> dict[str, Any]:
+        from pathlib import Path
+
+        from marketlake.api.routes.tasks import ImportOptions, import_file
+
+        try:
+            checked = ImportOptions(**options)
+        except ValueError as exc:
+            raise InputError(_first_problem(exc)) from None
+        if not Path(path).is_file():
+            raise InputError(f"no such file: {path}", param="path")
+        return import_file(self.settings, self.store, path, checked)
 
     def latest(self, symbol: str) -> dict[str, Any]:
         from marketlake.api.routes.prices import _latest_price
@@ -166,3 +228,14 @@ class LocalTransport:
         from marketlake.api.routes.metrics import read_metrics
 
         return [m.model_dump(mode="json") for m in read_metrics(self.store)]
+
+
+def _first_problem(exc: ValueError) -> str:
+    """A pydantic error as one line, as the API's 422 detail says it."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+    return str(exc).splitlines()[0]

@@ -64,20 +64,78 @@ class RemoteTransport:
         self._call("DELETE", f"/instruments/{_path(symbol)}")
 
     def bars(
-        self, symbol: str, timeframe: str, start: str | None, end: str | None, adjusted: bool
+        self,
+        symbols: list[str],
+        timeframe: str,
+        start: str | None,
+        end: str | None,
+        adjusted: bool,
     ) -> pa.Table:
-        params: dict[str, Any] = {"timeframe": timeframe, "format": "arrow"}
+        params: dict[str, Any] = {"timeframe": timeframe}
         if start:
             params["start"] = start
         if end:
             params["end"] = end
         if adjusted:
             params["adjusted"] = "true"
-        response = self._call(
-            "GET", f"/bars/{_path(symbol)}", params=params, headers={"Accept": ARROW}
-        )
+        if len(symbols) > 1:  # the symbols in one request, one Arrow stream
+            tables = [
+                self._arrow("/bars", params | {"symbols": ",".join(group)})
+                for group in _groups(symbols)
+            ]
+            return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        params["format"] = "arrow"
+        return self._arrow(f"/bars/{_path(symbols[0])}", params)
+
+    def _arrow(self, path: str, params: dict[str, Any]) -> pa.Table:
+        response = self._call("GET", path, params=params, headers={"Accept": ARROW})
         with pa.ipc.open_stream(response.content) as reader:
             return reader.read_all()
+
+    def trades(self, symbol: str, start: str | None, end: str | None) -> pa.Table:
+        return self._arrow(f"/trades/{_path(symbol)}", _times(start, end))
+
+    def coverage(self, symbols: list[str] | None, timeframe: str | None) -> pa.Table:
+        params: dict[str, Any] = {}
+        if symbols:
+            params["symbols"] = ",".join(symbols)
+        if timeframe:
+            params["timeframe"] = timeframe
+        return self._arrow("/coverage", params)
+
+    def actions(self, symbol: str, start: str | None, end: str | None) -> pa.Table:
+        return self._arrow(f"/actions/{_path(symbol)}", _times(start, end))
+
+    def task(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        path = f"/{kind}/run"  # validate, aggregate, repair, sweep: as POST /ingest/run
+        clean = {k: v for k, v in body.items() if v is not None}
+        found: dict[str, Any] = self._call("POST", path, json=clean).json()
+        return found
+
+    def import_csv(self, path: str, options: dict[str, Any]) -> dict[str, Any]:
+        from pathlib import Path
+
+        file = Path(path)
+        if not file.is_file():
+            raise InputError(f"no such file: {path}", param="path")
+        params = {k: v for k, v in options.items() if v is not None}
+        if "replace" in params:
+            params["replace"] = "true" if params["replace"] else "false"
+        try:
+            with file.open("rb") as data:
+                found: dict[str, Any] = self._call(
+                    "POST", "/import/csv", params=params, content=data,
+                    headers={"Content-Type": "text/csv"},
+                ).json()  # fmt: skip
+        except InputError as exc:
+            if "MARKETLAKE_API_MAX_BODY_BYTES" not in exc.message:
+                raise
+            raise InputError(
+                f"{file.name} is too large to upload to {self.url}: {exc.message.split(';')[0]}; "
+                "raise it on the server or run `marketlake import-csv` there",
+                param="path",
+            ) from None
+        return found
 
     def latest(self, symbol: str) -> dict[str, Any]:
         found: dict[str, Any] = self._call("GET", f"/prices/{_path(symbol)}/latest").json()
@@ -121,6 +179,24 @@ class RemoteTransport:
     def metrics(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("GET", "/metrics/latest").json()
         return rows
+
+
+def _groups(symbols: list[str], most: int = 500, chars: int = 4000) -> list[list[str]]:
+    """``symbols`` (sorted) in as few requests as ``GET /bars?symbols=`` takes: at most
+    ``most`` symbols and ``chars`` characters each (one request but for thousands)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for symbol in symbols:
+        if groups[-1] and (len(groups[-1]) >= most or size + len(symbol) + 1 > chars):
+            groups.append([])
+            size = 0
+        groups[-1].append(symbol)
+        size += len(symbol) + 1
+    return groups
+
+
+def _times(start: str | None, end: str | None) -> dict[str, str]:
+    return {k: v for k, v in (("start", start), ("end", end)) if v}
 
 
 def _path(symbol: str) -> str:

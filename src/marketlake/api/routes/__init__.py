@@ -12,6 +12,7 @@ from marketlake.api.routes import (
     alerts,
     backtests,
     bars,
+    datasets,
     health,
     instruments,
     jobs,
@@ -21,6 +22,7 @@ from marketlake.api.routes import (
     portfolio,
     prices,
     quality,
+    tasks,
 )
 
 API_ROUTERS: list[APIRouter] = [
@@ -36,4 +38,6 @@ API_ROUTERS: list[APIRouter] = [
     live.router,
     portfolio.router,
     backtests.router,
+    datasets.router,
+    tasks.router,
 ]
