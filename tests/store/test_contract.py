@@ -518,11 +518,11 @@ def test_instruments_can_be_added_listed_updated_and_removed(store: Store) -> No
     store.add_instrument(Instrument(symbol="AAPL", name="Apple", exchange="XNAS"))
     assert [i.symbol for i in store.list_instruments()] == ["AAPL", "MSFT"]
     assert store.instrument("aapl").exchange == "XNAS"
-    assert not store.is_auto_registered("AAPL")
+    assert not bool(store.auto_registered(["AAPL"]))
     store.update_instrument(Instrument(symbol="AAPL", name="Apple Inc."))
     assert store.instrument("AAPL").name == "Apple Inc."
     store.delete_instrument("MSFT")
-    assert store.get_instrument("MSFT", missing_ok=True) is None
+    assert store.instrument("MSFT", missing_ok=True) is None
 
 
 def test_adding_a_known_symbol_is_a_conflict(store: Store) -> None:
@@ -550,8 +550,8 @@ def test_symbols_seen_first_in_data_are_registered_with_defaults(store: Store) -
     crypto = store.instrument("BTCUSDT")
     assert (crypto.asset_class, crypto.timezone) == ("crypto", "UTC")
     assert store.instrument("^GSPC").asset_class == "index"
-    assert store.is_auto_registered("BTCUSDT")
-    assert not store.is_auto_registered("AAPL")
+    assert bool(store.auto_registered(["BTCUSDT"]))
+    assert not bool(store.auto_registered(["AAPL"]))
 
 
 def test_removing_an_instrument_with_data_removes_its_bars(store: Store) -> None:

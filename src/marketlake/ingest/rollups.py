@@ -175,7 +175,7 @@ def aggregate_store(
         names = [normalize_symbol(s) for s in symbols]
     results: list[AggregateResult] = []
     for symbol in names:
-        instrument = store.get_instrument(symbol, missing_ok=True) or default_instrument(symbol)
+        instrument = store.instrument(symbol, missing_ok=True) or default_instrument(symbol)
         daily = str(src) == "1d" or any(str(t) == "1d" for t in tfs)
         for tf in tfs:
             base = Timeframe.parse("1d") if daily and tf.unit in ("w", "mo") else src
@@ -264,7 +264,7 @@ def rollup_spans(
     symbols = sorted(spans)
     known = instruments or {}
     lookup = {
-        s: known.get(s) or store.get_instrument(s, missing_ok=True) or default_instrument(s)
+        s: known.get(s) or store.instrument(s, missing_ok=True) or default_instrument(s)
         for s in symbols
     }
     firsts = np.array([to_epoch_us(spans[s][0]) for s in symbols], dtype=np.int64)
@@ -312,7 +312,7 @@ def partial_bucket(
     latest = store.latest_bar(symbol, tf)
     if latest is None:
         return None
-    instrument = store.get_instrument(symbol, missing_ok=True) or default_instrument(symbol)
+    instrument = store.instrument(symbol, missing_ok=True) or default_instrument(symbol)
     label = to_epoch_us(latest["ts"])
     moment = to_epoch_us(now or utcnow())
     return latest["ts"] if bucket_end(instrument, tf, label) > moment else None

@@ -44,7 +44,7 @@ from marketlake.timeseries.columns import int64_values
 
 def instrument_of(store: Store, symbol: str) -> Instrument:
     """The registered instrument, or the defaults for an unregistered symbol."""
-    return store.get_instrument(symbol, missing_ok=True) or default_instrument(symbol)
+    return store.instrument(symbol, missing_ok=True) or default_instrument(symbol)
 
 
 def validate_store(

@@ -664,7 +664,7 @@ def _symbols(table: pa.Table) -> list[str]:
 
 
 def _store_instruments(store: Store, table: pa.Table) -> dict[str, Instrument]:
-    found = {s: store.get_instrument(s, missing_ok=True) for s in _symbols(table)}
+    found = {s: store.instrument(s, missing_ok=True) for s in _symbols(table)}
     return {s: i for s, i in found.items() if i is not None}
 
 

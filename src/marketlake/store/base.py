@@ -16,11 +16,11 @@ import base64
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar, overload
 
 import pyarrow as pa
 
@@ -324,7 +324,15 @@ class Store(ABC):
             )
         return instrument
 
-    def get_instrument(self, symbol: str, *, missing_ok: bool = False) -> Instrument | None:
+    @overload
+    def instrument(self, symbol: str, *, missing_ok: Literal[False] = False) -> Instrument: ...
+
+    @overload
+    def instrument(self, symbol: str, *, missing_ok: bool) -> Instrument | None: ...
+
+    def instrument(self, symbol: str, *, missing_ok: bool = False) -> Instrument | None:
+        """The registered instrument; an unknown symbol raises :class:`NotFoundError`, or
+        gives None with ``missing_ok``."""
         rows = self.select_rows("instruments", {"symbol": normalize_symbol(symbol)})
         if not rows:
             if missing_ok:
@@ -335,18 +343,8 @@ class Store(ABC):
             )
         return _instrument(rows[0])
 
-    def instrument(self, symbol: str) -> Instrument:
-        """The registered instrument; raises :class:`NotFoundError` when unknown."""
-        found = self.get_instrument(symbol)
-        assert found is not None
-        return found
-
     def list_instruments(self) -> list[Instrument]:
         return [_instrument(row) for row in self.select_rows("instruments", order_by="symbol")]
-
-    def is_auto_registered(self, symbol: str) -> bool:
-        rows = self.select_rows("instruments", {"symbol": normalize_symbol(symbol)})
-        return bool(rows and rows[0]["auto_registered"])
 
     def delete_instrument(self, symbol: str, *, with_data: bool = False) -> None:
         symbol = normalize_symbol(symbol)
@@ -381,9 +379,14 @@ class Store(ABC):
         new = {key[0] for key in inserted}
         return [symbol for symbol in wanted if symbol in new]
 
-    def auto_registered(self) -> set[str]:
-        """The symbols registered with defaults when first seen, and not refined since."""
-        return {row["symbol"] for row in self.select_rows("instruments", {"auto_registered": True})}
+    def auto_registered(self, symbols: Iterable[str] | None = None) -> set[str]:
+        """The symbols registered with defaults when first seen, and not refined since
+        (only those among ``symbols`` when given)."""
+        rows = self.select_rows("instruments", {"auto_registered": True})
+        found = {row["symbol"] for row in rows}
+        if symbols is None:
+            return found
+        return found & {normalize_symbol(s) for s in symbols}
 
     # -- bars ---------------------------------------------------------------------------
 
