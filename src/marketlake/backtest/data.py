@@ -229,12 +229,7 @@ def _rolled_up(
 ) -> pa.Table:
     from marketlake.timeseries.aggregate import rollup
 
-    stored = [
-        str(t)
-        for t in store.query("SELECT DISTINCT timeframe FROM bars WHERE symbol = ?", [symbol])
-        .column("timeframe")
-        .to_pylist()
-    ]
+    stored = store.stored_timeframes(symbol)
     sources = sorted(
         (Timeframe.parse(t) for t in stored if divides(Timeframe.parse(t), tf)),
         key=lambda t: t.seconds,

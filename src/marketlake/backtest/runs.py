@@ -186,19 +186,13 @@ def save_walk_forward(store: Store, request: dict[str, Any], result: WalkForward
 def _save(store: Store, request: dict[str, Any], stats: Any, trades: Any, equity: Any) -> str:
     now = utcnow()
     row_id = uuid.uuid4().hex[:12]
-    store.insert_row(
-        "backtests",
-        {
-            "id": row_id,
-            "status": "succeeded",
-            "params": _dumps(request),
-            "stats": _dumps(stats),
-            "trades": _dumps(trades),
-            "equity": _dumps(equity),
-            "error": None,
-            "created_at": now,
-            "finished_at": now,
-        },
+    store.add_backtest(
+        row_id,
+        params=_dumps(request),
+        stats=_dumps(stats),
+        trades=_dumps(trades),
+        equity=_dumps(equity),
+        created_at=now,
     )
     return row_id
 
@@ -207,36 +201,30 @@ def save_sweep(store: Store, request: dict[str, Any], rows: list[dict[str, Any]]
     """Store the result rows of a parameter sweep as one backtest record; return its id."""
     now = utcnow()
     row_id = uuid.uuid4().hex[:12]
-    store.insert_row(
-        "backtests",
-        {
-            "id": row_id,
-            "status": "succeeded",
-            "params": _dumps({"kind": "sweep", **request}),
-            "stats": _dumps(rows),
-            "trades": None,
-            "equity": None,
-            "error": None,
-            "created_at": now,
-            "finished_at": now,
-        },
+    store.add_backtest(
+        row_id,
+        params=_dumps({"kind": "sweep", **request}),
+        stats=_dumps(rows),
+        trades=None,
+        equity=None,
+        created_at=now,
     )
     return row_id
 
 
 def get_backtest(store: Store, backtest_id: str) -> dict[str, Any]:
     """A stored backtest as a dict: id, status, request, stats, trades, equity, times."""
-    rows = store.select_rows("backtests", {"id": backtest_id})
-    if not rows:
+    row = store.backtest(backtest_id)
+    if row is None:
         raise NotFoundError(
             f"unknown backtest {backtest_id!r}; list stored ones with `marketlake backtest list`"
         )
-    return _record(rows[0])
+    return _record(row)
 
 
 def list_backtests(store: Store, limit: int = 50) -> list[dict[str, Any]]:
     """The newest stored backtests (without their trades and equity)."""
-    rows = store.select_rows("backtests", order_by="created_at", descending=True, limit=limit)
+    rows = store.backtests(limit)
     return [
         {k: v for k, v in _record(row).items() if k not in ("trades", "equity")} for row in rows
     ]

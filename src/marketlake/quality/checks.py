@@ -112,12 +112,7 @@ def stored_gaps_of(
 ) -> dict[str, GapScan]:
     """:func:`stored_gaps` of several symbols, read with one query."""
     symbols = sorted(instruments)
-    table = store.query(
-        "SELECT symbol, ts FROM bars WHERE timeframe = ? "  # noqa: S608 - placeholders only
-        f"AND symbol IN ({', '.join('?' * len(symbols))}) AND ts >= ? AND ts < ? "
-        "ORDER BY symbol, ts",
-        [str(tf), *symbols, start, end],
-    )
+    table = store.bar_times(symbols, tf, start, end)
     ts_all = int64_values(table.column("ts")) if table.num_rows else np.empty(0, np.int64)
     # each symbol's times, in time order, whatever order the database sorts symbols in
     codes = (

@@ -672,13 +672,8 @@ def split_actions(store: Store, symbols: list[str]) -> pa.Table:
     """The splits recorded in the store's ``corporate_actions`` for ``symbols``."""
     if not symbols:
         return SPLITS.empty_table()
-    marks = ", ".join("?" * len(symbols))  # placeholders only; the symbols are parameters
-    found = store.query(
-        "SELECT symbol, ts, kind, value FROM corporate_actions WHERE kind = 'split' "  # noqa: S608
-        f"AND symbol IN ({marks}) ORDER BY symbol, ts",
-        list(symbols),
-    )
-    return pa.Table.from_pylist(found.to_pylist(), schema=SPLITS)
+    found = store.read_actions(symbols, kind="split")
+    return found.select(SPLITS.names).cast(SPLITS)
 
 
 SPLITS = pa.schema(

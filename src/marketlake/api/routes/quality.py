@@ -56,9 +56,7 @@ async def list_reports(
     limit: Annotated[int, Query(ge=1, le=1000, description="How many of the newest")] = 50,
 ) -> list[QualityReportSummary]:
     """Validation reports, newest first."""
-    rows: list[dict[str, Any]] = await in_thread(
-        store.select_rows, "quality_reports", None, order_by="created_at", descending=True
-    )
+    rows: list[dict[str, Any]] = await in_thread(store.quality_reports)
     reports = [_summary(r) for r in rows]
     if symbol is not None:
         reports = [r for r in reports if _mentions(r, symbol)]
@@ -85,14 +83,11 @@ async def get_report(
 
 
 def _report(store: Store, report_id: str, severity: str | None, limit: int) -> QualityReport:
-    rows = store.select_rows("quality_reports", {"id": report_id})
-    if not rows:
+    row = store.quality_report(report_id)
+    if row is None:
         raise NotFoundError(
             f"unknown quality report {report_id}; list them with GET /api/v1/quality/reports"
         )
-    where: dict[str, Any] = {"report_id": report_id, "severity": severity}
-    findings = store.select_rows("quality_findings", where, order_by="ts")
+    findings = store.quality_findings(report_id, severity=severity, order="time")
     items = [QualityFinding(**{**f, "values": _json(f.get("values"))}) for f in findings[:limit]]
-    return QualityReport(
-        **_summary(rows[0]).model_dump(), findings=items, findings_total=len(findings)
-    )
+    return QualityReport(**_summary(row).model_dump(), findings=items, findings_total=len(findings))
