@@ -36,6 +36,7 @@ from marketlake.backtest.strategies import get_strategy
 from marketlake.backtest.walkforward import WalkForwardResult
 from marketlake.errors import InputError, NotFoundError
 from marketlake.schema import Timeframe, normalize_symbol, utcnow
+from marketlake.timeseries.times import iso_z
 
 if TYPE_CHECKING:
     from marketlake.store import Store
@@ -84,8 +85,8 @@ def run_backtest(
             "params": chosen.params(),
             "symbols": names,
             "timeframe": tf,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": None if start is None else iso_z(start),
+            "end": None if end is None else iso_z(end),
             "source": "synthetic" if synthetic else "store",
             "config": config.as_dict(),
         }
@@ -129,8 +130,8 @@ def run_portfolio_backtest(
             "params": {k: str(v) for k, v in (params or {}).items()},
             "symbols": names,
             "timeframe": tf,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": None if start is None else iso_z(start),
+            "end": None if end is None else iso_z(end),
             "source": "synthetic" if synthetic else "store",
             "config": dict(vars(config)),
         }
@@ -313,7 +314,3 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")

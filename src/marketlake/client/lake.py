@@ -74,7 +74,7 @@ def connect(uri: str | None = None, *, api_key: str | None = None, timeout: floa
     return Lake(local)
 
 
-def _iso(value: TimeLike) -> str | None:
+def _time_param(value: TimeLike) -> str | None:
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -249,7 +249,10 @@ class Lake:
         dividends.
         """
         names = _symbols(symbols)
-        tables = [self._t.bars(s, timeframe, _iso(start), _iso(end), adjusted) for s in names]
+        tables = [
+            self._t.bars(s, timeframe, _time_param(start), _time_param(end), adjusted)
+            for s in names
+        ]
         table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         if len(names) == 1 and "symbol" in table.column_names:
             table = table.drop_columns(["symbol"])
@@ -284,7 +287,13 @@ class Lake:
         them as one recorded job; returns the job (status, rows, per-symbol results)."""
         with _Progress(enabled=progress, label=f"ingest {provider}") as bar:
             return self._t.ingest(
-                provider, _symbols(symbols), timeframe, _iso(start), _iso(end), period, bar.update
+                provider,
+                _symbols(symbols),
+                timeframe,
+                _time_param(start),
+                _time_param(end),
+                period,
+                bar.update,
             )
 
     # -- backtests --------------------------------------------------------------------------
@@ -310,8 +319,8 @@ class Lake:
             "strategy": strategy,
             "symbols": _symbols(symbols),
             "timeframe": timeframe,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": _time_param(start),
+            "end": _time_param(end),
             "params": params,
             **(config or {}),
         }
@@ -343,8 +352,8 @@ class Lake:
             "strategy": strategy,
             "symbols": _symbols(symbols),
             "timeframe": timeframe,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": _time_param(start),
+            "end": _time_param(end),
             "grid": {k: list(v) for k, v in grid.items()},
             "windows": windows,
             "train_ratio": train_ratio,

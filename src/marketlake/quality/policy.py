@@ -30,6 +30,7 @@ from marketlake.errors import ConfigError, DataError, NotFoundError
 from marketlake.quality.gaps import Gap
 from marketlake.schema import from_epoch_us, normalize_symbol
 from marketlake.store.base import Store
+from marketlake.timeseries.times import iso_z
 
 Action = Literal["reject", "flag", "off"]
 Severity = Literal["error", "warning"]
@@ -204,13 +205,9 @@ def gap_finding(symbol: str, timeframe: str, gap: Gap) -> Finding:
         from_epoch_us(gap.start),
         from_epoch_us(gap.end),
         {"missing": gap.missing},
-        f"{gap.missing} {timeframe} bar(s) missing from {_iso(gap.start)} to {_iso(gap.end)}; "
+        f"{gap.missing} {timeframe} bar(s) missing from {iso_z(gap.start)} to {iso_z(gap.end)}; "
         f"fill them with `marketlake repair {symbol} -t {timeframe}`",
     )
-
-
-def _iso(us: int) -> str:
-    return from_epoch_us(us).isoformat().replace("+00:00", "Z")
 
 
 def _plain(value: Any) -> Any:

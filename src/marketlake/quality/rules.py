@@ -67,6 +67,7 @@ from marketlake.timeseries.kernels import (
     stale_runs,
 )
 from marketlake.timeseries.sessions import DAY_US
+from marketlake.timeseries.times import iso_z
 
 __all__ = [
     "SPLITS",
@@ -355,7 +356,7 @@ class _Checker:
             yield (
                 values,
                 (
-                    f"{same} bars at {_iso(int(t))} with different values; keep one "
+                    f"{same} bars at {iso_z(int(t))} with different values; keep one "
                     "(e.g. re-fetch the range)"
                 ),
             )
@@ -364,8 +365,8 @@ class _Checker:
         tf = self.bars.timeframes[k]
         for t in self.ts[rows].tolist():
             yield (
-                {"ts": _iso(t)},
-                f"{_iso(t)} is not the start of a {tf} bar (bars start at multiples of {tf} "
+                {"ts": iso_z(t)},
+                f"{iso_z(t)} is not the start of a {tf} bar (bars start at multiples of {tf} "
                 "from 1970-01-01 UTC; daily bars at 00:00 UTC of the trading date)",
             )
 
@@ -514,13 +515,13 @@ class _Checker:
         for t in self.ts[rows].tolist():
             if tf.is_intraday:
                 yield (
-                    {"ts": _iso(t), "calendar": calendar},
-                    f"bar at {_iso(t)} is outside the {calendar} trading sessions",
+                    {"ts": iso_z(t), "calendar": calendar},
+                    f"bar at {iso_z(t)} is outside the {calendar} trading sessions",
                 )
                 continue
             day = from_epoch_us(t)
             yield (
-                {"ts": _iso(t)[:10], "calendar": calendar},
+                {"ts": iso_z(t)[:10], "calendar": calendar},
                 (
                     f"daily bar on {day:%Y-%m-%d} ({day:%A}), a day with no {calendar} "
                     "session; are the dates shifted (check --tz) or the exchange wrong?"
@@ -536,7 +537,7 @@ class _Checker:
                 {"prev_close": close, "open": open_, "ratio": round(ratio, 4)},
                 (
                     f"price jumps from close {close} to open {open_} (x{1 / ratio:.3g}), like a "
-                    f"split, but no split is recorded near {_iso(int(self.ts[row]))[:10]}; record "
+                    f"split, but no split is recorded near {iso_z(int(self.ts[row]))[:10]}; record "
                     "it in corporate_actions or fix the data"
                 ),
             )
@@ -640,10 +641,6 @@ def _split_like(
             splits[np.minimum(after, len(splits) - 1)] <= ts + window
         )
     return like, recorded
-
-
-def _iso(us: int) -> str:
-    return from_epoch_us(us).isoformat().replace("+00:00", "Z")
 
 
 def _split_times(actions: pa.Table | None) -> dict[str, Array]:
