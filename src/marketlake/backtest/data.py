@@ -133,7 +133,7 @@ def split_symbols(table: pa.Table) -> list[Bars]:
     return out
 
 
-def empty_bars(symbol: str) -> Bars:
+def no_bars(symbol: str) -> Bars:
     """No bars of ``symbol`` (a range with no session, for instance)."""
     nothing = np.empty(0)
     return Bars(symbol, np.empty(0, dtype=np.int64), nothing, nothing, nothing, nothing, nothing)

@@ -20,8 +20,8 @@ import pyarrow as pa
 from marketlake.backtest import engine
 from marketlake.backtest.data import (
     check_holes,
-    empty_bars,
     load_bars,
+    no_bars,
     split_symbols,
     synthetic_bars,
 )
@@ -152,7 +152,7 @@ def load_for_backtest(
         if start is None or end is None:
             raise InputError("synthetic data needs both start and end", param="start")
         made = {b.symbol: b for b in split_symbols(synthetic_bars(names, tf, start, end, seed))}
-        return [made.get(name) or empty_bars(name) for name in names]
+        return [made.get(name) or no_bars(name) for name in names]
     if store is None:
         raise InputError("no store given; pass one or use synthetic data", param="store")
     return load_bars(store, names, tf, start, end)
