@@ -171,7 +171,6 @@ class Store(ABC):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
-    param_style: ClassVar[str] = "?"
     #: True when no other process can write while this object has the store open (an
     #: embedded DuckDB file): then :attr:`generation` is an exact change marker for caches.
     exclusive: ClassVar[bool] = False

@@ -207,14 +207,3 @@ def _local_days(timezone: str, weekdays_only: bool, first_day: int, last_day: in
         closes.copy(),
         always_open=not weekdays_only,
     )
-
-
-def session_of(sessions: Sessions, ts_sorted: Array) -> tuple[Array, Array]:
-    """Row ranges of each session in sorted timestamps: ``(first_row, end_row)`` per session.
-
-    Rows ``first_row[k]:end_row[k]`` fall inside session ``k`` (open <= ts < close);
-    rows outside every session belong to none.
-    """
-    lo = np.searchsorted(ts_sorted, sessions.opens, side="left")
-    hi = np.searchsorted(ts_sorted, sessions.closes, side="left")
-    return lo, hi
