@@ -8,7 +8,7 @@ the instrument's timezone, so a crypto 1d bar is a local day (a UTC day for the
 usual ``timezone="UTC"``), DST included. FX uses local weekdays (24/5).
 
 Every session carries its trading date; that date at 00:00 UTC labels the
-session's daily bar (DESIGN.md, "Bar labels"). Times are epoch microseconds.
+session's daily bar (docs/cli.md, "Conventions"). Times are epoch microseconds.
 """
 
 from __future__ import annotations
