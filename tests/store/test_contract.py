@@ -647,6 +647,8 @@ def test_series_operations_answer_from_the_stored_bars(store: Store) -> None:
     assert store.bar_times([], "1m", at(0), at(3)).num_rows == 0
     assert store.close_before("AAPL", "1m", at(2)) == 101.5
     assert store.close_before("AAPL", "1m", at(0)) is None
+    assert store.close_at("AAPL", "1m", at(2)) == 102.5
+    assert store.close_at("AAPL", "1m", at(9)) is None
     assert store.main_source("AAPL", "1m") == "test"
     assert store.main_source("AAPL", "1d") is None
     store.ping()

@@ -732,6 +732,14 @@ class Store(ABC):
         ).to_pylist()
         return float(found[0]["close"]) if found else None
 
+    def close_at(self, symbol: str, timeframe: str | Timeframe, ts: datetime) -> float | None:
+        """The close of the stored bar of a series at ``ts``, or None."""
+        found = self.query(
+            "SELECT close FROM bars WHERE symbol = ? AND timeframe = ? AND ts = ?",
+            [normalize_symbol(symbol), str(Timeframe.parse(timeframe)), ts],
+        ).to_pylist()
+        return float(found[0]["close"]) if found else None
+
     def main_source(self, symbol: str, timeframe: str | Timeframe) -> str | None:
         """The ``source`` most stored bars of a series came from, or None without bars."""
         rows = self.query(

@@ -114,12 +114,12 @@ def _latest_price(store: Store, symbol: str) -> bytes | None:
         return orjson.dumps(out)
     if best is None:
         return None
-    bar = store.latest_bar(symbol, best["timeframe"])
-    if bar is None:  # deleted since it was found
+    close = store.close_at(symbol, best["timeframe"], best["open"])
+    if close is None:  # deleted since it was found
         return None
     out = {
         "symbol": symbol,
-        "price": bar["close"],
+        "price": close,
         "ts": best["ts"],
         "source": "bar",
         "timeframe": best["timeframe"],
