@@ -19,9 +19,11 @@ the CLI to exit codes in one place (``cli/app.py``).
     │   ├── ProviderAuthError  the vendor rejected our credentials
     │   ├── SymbolNotFoundError the vendor does not know the symbol
     │   └── CircuitOpenError   too many failures in a row; calls are paused
-    └── StoreError             the store failed: exit 1, HTTP 503
-        ├── StoreVersionError  the store's schema is older or newer than this code
-        └── BusError           the event bus (Redis) is unreachable or failed
+    ├── StoreError             the store failed: exit 1, HTTP 503
+    │   ├── StoreLockedError   another process holds the embedded store
+    │   └── StoreVersionError  the store's schema is older or newer than this code
+    ├── BusError               the event bus (Redis) is unreachable or failed: exit 1, HTTP 503
+    └── ServerUnreachableError the MarketLake server does not answer: exit 2, HTTP 502
 """
 
 from __future__ import annotations
@@ -169,7 +171,12 @@ class StoreVersionError(StoreError):
     """The store's schema version does not match this version of MarketLake."""
 
 
-class BusError(StoreError):
-    """The event bus (Redis Streams) is unreachable or answered an error."""
+class BusError(MarketLakeError):
+    """The event bus (Redis Streams) is unreachable or answered an error.
 
+    Not a :class:`StoreError`: the bus failing says nothing about the store, and code
+    that retries or reports store failures must not swallow bus failures (or the reverse).
+    """
+
+    http_status = 503
     title = "Bus unavailable"

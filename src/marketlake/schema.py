@@ -245,9 +245,7 @@ TRADE_SCHEMA = pa.schema(
     ]
 )
 
-BAR_KEY = ("symbol", "timeframe", "ts")
 BAR_VALUES = ("open", "high", "low", "close", "volume", "trades", "vwap")
-TRADE_KEY = ("source", "symbol", "trade_id")
 
 
 def empty_bars() -> pa.Table:

@@ -252,11 +252,10 @@ async def test_adjusted_bars_are_the_stored_ones_adjusted(
     make_client: Callable[..., Any], seeded: Store, fmt: str
 ) -> None:
     """adjusted=true gives what read_adjusted gives; without it, the bars as traded."""
-    from marketlake.timeseries.adjust import ACTION_SCHEMA, read_adjusted, write_actions
+    from marketlake.timeseries.adjust import ACTION_SCHEMA, read_adjusted
 
     split = datetime(2024, 3, 5, tzinfo=UTC)
-    write_actions(
-        seeded,
+    seeded.write_actions(
         pa.table(
             {
                 "symbol": ["AAPL"],

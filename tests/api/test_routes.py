@@ -344,6 +344,7 @@ async def test_bad_ingest_requests_are_422_and_record_no_job(
     r = await client.post("/api/v1/ingest/run", json=body, headers=bearer(keys["write"]))
     assert r.status_code == 422
     assert r.json()["param"] == param
+    assert "--" not in r.json()["detail"]  # the API names its fields, not CLI options
     assert seeded.list_jobs() == []
 
 

@@ -24,7 +24,7 @@ from marketlake.errors import ConflictError, InputError, MarketLakeError, NotFou
 from marketlake.providers.synthetic import generate_bars
 from marketlake.schema import Instrument, normalize_trades
 from marketlake.store import open_store
-from marketlake.timeseries.adjust import ACTION_SCHEMA, write_actions
+from marketlake.timeseries.adjust import ACTION_SCHEMA
 from tests.api.server import running
 
 START = datetime(2024, 3, 4, tzinfo=UTC)
@@ -60,8 +60,7 @@ def _seed(uri: str) -> str:
                 source="binance",
             )
         )  # fmt: skip
-        write_actions(
-            store,
+        store.write_actions(
             pa.table(
                 {"symbol": ["AAPL"], "ts": [datetime(2024, 3, 6, tzinfo=UTC)],
                  "kind": ["dividend"], "value": [0.5], "source": ["yahoo"]},

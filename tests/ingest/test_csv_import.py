@@ -241,7 +241,7 @@ def test_changed_values_are_conflicts_unless_replace(duck: Store, tmp_path: Path
 
 def test_an_import_registers_the_symbol_and_records_a_job(duck: Store, tmp_path: Path) -> None:
     result = import_csv(duck, write(tmp_path, GOOD), "AAPL")
-    assert duck.is_auto_registered("AAPL")
+    assert bool(duck.auto_registered(["AAPL"]))
     job = duck.get_job(result.job_id)
     assert (job.kind, job.status, job.summary["inserted"]) == ("import", "succeeded", 3)
 

@@ -244,7 +244,7 @@ async def test_yahoo_actions_and_instrument_details_are_stored(duck: Store) -> N
         "NasdaqGS",
         "America/New_York",
     )
-    assert not duck.is_auto_registered("AAPL")
+    assert not bool(duck.auto_registered(["AAPL"]))
 
 
 async def test_progress_reports_rows_and_finishes_each_symbol(duck: Store) -> None:

@@ -518,11 +518,11 @@ def test_instruments_can_be_added_listed_updated_and_removed(store: Store) -> No
     store.add_instrument(Instrument(symbol="AAPL", name="Apple", exchange="XNAS"))
     assert [i.symbol for i in store.list_instruments()] == ["AAPL", "MSFT"]
     assert store.instrument("aapl").exchange == "XNAS"
-    assert not store.is_auto_registered("AAPL")
+    assert not bool(store.auto_registered(["AAPL"]))
     store.update_instrument(Instrument(symbol="AAPL", name="Apple Inc."))
     assert store.instrument("AAPL").name == "Apple Inc."
     store.delete_instrument("MSFT")
-    assert store.get_instrument("MSFT", missing_ok=True) is None
+    assert store.instrument("MSFT", missing_ok=True) is None
 
 
 def test_adding_a_known_symbol_is_a_conflict(store: Store) -> None:
@@ -550,8 +550,8 @@ def test_symbols_seen_first_in_data_are_registered_with_defaults(store: Store) -
     crypto = store.instrument("BTCUSDT")
     assert (crypto.asset_class, crypto.timezone) == ("crypto", "UTC")
     assert store.instrument("^GSPC").asset_class == "index"
-    assert store.is_auto_registered("BTCUSDT")
-    assert not store.is_auto_registered("AAPL")
+    assert bool(store.auto_registered(["BTCUSDT"]))
+    assert not bool(store.auto_registered(["AAPL"]))
 
 
 def test_removing_an_instrument_with_data_removes_its_bars(store: Store) -> None:
@@ -628,3 +628,122 @@ def test_the_schema_version_is_recorded(store: Store) -> None:
     from marketlake.store.tables import SCHEMA_VERSION
 
     assert store.schema_version() == SCHEMA_VERSION
+
+
+# -- named operations (the only way code outside store/ reaches SQL) ----------------------
+
+
+def test_series_operations_answer_from_the_stored_bars(store: Store) -> None:
+    store.write_bars(make_bars(minutes=range(5)))
+    store.write_bars(make_bars(minutes=[0, 60], timeframe="1h", source="other"))
+    closes = store.newest_closes("aapl", "1m", 2)
+    assert closes.column_names == ["ts", "close"]
+    assert closes.column("ts").to_pylist() == [at(3), at(4)]
+    assert store.latest_bar_times("AAPL") == {"1m": at(4), "1h": at(60)}
+    assert store.stored_timeframes("AAPL") == ["1h", "1m"]
+    assert store.stored_timeframes("MSFT") == []
+    times = store.bar_times(["AAPL"], "1m", at(1), at(3))
+    assert times.to_pylist() == [{"symbol": "AAPL", "ts": at(m)} for m in (1, 2)]
+    assert store.bar_times([], "1m", at(0), at(3)).num_rows == 0
+    assert store.close_before("AAPL", "1m", at(2)) == 101.5
+    assert store.close_before("AAPL", "1m", at(0)) is None
+    assert store.close_at("AAPL", "1m", at(2)) == 102.5
+    assert store.close_at("AAPL", "1m", at(9)) is None
+    assert store.main_source("AAPL", "1m") == "test"
+    assert store.main_source("AAPL", "1d") is None
+    store.ping()
+
+
+def test_latest_trade_is_the_newest_one(store: Store) -> None:
+    assert store.latest_trade("BTCUSDT") is None
+    store.write_trades(_trades(["a", "b", "c"]))
+    trade = store.latest_trade("btcusdt")
+    assert trade is not None
+    assert (trade["trade_id"], trade["ts"], trade["price"]) == ("c", at(2), 102.0)
+
+
+def test_corporate_actions_are_written_once_and_replaced_on_request(store: Store) -> None:
+    from marketlake.timeseries.adjust import ACTION_SCHEMA
+
+    def actions(value: float) -> pa.Table:
+        rows = [
+            {"symbol": "AAPL", "ts": at(0), "kind": "split", "value": 4.0, "source": "t"},
+            {"symbol": "AAPL", "ts": at(1), "kind": "dividend", "value": value, "source": "t"},
+            {"symbol": "MSFT", "ts": at(0), "kind": "dividend", "value": 0.5, "source": "t"},
+        ]
+        return pa.Table.from_pylist(rows, schema=ACTION_SCHEMA)
+
+    assert store.write_actions(actions(1.0)) == 3
+    assert store.write_actions(actions(2.0)) == 0
+    assert store.write_actions(actions(2.0), replace=True) == 1
+    found = store.read_actions(["MSFT", "AAPL"])
+    assert found.schema.equals(ACTION_SCHEMA)
+    assert [(r["symbol"], r["kind"], r["value"]) for r in found.to_pylist()] == [
+        ("AAPL", "split", 4.0),
+        ("AAPL", "dividend", 2.0),
+        ("MSFT", "dividend", 0.5),
+    ]
+    assert store.read_actions("aapl", kind="split").num_rows == 1
+    assert store.read_actions("AAPL", start=at(1)).column("kind").to_pylist() == ["dividend"]
+    assert store.read_actions("AAPL", end=at(1)).column("kind").to_pylist() == ["split"]
+    assert store.read_actions([]).num_rows == 0
+
+
+def test_alert_rules_api_keys_and_backtests_round_trip(store: Store) -> None:
+    assert store.add_alert_rule("r1", '{"id": "r1"}')
+    assert not store.add_alert_rule("r1", '{"id": "other"}')
+    assert [(r["id"], r["definition"]) for r in store.alert_rules()] == [("r1", '{"id": "r1"}')]
+    assert store.delete_alert_rule("r1")
+    assert not store.delete_alert_rule("r1")
+
+    store.add_api_key("k1", name="ci", key_hash="h1", scopes="read", created_at=at(0))
+    store.add_api_key("k2", name="ops", key_hash="h2", scopes="admin", created_at=at(1))
+    assert [k["id"] for k in store.api_keys()] == ["k1", "k2"]
+    assert [k["id"] for k in store.api_keys(name="ops")] == ["k2"]
+    assert store.api_keys(key_id="k1")[0]["hash"] == "h1"
+    assert store.revoke_api_key("k1", at(2))
+    assert not store.revoke_api_key("nope", at(2))
+    assert store.api_keys(key_id="k1")[0]["revoked_at"] == at(2)
+
+    store.add_backtest("b1", params="{}", stats="[]", trades=None, equity=None, created_at=at(0))
+    store.add_backtest("b2", params="{}", stats="{}", trades="{}", equity="[]", created_at=at(1))
+    assert [b["id"] for b in store.backtests(limit=5)] == ["b2", "b1"]
+    row = store.backtest("b1")
+    assert row is not None
+    assert row["status"] == "succeeded"
+    assert row["finished_at"] == at(0)
+    assert store.backtest("nope") is None
+
+
+def test_quality_reports_keep_their_findings(store: Store) -> None:
+    def finding(rule: str, severity: str, symbol: str, minute: int) -> dict[str, object]:
+        return {
+            "report_id": "q1",
+            "rule": rule,
+            "severity": severity,
+            "symbol": symbol,
+            "timeframe": "1m",
+            "ts": at(minute),
+            "end_ts": None,
+            "values": "{}",
+            "message": "m",
+        }
+
+    findings = [finding("gap", "warning", "MSFT", 0), finding("ohlc", "error", "AAPL", 1)]
+    store.add_quality_report("q1", job_id=None, scope="{}", summary="{}", findings=findings)
+    assert [r["id"] for r in store.quality_reports()] == ["q1"]
+    assert store.quality_report("q1") is not None
+    assert store.quality_report("q2") is None
+    assert [f["symbol"] for f in store.quality_findings("q1")] == ["AAPL", "MSFT"]
+    assert [f["symbol"] for f in store.quality_findings("q1", order="time")] == ["MSFT", "AAPL"]
+    assert [f["rule"] for f in store.quality_findings("q1", severity="error")] == ["ohlc"]
+    counts = {(c["rule"], c["severity"]): c["n"] for c in store.finding_counts()}
+    assert counts == {("gap", "warning"): 1, ("ohlc", "error"): 1}
+
+
+def test_stored_metrics_and_alerts_read_empty_without_a_stream(store: Store) -> None:
+    assert store.latest_metrics() == []
+    assert store.latest_metrics("BTCUSDT") == []
+    assert store.read_alerts(symbol="btcusdt", rule_id="r", start=at(0), end=at(1)) == []
+    with pytest.raises(InputError):
+        store.read_alerts(start=at(1), end=at(0))

@@ -231,8 +231,8 @@ def test_copy_between_backends_is_complete_and_idempotent(duck: Store) -> None:
         stored = _sorted(pg.query("SELECT * FROM bars").cast(BAR_SCHEMA))
         assert _repr_rows(stored) == _repr_rows(_sorted(bars))
         assert pg.read_trades("BTCUSDT").cast(TRADE_SCHEMA).equals(trades)
-        assert pg.is_auto_registered("BTCUSDT")
-        assert not pg.is_auto_registered("AAPL")
+        assert bool(pg.auto_registered(["BTCUSDT"]))
+        assert not bool(pg.auto_registered(["AAPL"]))
         again = copy_store(duck, pg)
         assert again["bars"]["duplicates"] == bars.num_rows
         assert again["instruments"] == 0

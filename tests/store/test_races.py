@@ -35,7 +35,7 @@ def test_two_processes_ingesting_one_new_symbol_both_succeed(pg: Store, round_: 
     jobs = pg.list_jobs(kind="ingest")
     assert sorted(j.status for j in jobs) == ["succeeded", "succeeded"]
     assert [i.symbol for i in pg.list_instruments()] == [symbol]
-    assert pg.is_auto_registered(symbol)
+    assert bool(pg.auto_registered([symbol]))
     fetched = [s["fetched"] for j in jobs for s in j.summary["symbols"]]
     inserted = sum(s["inserted"] for j in jobs for s in j.summary["symbols"])
     per_day = fetched[0] // 2  # each run covers two trading days, one of them shared

@@ -27,7 +27,7 @@ import pytest
 from marketlake.cli.app import cli
 from marketlake.schema import BAR_SCHEMA, Instrument
 from marketlake.store.base import Store
-from marketlake.timeseries.adjust import ACTION_SCHEMA, read_actions, read_adjusted, write_actions
+from marketlake.timeseries.adjust import ACTION_SCHEMA, read_adjusted
 
 
 def day(d: int) -> datetime:
@@ -81,7 +81,7 @@ def actions(*rows: tuple[datetime, str, float]) -> pa.Table:
 def xyz(duck: Store) -> Store:
     duck.add_instrument(Instrument(symbol="XYZ"))
     duck.write_bars(bars(RAW))
-    write_actions(duck, actions((day(4), "dividend", 2.04), (day(5), "split", 2.0)))
+    duck.write_actions(actions((day(4), "dividend", 2.04), (day(5), "split", 2.0)))
     return duck
 
 
@@ -113,22 +113,22 @@ def test_intraday_bars_switch_at_local_midnight_of_the_ex_date(duck: Store) -> N
     before = datetime(2024, 1, 5, 4, 59, tzinfo=UTC)  # 23:59 New York on 01-04
     after = datetime(2024, 1, 5, 5, 0, tzinfo=UTC)  # 00:00 New York on 01-05
     duck.write_bars(bars([(before, 50, 50, 50, 50, 10), (after, 25, 25, 25, 25, 20)], "1m"))
-    write_actions(duck, actions((day(5), "split", 2.0)))
+    duck.write_actions(actions((day(5), "split", 2.0)))
     table = read_adjusted(duck, "XYZ", "1m")
     assert table.column("close").to_pylist() == [25.0, 25.0]
     assert table.column("volume").to_pylist() == [20.0, 20.0]
 
 
 def test_writing_actions_twice_stores_them_once(xyz: Store) -> None:
-    again = write_actions(xyz, actions((day(4), "dividend", 2.04), (day(5), "split", 2.0)))
+    again = xyz.write_actions(actions((day(4), "dividend", 2.04), (day(5), "split", 2.0)))
     assert again == 0
-    assert read_actions(xyz, "XYZ").num_rows == 2
+    assert xyz.read_actions("XYZ").num_rows == 2
 
 
 def test_a_corrected_action_replaces_the_stored_one_only_when_asked(xyz: Store) -> None:
-    assert write_actions(xyz, actions((day(4), "dividend", 2.0))) == 0
-    assert write_actions(xyz, actions((day(4), "dividend", 2.0)), replace=True) == 1
-    assert read_actions(xyz, "XYZ").column("value").to_pylist() == [2.0, 2.0]
+    assert xyz.write_actions(actions((day(4), "dividend", 2.0))) == 0
+    assert xyz.write_actions(actions((day(4), "dividend", 2.0)), replace=True) == 1
+    assert xyz.read_actions("XYZ").column("value").to_pylist() == [2.0, 2.0]
 
 
 def test_bars_adjusted_on_the_command_line(

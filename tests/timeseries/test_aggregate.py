@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from marketlake.errors import ConfigError, InputError
-from marketlake.ingest.rollups import aggregate_store, partial_bucket, rollup_spans, rollup_targets
+from marketlake.ingest.rollups import aggregate_store, rollup_spans, rollup_targets
 from marketlake.schema import BAR_SCHEMA, Instrument, Timeframe, to_epoch_us
 from marketlake.store import open_store
 from marketlake.store.base import Store
@@ -126,9 +126,6 @@ def test_store_rollups_build_weeks_from_days_and_report_the_partial_bar(duck: St
     ]
     weeks_from_days = rollup(rollup(minutes, "1d"), "1w")  # not from minutes: sums differ
     assert duck.read_bars("BTCUSDT", "1w").table.equals(weeks_from_days)
-    assert partial_bucket(duck, "BTCUSDT", "1w", now) == utc("2024-03-11")
-    assert partial_bucket(duck, "BTCUSDT", "1d", utc("2024-03-13")) is None
-    assert partial_bucket(duck, "BTCUSDT", "1h", now) is None  # nothing stored
     again = aggregate_store(duck, ["btcusdt"], "1m", ["1d"], utc("2024-03-05"), utc("2024-03-06"))
     assert (again[0].bars, again[0].written.duplicates) == (1, 1)
 

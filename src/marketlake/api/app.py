@@ -173,13 +173,7 @@ def create_app(
             expose_headers=["X-Next-Cursor", "X-Request-ID", "Retry-After"],
         )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics, access_log=settings.api_access_log)
-    metrics.registry.register(
-        FindingsCollector(
-            lambda: ctx.store.query(
-                "SELECT rule, severity, count(*) AS n FROM quality_findings GROUP BY rule, severity"
-            ).to_pylist()
-        )
-    )
+    metrics.registry.register(FindingsCollector(lambda: ctx.store.finding_counts()))
     app.openapi = lambda: _openapi(app, open_reads=not settings.api_require_key_for_reads)  # type: ignore[method-assign]
     return app
 
@@ -192,7 +186,7 @@ async def _warm_up(ctx: ApiContext) -> None:
     A store that cannot be opened is reported by ``/ready``, not fatal here.
     """
     try:
-        await run_in_threadpool(ctx.store.query, "SELECT ? AS ok", [1])
+        await run_in_threadpool(ctx.store.ping)
     except MarketLakeError as exc:
         log.warning("store_unavailable_at_start", error=exc.message)
 

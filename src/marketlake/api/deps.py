@@ -26,7 +26,7 @@ from marketlake.api.auth import LOCAL, Authenticator, Principal
 from marketlake.api.cache import BarCache
 from marketlake.api.jobs import JobRunner
 from marketlake.api.observability import ApiMetrics
-from marketlake.api.ratelimit import RateLimiter
+from marketlake.api.ratelimit import RequestLimiter
 from marketlake.api.sse import StreamSlot, StreamSlots
 from marketlake.config import Settings
 from marketlake.errors import AuthError, InputError
@@ -48,7 +48,7 @@ class ApiContext:
     auth: Authenticator
     cache: BarCache
     jobs: JobRunner
-    limiter: RateLimiter | None = None
+    limiter: RequestLimiter | None = None
     streams: StreamSlots = field(default_factory=lambda: StreamSlots(20))
     _store: Store | None = field(default=None, repr=False)
     owns_store: bool = False

@@ -20,7 +20,6 @@ import pyarrow.parquet as pq
 from marketlake.schema import BAR_SCHEMA
 
 Format = Literal["json", "csv", "arrow", "parquet"]
-FORMATS: tuple[Format, ...] = ("json", "csv", "arrow", "parquet")
 
 MEDIA_TYPES: dict[str, str] = {
     "json": "application/json",

@@ -85,33 +85,28 @@ def create_key(
     plaintext = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
     created = utcnow()
     with store.serialized(f"api_keys:{name}"):  # one active key per name, even in a race
-        if any(row["revoked_at"] is None for row in store.select_rows("api_keys", {"name": name})):
+        if any(row["revoked_at"] is None for row in store.api_keys(name=name)):
             raise ConflictError(
                 f"an active key named {name!r} exists already; revoke it or pick another name"
             )
-        store.insert_row(
-            "api_keys",
-            {
-                "id": key_id,
-                "name": name,
-                "prefix": key_id,
-                "hash": hash_key(plaintext),
-                "scopes": ",".join(parsed),
-                "created_at": created,
-                "revoked_at": None,
-            },
+        store.add_api_key(
+            key_id,
+            name=name,
+            key_hash=hash_key(plaintext),
+            scopes=",".join(parsed),
+            created_at=created,
         )
     return ApiKey(key_id, name, parsed, created), plaintext
 
 
 def list_keys(store: Store, *, include_revoked: bool = True) -> list[ApiKey]:
-    keys = [_key(row) for row in store.select_rows("api_keys", order_by="created_at")]
+    keys = [_key(row) for row in store.api_keys()]
     return keys if include_revoked else [k for k in keys if k.active]
 
 
 def revoke_key(store: Store, id_or_name: str) -> ApiKey:
     """Revoke the active key with this id or name; it stops working at once."""
-    rows = [r for r in store.select_rows("api_keys") if id_or_name in (r["id"], r["name"])]
+    rows = [r for r in store.api_keys() if id_or_name in (r["id"], r["name"])]
     active = [r for r in rows if r["revoked_at"] is None]
     if not active:
         raise NotFoundError(
@@ -120,14 +115,14 @@ def revoke_key(store: Store, id_or_name: str) -> ApiKey:
             else f"API key {id_or_name!r} is revoked already"
         )
     row = active[0]
-    store.update_rows("api_keys", {"id": row["id"]}, {"revoked_at": utcnow()})
+    store.revoke_api_key(row["id"], utcnow())
     return _key({**row, "revoked_at": utcnow()})
 
 
 def verify_key(store: Store, plaintext: str) -> ApiKey:
     """The active key ``plaintext`` belongs to; :class:`AuthError` otherwise."""
     key_id = _key_id(plaintext)
-    rows = store.select_rows("api_keys", {"id": key_id}) if key_id else []
+    rows = store.api_keys(key_id=key_id) if key_id else []
     if not rows or not hmac.compare_digest(rows[0]["hash"], hash_key(plaintext)):
         raise AuthError("API key is not valid; create one with `marketlake keys create NAME`")
     key = _key(rows[0])

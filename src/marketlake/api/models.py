@@ -192,7 +192,7 @@ class QualityReportSummary(BaseModel):
     created_at: datetime | None = Field(None, examples=[TS_EXAMPLE])
 
 
-class QualityReport(QualityReportSummary):
+class QualityReportOut(QualityReportSummary):
     findings: list[QualityFinding]
     findings_total: int = Field(examples=[3])
 

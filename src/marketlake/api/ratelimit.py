@@ -27,7 +27,7 @@ def _exceeded(limit: int, retry_after: float) -> RateLimitError:
     )
 
 
-class RateLimiter(Protocol):
+class RequestLimiter(Protocol):
     """Counts one request of ``caller``; raises :class:`RateLimitError` past the limit."""
 
     limit: int
@@ -105,7 +105,7 @@ class RedisRateLimiter:
         await self._redis.aclose()
 
 
-def make_rate_limiter(bus: str, limit: int, prefix: str) -> RateLimiter:
+def make_rate_limiter(bus: str, limit: int, prefix: str) -> RequestLimiter:
     """Redis-backed when the bus is ``redis://``, in memory otherwise."""
     if bus.startswith(("redis://", "rediss://")):
         return RedisRateLimiter(bus, limit, prefix)

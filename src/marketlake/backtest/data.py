@@ -133,7 +133,7 @@ def split_symbols(table: pa.Table) -> list[Bars]:
     return out
 
 
-def empty_bars(symbol: str) -> Bars:
+def no_bars(symbol: str) -> Bars:
     """No bars of ``symbol`` (a range with no session, for instance)."""
     nothing = np.empty(0)
     return Bars(symbol, np.empty(0, dtype=np.int64), nothing, nothing, nothing, nothing, nothing)
@@ -229,12 +229,7 @@ def _rolled_up(
 ) -> pa.Table:
     from marketlake.timeseries.aggregate import rollup
 
-    stored = [
-        str(t)
-        for t in store.query("SELECT DISTINCT timeframe FROM bars WHERE symbol = ?", [symbol])
-        .column("timeframe")
-        .to_pylist()
-    ]
+    stored = store.stored_timeframes(symbol)
     sources = sorted(
         (Timeframe.parse(t) for t in stored if divides(Timeframe.parse(t), tf)),
         key=lambda t: t.seconds,

@@ -20,8 +20,8 @@ import pyarrow as pa
 from marketlake.backtest import engine
 from marketlake.backtest.data import (
     check_holes,
-    empty_bars,
     load_bars,
+    no_bars,
     split_symbols,
     synthetic_bars,
 )
@@ -36,6 +36,7 @@ from marketlake.backtest.strategies import get_strategy
 from marketlake.backtest.walkforward import WalkForwardResult
 from marketlake.errors import InputError, NotFoundError
 from marketlake.schema import Timeframe, normalize_symbol, utcnow
+from marketlake.timeseries.times import iso_z
 
 if TYPE_CHECKING:
     from marketlake.store import Store
@@ -84,8 +85,8 @@ def run_backtest(
             "params": chosen.params(),
             "symbols": names,
             "timeframe": tf,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": None if start is None else iso_z(start),
+            "end": None if end is None else iso_z(end),
             "source": "synthetic" if synthetic else "store",
             "config": config.as_dict(),
         }
@@ -129,8 +130,8 @@ def run_portfolio_backtest(
             "params": {k: str(v) for k, v in (params or {}).items()},
             "symbols": names,
             "timeframe": tf,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": None if start is None else iso_z(start),
+            "end": None if end is None else iso_z(end),
             "source": "synthetic" if synthetic else "store",
             "config": dict(vars(config)),
         }
@@ -151,7 +152,7 @@ def load_for_backtest(
         if start is None or end is None:
             raise InputError("synthetic data needs both start and end", param="start")
         made = {b.symbol: b for b in split_symbols(synthetic_bars(names, tf, start, end, seed))}
-        return [made.get(name) or empty_bars(name) for name in names]
+        return [made.get(name) or no_bars(name) for name in names]
     if store is None:
         raise InputError("no store given; pass one or use synthetic data", param="store")
     return load_bars(store, names, tf, start, end)
@@ -186,19 +187,13 @@ def save_walk_forward(store: Store, request: dict[str, Any], result: WalkForward
 def _save(store: Store, request: dict[str, Any], stats: Any, trades: Any, equity: Any) -> str:
     now = utcnow()
     row_id = uuid.uuid4().hex[:12]
-    store.insert_row(
-        "backtests",
-        {
-            "id": row_id,
-            "status": "succeeded",
-            "params": _dumps(request),
-            "stats": _dumps(stats),
-            "trades": _dumps(trades),
-            "equity": _dumps(equity),
-            "error": None,
-            "created_at": now,
-            "finished_at": now,
-        },
+    store.add_backtest(
+        row_id,
+        params=_dumps(request),
+        stats=_dumps(stats),
+        trades=_dumps(trades),
+        equity=_dumps(equity),
+        created_at=now,
     )
     return row_id
 
@@ -207,36 +202,30 @@ def save_sweep(store: Store, request: dict[str, Any], rows: list[dict[str, Any]]
     """Store the result rows of a parameter sweep as one backtest record; return its id."""
     now = utcnow()
     row_id = uuid.uuid4().hex[:12]
-    store.insert_row(
-        "backtests",
-        {
-            "id": row_id,
-            "status": "succeeded",
-            "params": _dumps({"kind": "sweep", **request}),
-            "stats": _dumps(rows),
-            "trades": None,
-            "equity": None,
-            "error": None,
-            "created_at": now,
-            "finished_at": now,
-        },
+    store.add_backtest(
+        row_id,
+        params=_dumps({"kind": "sweep", **request}),
+        stats=_dumps(rows),
+        trades=None,
+        equity=None,
+        created_at=now,
     )
     return row_id
 
 
 def get_backtest(store: Store, backtest_id: str) -> dict[str, Any]:
     """A stored backtest as a dict: id, status, request, stats, trades, equity, times."""
-    rows = store.select_rows("backtests", {"id": backtest_id})
-    if not rows:
+    row = store.backtest(backtest_id)
+    if row is None:
         raise NotFoundError(
             f"unknown backtest {backtest_id!r}; list stored ones with `marketlake backtest list`"
         )
-    return _record(rows[0])
+    return _record(row)
 
 
 def list_backtests(store: Store, limit: int = 50) -> list[dict[str, Any]]:
     """The newest stored backtests (without their trades and equity)."""
-    rows = store.select_rows("backtests", order_by="created_at", descending=True, limit=limit)
+    rows = store.backtests(limit)
     return [
         {k: v for k, v in _record(row).items() if k not in ("trades", "equity")} for row in rows
     ]
@@ -325,7 +314,3 @@ def _record(row: dict[str, Any]) -> dict[str, Any]:
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")

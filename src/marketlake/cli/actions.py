@@ -29,9 +29,7 @@ def actions(
     store = state(ctx).store
     store.instrument(symbol)
     begin, stop = resolve_range(start, end, None, required=False)
-    from marketlake.timeseries.adjust import read_actions
-
-    rows = read_actions(store, symbol, begin, stop).to_pylist()
+    rows = store.read_actions(symbol, begin, stop).to_pylist()
     for row in rows:
         row["ex_date"] = row["ts"].date().isoformat()
     if not rows and not as_json:

@@ -2,7 +2,7 @@
 
 Command groups live in their own modules and register themselves here.
 Errors from the exception tree become one readable line on stderr and the exit
-codes of DESIGN.md (0 ok, 1 failure, 2 bad usage or input); ``--debug`` shows
+codes of docs/cli.md (0 ok, 1 failure, 2 bad usage or input); ``--debug`` shows
 the traceback instead.
 """
 

@@ -416,7 +416,7 @@ def _run_nautilus(
 
     chosen = SmaCross.from_params(params)
     [bars] = _load(st, [symbol], timeframe, start, end, synthetic, seed)
-    instrument = None if synthetic else st.store.get_instrument(symbol, missing_ok=True)
+    instrument = None if synthetic else st.store.instrument(symbol, missing_ok=True)
     result = nautilus.run_sma_cross(
         instrument or default_instrument(symbol),
         bars,

@@ -92,7 +92,7 @@ def demo(
 
     for fields in DEMO_INSTRUMENTS:
         instrument = Instrument.model_validate(fields)
-        if store.get_instrument(instrument.symbol, missing_ok=True) is None:
+        if store.instrument(instrument.symbol, missing_ok=True) is None:
             store.add_instrument(instrument)
     start, end = demo_range(days)
     say = err_console if as_json else console  # --json keeps stdout for the JSON

@@ -74,7 +74,7 @@ def show(
     store = state(ctx).store
     instrument = store.instrument(symbol)
     data = instrument.model_dump()
-    data["auto_registered"] = store.is_auto_registered(symbol)
+    data["auto_registered"] = bool(store.auto_registered([symbol]))
     coverage = [row for row in store.bar_summary() if row["symbol"] == instrument.symbol]
     from marketlake.quality.policy import latest_scores
 

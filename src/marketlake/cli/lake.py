@@ -126,7 +126,7 @@ def _export_nautilus(
         raise InputError("the store holds no bars to export; ingest some first")
     bars = load_bars(store, names, timeframe, start, end)
     items = [
-        (store.get_instrument(b.symbol, missing_ok=True) or default_instrument(b.symbol), b,
+        (store.instrument(b.symbol, missing_ok=True) or default_instrument(b.symbol), b,
          timeframe)
         for b in bars
     ]  # fmt: skip

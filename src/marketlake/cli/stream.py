@@ -296,7 +296,7 @@ def metrics(
     st = state(ctx)
     wanted = {s.upper() for s in symbols or []}
     per_symbol: dict[str, dict[str, Any]] = {}
-    for row in st.store.select_rows("metrics", order_by="symbol"):
+    for row in st.store.latest_metrics():
         if wanted and row["symbol"] not in wanted:
             continue
         entry = per_symbol.setdefault(row["symbol"], {"symbol": row["symbol"], "ts": row["ts"]})

@@ -84,7 +84,7 @@ def connect(uri: str | None = None, *, api_key: str | None = None, timeout: floa
     return Lake(local)
 
 
-def _iso(value: TimeLike) -> str | None:
+def _time_param(value: TimeLike) -> str | None:
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -262,7 +262,7 @@ class Lake:
         if len(names) > 1:
             names = sorted(names)
         # several symbols: one request (remote), one Arrow stream
-        table = self._t.bars(names, timeframe, _iso(start), _iso(end), adjusted)
+        table = self._t.bars(names, timeframe, _time_param(start), _time_param(end), adjusted)
         if len(names) == 1 and "symbol" in table.column_names:
             table = table.drop_columns(["symbol"])
         if "timeframe" in table.column_names:
@@ -274,7 +274,7 @@ class Lake:
     ) -> Any:
         """Stored trades of a symbol in ``[start, end)``: indexed by ``ts`` (tz-aware UTC),
         with price, size, side, trade_id and source."""
-        table = self._t.trades(_symbols(symbol)[0], _iso(start), _iso(end))
+        table = self._t.trades(_symbols(symbol)[0], _time_param(start), _time_param(end))
         return frame(table.drop_columns(["symbol"]), as_, categorical=("source", "side"))
 
     def coverage(
@@ -295,7 +295,7 @@ class Lake:
         """Stored corporate actions of a symbol, indexed by ex-date (``ts``): ``kind``
         (split or dividend), ``value`` (the split ratio, 4.0 = 4-for-1, or the cash per
         share) and ``source``."""
-        table = self._t.actions(_symbols(symbol)[0], _iso(start), _iso(end))
+        table = self._t.actions(_symbols(symbol)[0], _time_param(start), _time_param(end))
         return frame(table.drop_columns(["symbol"]), as_, categorical=("kind", "source"))
 
     def latest(self, symbol: str) -> dict[str, Any]:
@@ -325,7 +325,13 @@ class Lake:
         them as one recorded job; returns the job (status, rows, per-symbol results)."""
         with _Progress(enabled=progress, label=f"ingest {provider}") as bar:
             return self._t.ingest(
-                provider, _symbols(symbols), timeframe, _iso(start), _iso(end), period, bar.update
+                provider,
+                _symbols(symbols),
+                timeframe,
+                _time_param(start),
+                _time_param(end),
+                period,
+                bar.update,
             )
 
     # -- quality, roll-ups, repair, import ---------------------------------------------------
@@ -345,8 +351,8 @@ class Lake:
         body = {
             "symbols": _symbols(symbols) if symbols else None,
             "timeframes": frames or None,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": _time_param(start),
+            "end": _time_param(end),
         }
         return QualityReport.of(self._t.task("validate", body))
 
@@ -368,8 +374,8 @@ class Lake:
             "symbols": _symbols(symbols) if symbols else None,
             "from_tf": from_tf,
             "to": [t for t in targets if t],
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": _time_param(start),
+            "end": _time_param(end),
             "replace_sources": replace_sources,
         }
         rows = self._t.task("aggregate", body)["rows"]
@@ -390,8 +396,8 @@ class Lake:
             "symbol": _symbols(symbol)[0],
             "timeframe": timeframe,
             "provider": provider,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": _time_param(start),
+            "end": _time_param(end),
         }
         return self._t.task("repair", body)
 
@@ -445,8 +451,8 @@ class Lake:
             "strategy": strategy,
             "symbols": _symbols(symbols),
             "timeframe": timeframe,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": _time_param(start),
+            "end": _time_param(end),
             "params": params,
             **(config or {}),
         }
@@ -478,8 +484,8 @@ class Lake:
             "strategy": strategy,
             "symbols": _symbols(symbols),
             "timeframe": timeframe,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": _time_param(start),
+            "end": _time_param(end),
             "grid": {k: list(v) for k, v in grid.items()},
             "windows": windows,
             "train_ratio": train_ratio,
@@ -509,8 +515,8 @@ class Lake:
             "strategy": strategy,
             "symbols": _symbols(symbols),
             "timeframe": timeframe,
-            "start": _iso(start),
-            "end": _iso(end),
+            "start": _time_param(start),
+            "end": _time_param(end),
             "grid": {k: list(v) for k, v in grid.items()},
             "sort": sort,
             **(config or {}),

@@ -51,10 +51,11 @@ class LocalTransport:
     def instruments(self) -> list[dict[str, Any]]:
         from marketlake.api.models import InstrumentOut
 
+        auto = self.store.auto_registered()
         return [
-            InstrumentOut(
-                **i.model_dump(), auto_registered=self.store.is_auto_registered(i.symbol)
-            ).model_dump(mode="json")
+            InstrumentOut(**i.model_dump(), auto_registered=i.symbol in auto).model_dump(
+                mode="json"
+            )
             for i in self.store.list_instruments()
         ]
 
@@ -62,7 +63,7 @@ class LocalTransport:
         from marketlake.api.models import InstrumentOut
 
         found = self.store.instrument(symbol)
-        auto = self.store.is_auto_registered(symbol)
+        auto = bool(self.store.auto_registered([symbol]))
         return InstrumentOut(**found.model_dump(), auto_registered=auto).model_dump(mode="json")
 
     def add_instrument(self, fields: dict[str, Any]) -> dict[str, Any]:

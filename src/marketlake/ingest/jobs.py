@@ -51,7 +51,6 @@ from marketlake.schema import (
     normalize_symbol,
 )
 from marketlake.store.base import OnConflict, Store, WriteResult, check_range
-from marketlake.timeseries.adjust import write_actions
 
 ProgressCallback = Callable[[str, int, float], None]
 """Called as ``(symbol, rows_in_batch, fraction_of_range_done)`` after each page."""
@@ -306,7 +305,7 @@ class _Job:
         """Store actions and refine an auto-registered instrument."""
         if not actions.num_rows and info is None:
             return 0
-        new = write_actions(self.store, actions, replace=self.on_conflict == "replace")
+        new = self.store.write_actions(actions, replace=self.on_conflict == "replace")
         if info is not None and symbol in self.auto:
             self.instruments[symbol] = self.store.update_instrument(info)
             self.auto.discard(symbol)

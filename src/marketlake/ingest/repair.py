@@ -76,14 +76,9 @@ class RepairResult:
 
 def source_provider(store: Store, symbol: str, timeframe: str) -> str:
     """The provider most bars of a series came from (their ``source``)."""
-    rows = store.query(
-        "SELECT source, count(*) AS n FROM bars WHERE symbol = ? AND timeframe = ? "
-        "GROUP BY source ORDER BY n DESC LIMIT 1",
-        [symbol, timeframe],
-    ).to_pylist()
-    if not rows:
+    source = store.main_source(symbol, timeframe)
+    if source is None:
         raise NotFoundError(f"no {timeframe} bars of {symbol} are stored; ingest some first")
-    source = str(rows[0]["source"])
     if source not in PROVIDERS:
         raise InputError(
             f"the {timeframe} bars of {symbol} came from {source!r}, which is no "

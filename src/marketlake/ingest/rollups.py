@@ -24,10 +24,9 @@ from marketlake.schema import (
     from_epoch_us,
     normalize_symbol,
     to_epoch_us,
-    utcnow,
 )
 from marketlake.store.base import Store, WriteResult
-from marketlake.timeseries.aggregate import Instruments, bucket_end, check_rollup, rollup_bars
+from marketlake.timeseries.aggregate import Instruments, check_rollup, rollup_bars
 from marketlake.timeseries.sessions import DAY_US
 
 
@@ -175,7 +174,7 @@ def aggregate_store(
         names = [normalize_symbol(s) for s in symbols]
     results: list[AggregateResult] = []
     for symbol in names:
-        instrument = store.get_instrument(symbol, missing_ok=True) or default_instrument(symbol)
+        instrument = store.instrument(symbol, missing_ok=True) or default_instrument(symbol)
         daily = str(src) == "1d" or any(str(t) == "1d" for t in tfs)
         for tf in tfs:
             base = Timeframe.parse("1d") if daily and tf.unit in ("w", "mo") else src
@@ -264,7 +263,7 @@ def rollup_spans(
     symbols = sorted(spans)
     known = instruments or {}
     lookup = {
-        s: known.get(s) or store.get_instrument(s, missing_ok=True) or default_instrument(s)
+        s: known.get(s) or store.instrument(s, missing_ok=True) or default_instrument(s)
         for s in symbols
     }
     firsts = np.array([to_epoch_us(spans[s][0]) for s in symbols], dtype=np.int64)
@@ -301,18 +300,3 @@ def rollup_spans(
                 clashes.extend(found)
             store.write_bars(out, on_conflict="replace")  # all targets of a base at once
     return counts
-
-
-def partial_bucket(
-    store: Store, symbol: str, timeframe: str | Timeframe, now: datetime | None = None
-) -> datetime | None:
-    """The open time of the stored last bar of ``symbol`` at ``timeframe`` when that bar
-    is still forming at ``now`` (its bucket or session has not ended), else None."""
-    tf = Timeframe.parse(timeframe)
-    latest = store.latest_bar(symbol, tf)
-    if latest is None:
-        return None
-    instrument = store.get_instrument(symbol, missing_ok=True) or default_instrument(symbol)
-    label = to_epoch_us(latest["ts"])
-    moment = to_epoch_us(now or utcnow())
-    return latest["ts"] if bucket_end(instrument, tf, label) > moment else None

@@ -88,7 +88,8 @@ class Provider(ABC):
 
 
 def session_labels(ts: pa.Array, timezone: str, tf: Timeframe) -> pa.Array:
-    """Bar labels of DESIGN.md for daily and coarser bars from their true open instants.
+    """Labels of daily and coarser bars from their true open instants (the convention of
+    docs/cli.md, "Conventions").
 
     A daily bar becomes its trading date (in the exchange ``timezone``) at 00:00 UTC,
     a weekly bar the Monday of that week, a monthly bar the first of the month.

@@ -32,6 +32,7 @@ from marketlake.schema import (
     normalize_symbol,
     to_epoch_us,
 )
+from marketlake.timeseries.times import epoch_us
 
 MINUTE_US = 60 * US_PER_SECOND
 DAY_US = 86400 * US_PER_SECOND
@@ -81,11 +82,6 @@ def _nyse(first_year: int, last_year: int) -> Any:
         ) from None
 
 
-def _utc_us(column: Any) -> Array:
-    naive = column.dt.tz_convert("UTC").dt.tz_localize(None)
-    return np.asarray(naive.to_numpy().astype("datetime64[us]").astype(np.int64))
-
-
 def session_minutes(is_crypto: bool, first: date, last: date) -> tuple[Array, Array]:
     """(day index since 1990-01-01, bar open in epoch µs) of every 1-minute bar in the days."""
     if is_crypto:
@@ -102,8 +98,8 @@ def session_minutes(is_crypto: bool, first: date, last: date) -> tuple[Array, Ar
     schedule = cal.schedule.loc[str(first) : str(last)]
     if schedule.empty:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    opens = _utc_us(schedule["open"])
-    closes = _utc_us(schedule["close"])
+    opens = epoch_us(schedule["open"])
+    closes = epoch_us(schedule["close"])
     dates = schedule.index.to_numpy().astype("datetime64[D]").astype(np.int64)
     days = dates - (np.datetime64(_ORIGIN, "D").astype(np.int64))
     lengths = ((closes - opens) // MINUTE_US).astype(np.int64)

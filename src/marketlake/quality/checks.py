@@ -44,7 +44,7 @@ from marketlake.timeseries.columns import int64_values
 
 def instrument_of(store: Store, symbol: str) -> Instrument:
     """The registered instrument, or the defaults for an unregistered symbol."""
-    return store.get_instrument(symbol, missing_ok=True) or default_instrument(symbol)
+    return store.instrument(symbol, missing_ok=True) or default_instrument(symbol)
 
 
 def validate_store(
@@ -112,12 +112,7 @@ def stored_gaps_of(
 ) -> dict[str, GapScan]:
     """:func:`stored_gaps` of several symbols, read with one query."""
     symbols = sorted(instruments)
-    table = store.query(
-        "SELECT symbol, ts FROM bars WHERE timeframe = ? "  # noqa: S608 - placeholders only
-        f"AND symbol IN ({', '.join('?' * len(symbols))}) AND ts >= ? AND ts < ? "
-        "ORDER BY symbol, ts",
-        [str(tf), *symbols, start, end],
-    )
+    table = store.bar_times(symbols, tf, start, end)
     ts_all = int64_values(table.column("ts")) if table.num_rows else np.empty(0, np.int64)
     # each symbol's times, in time order, whatever order the database sorts symbols in
     codes = (

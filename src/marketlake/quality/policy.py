@@ -28,8 +28,9 @@ import numpy as np
 from marketlake.config import Settings
 from marketlake.errors import ConfigError, DataError, NotFoundError
 from marketlake.quality.gaps import Gap
-from marketlake.schema import from_epoch_us, normalize_symbol, utcnow
+from marketlake.schema import from_epoch_us, normalize_symbol
 from marketlake.store.base import Store
+from marketlake.timeseries.times import iso_z
 
 Action = Literal["reject", "flag", "off"]
 Severity = Literal["error", "warning"]
@@ -204,13 +205,9 @@ def gap_finding(symbol: str, timeframe: str, gap: Gap) -> Finding:
         from_epoch_us(gap.start),
         from_epoch_us(gap.end),
         {"missing": gap.missing},
-        f"{gap.missing} {timeframe} bar(s) missing from {_iso(gap.start)} to {_iso(gap.end)}; "
+        f"{gap.missing} {timeframe} bar(s) missing from {iso_z(gap.start)} to {iso_z(gap.end)}; "
         f"fill them with `marketlake repair {symbol} -t {timeframe}`",
     )
-
-
-def _iso(us: int) -> str:
-    return from_epoch_us(us).isoformat().replace("+00:00", "Z")
 
 
 def _plain(value: Any) -> Any:
@@ -326,24 +323,19 @@ class QualityReport:
 def save_report(store: Store, report: QualityReport, scope: dict[str, Any]) -> str:
     """Store a report and its findings; return its id."""
     report.id = report.id or uuid.uuid4().hex[:12]
-    with store.transaction():
-        store.insert_row(
-            "quality_reports",
-            {
-                "id": report.id,
-                "job_id": report.job_id,
-                "created_at": utcnow(),
-                "scope": json.dumps(_plain(scope)),
-                "summary": json.dumps(report.summary()),
-            },
-        )
-        store.insert_rows("quality_findings", [f.record(report.id) for f in report.findings])
+    store.add_quality_report(
+        report.id,
+        job_id=report.job_id,
+        scope=json.dumps(_plain(scope)),
+        summary=json.dumps(report.summary()),
+        findings=[f.record(report.id) for f in report.findings],
+    )
     return report.id
 
 
 def list_reports(store: Store, limit: int = 50) -> list[dict[str, Any]]:
     """The newest reports: id, job, kind, scope, counts, created_at."""
-    rows = store.select_rows("quality_reports", order_by="created_at", descending=True, limit=limit)
+    rows = store.quality_reports(limit)
     return [_report_row(row) for row in rows]
 
 
@@ -359,18 +351,15 @@ def _report_row(row: dict[str, Any]) -> dict[str, Any]:
 
 def load_report(store: Store, report_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A stored report and its findings (ordered by symbol, timeframe, time)."""
-    rows = store.select_rows("quality_reports", {"id": report_id})
-    if not rows:
+    row = store.quality_report(report_id)
+    if row is None:
         raise NotFoundError(
             f"unknown quality report {report_id}; list them with `marketlake validate --list`"
         )
-    findings = store.query(
-        "SELECT * FROM quality_findings WHERE report_id = ? ORDER BY symbol, timeframe, ts",
-        [report_id],
-    ).to_pylist()
+    findings = store.quality_findings(report_id)
     for finding in findings:
         finding["values"] = json.loads(finding["values"] or "{}")
-    return _report_row(rows[0]), findings
+    return _report_row(row), findings
 
 
 def latest_scores(store: Store, symbol: str, *, reports: int = 200) -> list[dict[str, Any]]:

@@ -67,6 +67,7 @@ from marketlake.timeseries.kernels import (
     stale_runs,
 )
 from marketlake.timeseries.sessions import DAY_US
+from marketlake.timeseries.times import iso_z
 
 __all__ = [
     "SPLITS",
@@ -355,7 +356,7 @@ class _Checker:
             yield (
                 values,
                 (
-                    f"{same} bars at {_iso(int(t))} with different values; keep one "
+                    f"{same} bars at {iso_z(int(t))} with different values; keep one "
                     "(e.g. re-fetch the range)"
                 ),
             )
@@ -364,8 +365,8 @@ class _Checker:
         tf = self.bars.timeframes[k]
         for t in self.ts[rows].tolist():
             yield (
-                {"ts": _iso(t)},
-                f"{_iso(t)} is not the start of a {tf} bar (bars start at multiples of {tf} "
+                {"ts": iso_z(t)},
+                f"{iso_z(t)} is not the start of a {tf} bar (bars start at multiples of {tf} "
                 "from 1970-01-01 UTC; daily bars at 00:00 UTC of the trading date)",
             )
 
@@ -514,13 +515,13 @@ class _Checker:
         for t in self.ts[rows].tolist():
             if tf.is_intraday:
                 yield (
-                    {"ts": _iso(t), "calendar": calendar},
-                    f"bar at {_iso(t)} is outside the {calendar} trading sessions",
+                    {"ts": iso_z(t), "calendar": calendar},
+                    f"bar at {iso_z(t)} is outside the {calendar} trading sessions",
                 )
                 continue
             day = from_epoch_us(t)
             yield (
-                {"ts": _iso(t)[:10], "calendar": calendar},
+                {"ts": iso_z(t)[:10], "calendar": calendar},
                 (
                     f"daily bar on {day:%Y-%m-%d} ({day:%A}), a day with no {calendar} "
                     "session; are the dates shifted (check --tz) or the exchange wrong?"
@@ -536,7 +537,7 @@ class _Checker:
                 {"prev_close": close, "open": open_, "ratio": round(ratio, 4)},
                 (
                     f"price jumps from close {close} to open {open_} (x{1 / ratio:.3g}), like a "
-                    f"split, but no split is recorded near {_iso(int(self.ts[row]))[:10]}; record "
+                    f"split, but no split is recorded near {iso_z(int(self.ts[row]))[:10]}; record "
                     "it in corporate_actions or fix the data"
                 ),
             )
@@ -642,10 +643,6 @@ def _split_like(
     return like, recorded
 
 
-def _iso(us: int) -> str:
-    return from_epoch_us(us).isoformat().replace("+00:00", "Z")
-
-
 def _split_times(actions: pa.Table | None) -> dict[str, Array]:
     """Recorded split times (epoch µs, sorted) per symbol."""
     if actions is None or actions.num_rows == 0:
@@ -664,7 +661,7 @@ def _symbols(table: pa.Table) -> list[str]:
 
 
 def _store_instruments(store: Store, table: pa.Table) -> dict[str, Instrument]:
-    found = {s: store.get_instrument(s, missing_ok=True) for s in _symbols(table)}
+    found = {s: store.instrument(s, missing_ok=True) for s in _symbols(table)}
     return {s: i for s, i in found.items() if i is not None}
 
 
@@ -672,13 +669,8 @@ def split_actions(store: Store, symbols: list[str]) -> pa.Table:
     """The splits recorded in the store's ``corporate_actions`` for ``symbols``."""
     if not symbols:
         return SPLITS.empty_table()
-    marks = ", ".join("?" * len(symbols))  # placeholders only; the symbols are parameters
-    found = store.query(
-        "SELECT symbol, ts, kind, value FROM corporate_actions WHERE kind = 'split' "  # noqa: S608
-        f"AND symbol IN ({marks}) ORDER BY symbol, ts",
-        list(symbols),
-    )
-    return pa.Table.from_pylist(found.to_pylist(), schema=SPLITS)
+    found = store.read_actions(symbols, kind="split")
+    return found.select(SPLITS.names).cast(SPLITS)
 
 
 SPLITS = pa.schema(

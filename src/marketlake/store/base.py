@@ -16,17 +16,18 @@ import base64
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, ClassVar, Literal, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, Literal, TypeVar, overload
 
 import pyarrow as pa
 
 from marketlake.errors import ConflictError, InputError, NotFoundError, SchemaError
 from marketlake.schema import (
     BAR_SCHEMA,
+    TS_TYPE,
     Instrument,
     Timeframe,
     default_instrument,
@@ -38,6 +39,7 @@ from marketlake.schema import (
 from marketlake.store.liveness import LIVE_STATUSES, Heartbeat, is_dead, this_owner
 from marketlake.store.merge import Group, split_groups
 from marketlake.store.tables import TABLES
+from marketlake.timeseries.adjust import ACTION_SCHEMA
 
 OnConflict = Literal["ignore", "replace"]
 T = TypeVar("T")
@@ -169,7 +171,6 @@ class Store(ABC):
     """
 
     schemes: ClassVar[tuple[str, ...]] = ()
-    param_style: ClassVar[str] = "?"
     #: True when no other process can write while this object has the store open (an
     #: embedded DuckDB file): then :attr:`generation` is an exact change marker for caches.
     exclusive: ClassVar[bool] = False
@@ -328,7 +329,15 @@ class Store(ABC):
             )
         return instrument
 
-    def get_instrument(self, symbol: str, *, missing_ok: bool = False) -> Instrument | None:
+    @overload
+    def instrument(self, symbol: str, *, missing_ok: Literal[False] = False) -> Instrument: ...
+
+    @overload
+    def instrument(self, symbol: str, *, missing_ok: bool) -> Instrument | None: ...
+
+    def instrument(self, symbol: str, *, missing_ok: bool = False) -> Instrument | None:
+        """The registered instrument; an unknown symbol raises :class:`NotFoundError`, or
+        gives None with ``missing_ok``."""
         rows = self.select_rows("instruments", {"symbol": normalize_symbol(symbol)})
         if not rows:
             if missing_ok:
@@ -339,18 +348,8 @@ class Store(ABC):
             )
         return _instrument(rows[0])
 
-    def instrument(self, symbol: str) -> Instrument:
-        """The registered instrument; raises :class:`NotFoundError` when unknown."""
-        found = self.get_instrument(symbol)
-        assert found is not None
-        return found
-
     def list_instruments(self) -> list[Instrument]:
         return [_instrument(row) for row in self.select_rows("instruments", order_by="symbol")]
-
-    def is_auto_registered(self, symbol: str) -> bool:
-        rows = self.select_rows("instruments", {"symbol": normalize_symbol(symbol)})
-        return bool(rows and rows[0]["auto_registered"])
 
     def delete_instrument(self, symbol: str, *, with_data: bool = False) -> None:
         symbol = normalize_symbol(symbol)
@@ -385,9 +384,14 @@ class Store(ABC):
         new = {key[0] for key in inserted}
         return [symbol for symbol in wanted if symbol in new]
 
-    def auto_registered(self) -> set[str]:
-        """The symbols registered with defaults when first seen, and not refined since."""
-        return {row["symbol"] for row in self.select_rows("instruments", {"auto_registered": True})}
+    def auto_registered(self, symbols: Iterable[str] | None = None) -> set[str]:
+        """The symbols registered with defaults when first seen, and not refined since
+        (only those among ``symbols`` when given)."""
+        rows = self.select_rows("instruments", {"auto_registered": True})
+        found = {row["symbol"] for row in rows}
+        if symbols is None:
+            return found
+        return found & {normalize_symbol(s) for s in symbols}
 
     # -- bars ---------------------------------------------------------------------------
 
@@ -676,6 +680,316 @@ class Store(ABC):
             {"provider": provider, "symbol": normalize_symbol(symbol), "timeframe": timeframe},
         )
         return rows[0]["last_ts"] if rows else None
+
+    # -- named operations: series, prices, trades -----------------------------------
+
+    def ping(self) -> None:
+        """Run one trivial parameterised query: raises :class:`StoreError` when the store
+        does not answer (and warms up a driver that loads lazily on its first parameters)."""
+        self.query("SELECT ? AS ok", [1])
+
+    def newest_closes(self, symbol: str, timeframe: str | Timeframe, limit: int) -> pa.Table:
+        """The newest ``limit`` bars of a series as columns ``ts`` and ``close``, oldest first."""
+        return self.query(
+            "SELECT * FROM (SELECT ts, close FROM bars WHERE symbol = ? AND timeframe = ? "
+            "ORDER BY ts DESC LIMIT ?) AS newest ORDER BY ts",
+            [normalize_symbol(symbol), str(Timeframe.parse(timeframe)), int(limit)],
+        )
+
+    def latest_bar_times(self, symbol: str) -> dict[str, datetime]:
+        """The time of the newest stored bar of each timeframe of ``symbol``."""
+        rows = self.query(
+            "SELECT timeframe, max(ts) AS ts FROM bars WHERE symbol = ? GROUP BY timeframe",
+            [normalize_symbol(symbol)],
+        ).to_pylist()
+        return {str(row["timeframe"]): row["ts"] for row in rows}
+
+    def stored_timeframes(self, symbol: str) -> list[str]:
+        """The timeframes of which bars of ``symbol`` are stored."""
+        table = self.query(
+            "SELECT DISTINCT timeframe FROM bars WHERE symbol = ?", [normalize_symbol(symbol)]
+        )
+        return sorted(str(t) for t in table.column("timeframe").to_pylist())
+
+    def bar_times(
+        self, symbols: Sequence[str], timeframe: str | Timeframe, start: datetime, end: datetime
+    ) -> pa.Table:
+        """Columns ``symbol`` and ``ts`` of the bars of ``symbols`` in ``[start, end)``,
+        ordered by (symbol, ts): what gap scans need, without the prices."""
+        names = sorted({normalize_symbol(s) for s in symbols})
+        if not names:
+            return pa.table({"symbol": pa.array([], pa.string()), "ts": pa.array([], TS_TYPE)})
+        return self.query(
+            "SELECT symbol, ts FROM bars WHERE timeframe = ? "
+            f"AND symbol IN ({', '.join('?' * len(names))}) AND ts >= ? AND ts < ? "
+            "ORDER BY symbol, ts",
+            [str(Timeframe.parse(timeframe)), *names, start, end],
+        )
+
+    def close_before(
+        self, symbol: str, timeframe: str | Timeframe, when: datetime, *, within_days: int = 30
+    ) -> float | None:
+        """The close of the last stored bar before ``when`` (at most ``within_days`` before)."""
+        found = self.query(
+            "SELECT close FROM bars WHERE symbol = ? AND timeframe = ? AND ts < ? AND ts >= ? "
+            "ORDER BY ts DESC LIMIT 1",
+            [
+                normalize_symbol(symbol),
+                str(Timeframe.parse(timeframe)),
+                when,
+                when - timedelta(days=within_days),
+            ],
+        ).to_pylist()
+        return float(found[0]["close"]) if found else None
+
+    def close_at(self, symbol: str, timeframe: str | Timeframe, ts: datetime) -> float | None:
+        """The close of the stored bar of a series at ``ts``, or None."""
+        found = self.query(
+            "SELECT close FROM bars WHERE symbol = ? AND timeframe = ? AND ts = ?",
+            [normalize_symbol(symbol), str(Timeframe.parse(timeframe)), ts],
+        ).to_pylist()
+        return float(found[0]["close"]) if found else None
+
+    def main_source(self, symbol: str, timeframe: str | Timeframe) -> str | None:
+        """The ``source`` most stored bars of a series came from, or None without bars."""
+        rows = self.query(
+            "SELECT source, count(*) AS n FROM bars WHERE symbol = ? AND timeframe = ? "
+            "GROUP BY source ORDER BY n DESC LIMIT 1",
+            [normalize_symbol(symbol), str(Timeframe.parse(timeframe))],
+        ).to_pylist()
+        return str(rows[0]["source"]) if rows else None
+
+    def latest_trade(self, symbol: str) -> dict[str, Any] | None:
+        """The newest stored trade of ``symbol`` as a dict, or None."""
+        rows = self.query(
+            "SELECT * FROM trades WHERE symbol = ? ORDER BY ts DESC LIMIT 1",
+            [normalize_symbol(symbol)],
+        ).to_pylist()
+        return rows[0] if rows else None
+
+    # -- named operations: corporate actions -----------------------------------------
+
+    def write_actions(self, table: pa.Table, *, replace: bool = False) -> int:
+        """Store corporate actions (:data:`ACTION_SCHEMA` columns) idempotently on
+        (symbol, ts, kind); return how many are new or changed.
+
+        An action stored already keeps its value unless ``replace`` is set.
+        """
+        rows = table.to_pylist()
+        with self.transaction():
+            new = set(self.insert_new("corporate_actions", rows))
+            written = len(new)
+            for row in rows:
+                key = {"symbol": row["symbol"], "ts": row["ts"], "kind": row["kind"]}
+                if not replace or (row["symbol"], row["ts"], row["kind"]) in new:
+                    continue
+                found = self.select_rows("corporate_actions", key)
+                if found and found[0]["value"] != row["value"]:
+                    self.update_rows("corporate_actions", key, row)
+                    written += 1
+        return written
+
+    def read_actions(
+        self,
+        symbols: str | Sequence[str],
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        kind: str | None = None,
+    ) -> pa.Table:
+        """Corporate actions of ``symbols`` with ex-dates in ``[start, end)`` (of one
+        ``kind`` when given), ordered by (symbol, ts, kind), as :data:`ACTION_SCHEMA`."""
+        listed = [symbols] if isinstance(symbols, str) else symbols
+        names = sorted({normalize_symbol(s) for s in listed})
+        if not names:
+            return ACTION_SCHEMA.empty_table()
+        sql = (
+            "SELECT symbol, ts, kind, value, source FROM corporate_actions "
+            f"WHERE symbol IN ({', '.join('?' * len(names))})"
+        )
+        params: list[Any] = list(names)
+        for clause, value in (("kind = ?", kind), ("ts >= ?", start), ("ts < ?", end)):
+            if value is not None:
+                sql += f" AND {clause}"
+                params.append(value)
+        return self.query(sql + " ORDER BY symbol, ts, kind", params).cast(ACTION_SCHEMA)
+
+    # -- named operations: live metrics and alerts -----------------------------------
+
+    def latest_metrics(self, symbol: str | None = None) -> list[dict[str, Any]]:
+        """The stored metric values (symbol, name, ts, value), of one symbol or all, by symbol."""
+        where = {"symbol": normalize_symbol(symbol)} if symbol else None
+        return self.select_rows("metrics", where, order_by="symbol")
+
+    def read_alerts(
+        self,
+        *,
+        symbol: str | None = None,
+        rule_id: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Stored alerts, newest first, filtered by symbol, rule and ``[start, end)``."""
+        check_range(start, end)
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for clause, value in (
+            ("symbol = ?", normalize_symbol(symbol) if symbol else None),
+            ("rule_id = ?", rule_id or None),
+            ("ts >= ?", start),
+            ("ts < ?", end),
+        ):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows: list[dict[str, Any]] = self.query(
+            f"SELECT * FROM alerts WHERE {' AND '.join(where)} "
+            f"ORDER BY ts DESC, id LIMIT {int(limit)}",
+            params,
+        ).to_pylist()
+        return rows
+
+    def alert_rules(self) -> list[dict[str, Any]]:
+        """The alert rules stored through the API (id, definition JSON, created_at), by id."""
+        return self.select_rows("alert_rules", order_by="id")
+
+    def add_alert_rule(self, rule_id: str, definition: str) -> bool:
+        """Store a rule's JSON definition; False (and nothing written) when the id is taken."""
+        row = {"id": rule_id, "definition": definition, "created_at": utcnow()}
+        return bool(self.insert_new("alert_rules", [row]))
+
+    def delete_alert_rule(self, rule_id: str) -> bool:
+        """Remove a stored rule; False when there was none with this id."""
+        return bool(self.delete_rows("alert_rules", {"id": rule_id}))
+
+    # -- named operations: API keys --------------------------------------------------
+
+    def add_api_key(
+        self, key_id: str, *, name: str, key_hash: str, scopes: str, created_at: datetime
+    ) -> None:
+        """Record a new, active API key (only the hash of its secret)."""
+        self.insert_row(
+            "api_keys",
+            {
+                "id": key_id,
+                "name": name,
+                "prefix": key_id,
+                "hash": key_hash,
+                "scopes": scopes,
+                "created_at": created_at,
+                "revoked_at": None,
+            },
+        )
+
+    def api_keys(
+        self, *, key_id: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Stored API keys (with their hash), oldest first; only those with the given id or
+        name when either is set."""
+        return self.select_rows("api_keys", {"id": key_id, "name": name}, order_by="created_at")
+
+    def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        """Mark a key revoked at ``at``; False when no key has this id."""
+        return bool(self.update_rows("api_keys", {"id": key_id}, {"revoked_at": at}))
+
+    # -- named operations: backtests -------------------------------------------------
+
+    def add_backtest(
+        self,
+        backtest_id: str,
+        *,
+        params: str,
+        stats: str,
+        trades: str | None,
+        equity: str | None,
+        created_at: datetime,
+    ) -> None:
+        """Record a finished backtest; the payloads are JSON text."""
+        self.insert_row(
+            "backtests",
+            {
+                "id": backtest_id,
+                "status": "succeeded",
+                "params": params,
+                "stats": stats,
+                "trades": trades,
+                "equity": equity,
+                "error": None,
+                "created_at": created_at,
+                "finished_at": created_at,
+            },
+        )
+
+    def backtest(self, backtest_id: str) -> dict[str, Any] | None:
+        """A stored backtest row, or None."""
+        rows = self.select_rows("backtests", {"id": backtest_id})
+        return rows[0] if rows else None
+
+    def backtests(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest stored backtest rows."""
+        return self.select_rows("backtests", order_by="created_at", descending=True, limit=limit)
+
+    # -- named operations: quality reports -------------------------------------------
+
+    def add_quality_report(
+        self,
+        report_id: str,
+        *,
+        job_id: str | None,
+        scope: str,
+        summary: str,
+        findings: Sequence[dict[str, Any]],
+    ) -> None:
+        """Record a report (``scope`` and ``summary`` as JSON text) and its findings (rows
+        of ``quality_findings``) in one transaction."""
+        with self.transaction():
+            self.insert_row(
+                "quality_reports",
+                {
+                    "id": report_id,
+                    "job_id": job_id,
+                    "created_at": utcnow(),
+                    "scope": scope,
+                    "summary": summary,
+                },
+            )
+            self.insert_rows("quality_findings", findings)
+
+    def quality_reports(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The stored report rows, newest first (all of them without ``limit``)."""
+        return self.select_rows(
+            "quality_reports", order_by="created_at", descending=True, limit=limit
+        )
+
+    def quality_report(self, report_id: str) -> dict[str, Any] | None:
+        """A stored report row, or None."""
+        rows = self.select_rows("quality_reports", {"id": report_id})
+        return rows[0] if rows else None
+
+    def quality_findings(
+        self,
+        report_id: str,
+        *,
+        severity: str | None = None,
+        order: Literal["series", "time"] = "series",
+    ) -> list[dict[str, Any]]:
+        """The finding rows of a report (of one severity when given), ordered by
+        (symbol, timeframe, ts) or, with ``order="time"``, by ts."""
+        by = "symbol, timeframe, ts" if order == "series" else "ts"
+        where, params = _where({"report_id": report_id, "severity": severity})
+        rows: list[dict[str, Any]] = self.query(
+            f"SELECT * FROM quality_findings{where} ORDER BY {by}",
+            params,
+        ).to_pylist()
+        return rows
+
+    def finding_counts(self) -> list[dict[str, Any]]:
+        """How many findings of each (rule, severity) are stored: rows rule, severity, n."""
+        rows: list[dict[str, Any]] = self.query(
+            "SELECT rule, severity, count(*) AS n FROM quality_findings GROUP BY rule, severity"
+        ).to_pylist()
+        return rows
 
     # -- generic records of the auxiliary tables ------------------------------------
 

@@ -48,7 +48,6 @@ BAR_PARTITIONS = pa.schema(
 )
 TRADE_PARTITIONS = pa.schema([("symbol", pa.string()), ("year", pa.int32())])
 BAR_FILE_SCHEMA = pa.schema([f for f in BAR_SCHEMA if f.name not in ("symbol", "timeframe")])
-TRADE_FILE_SCHEMA = pa.schema([f for f in TRADE_SCHEMA if f.name != "symbol"])
 INSTRUMENTS_FILE = "instruments.parquet"
 WRITE_BATCH_ROWS = 500_000
 

@@ -47,7 +47,7 @@ def copy_store(
     for instrument in source.list_instruments():
         if instrument.symbol in known or (wanted and instrument.symbol not in wanted):
             continue
-        target.add_instrument(instrument, auto=source.is_auto_registered(instrument.symbol))
+        target.add_instrument(instrument, auto=bool(source.auto_registered([instrument.symbol])))
         instruments += 1
     bars = WriteResult()
     for series in source.bar_summary():

@@ -31,7 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from marketlake.errors import ConfigError, ConflictError, NotFoundError
-from marketlake.schema import from_epoch_us, normalize_symbol, utcnow
+from marketlake.schema import from_epoch_us, normalize_symbol
 from marketlake.store.base import Store
 from marketlake.stream.analytics import Array, Observed
 
@@ -487,7 +487,7 @@ class RuleSource:
     def _stored(self) -> list[dict[str, Any]]:
         if self.store is None:
             return []
-        return self.store.select_rows("alert_rules", order_by="id")
+        return self.store.alert_rules()
 
     def load(self) -> RuleSet:
         """Read both sources now; raises :class:`ConfigError` for a bad rule file."""
@@ -530,7 +530,7 @@ def list_rules(path: Path | None, store: Store) -> list[dict[str, Any]]:
     ids = {r.id for r in file_rules}
     out.extend(
         {**json.loads(row["definition"]), "source": "api"}
-        for row in store.select_rows("alert_rules", order_by="id")
+        for row in store.alert_rules()
         if row["id"] not in ids
     )
     return out
@@ -540,8 +540,7 @@ def add_rule(store: Store, data: dict[str, Any], path: Path | None = None) -> Ru
     """Validate a rule and store it; an id in use is a :class:`ConflictError`."""
     rule = parse_rule(data)
     in_file = {r.id for r in load_rule_file(path)} if path is not None else set()
-    row = {"id": rule.id, "definition": rule.model_dump_json(), "created_at": utcnow()}
-    if rule.id in in_file or not store.insert_new("alert_rules", [row]):
+    if rule.id in in_file or not store.add_alert_rule(rule.id, rule.model_dump_json()):
         raise ConflictError(
             f"alert rule {rule.id!r} exists already; delete it first or pick another id"
         )
@@ -550,7 +549,7 @@ def add_rule(store: Store, data: dict[str, Any], path: Path | None = None) -> Ru
 
 def delete_rule(store: Store, rule_id: str) -> None:
     """Remove a stored rule (rules of the file are changed in the file)."""
-    if not store.delete_rows("alert_rules", {"id": rule_id}):
+    if not store.delete_alert_rule(rule_id):
         raise NotFoundError(
             f"no stored alert rule {rule_id!r}; rules from the rule file are "
             "removed by editing the file"

@@ -24,6 +24,7 @@ from marketlake.stream.alerts import RuleSet, RuleSource
 from marketlake.stream.analytics import AnalyticsConfig
 from marketlake.stream.events import Batch
 from marketlake.stream.pipeline import Pipeline
+from marketlake.timeseries.times import iso_z
 
 
 def replay_pipeline(settings: Settings, timeframe: Timeframe, rules: RuleSet) -> Pipeline:
@@ -94,14 +95,10 @@ def _step(pipeline: Pipeline, symbol: str, bar: pa.Table) -> list[dict[str, Any]
         {
             "type": "bar",
             "symbol": symbol,
-            "ts": _iso(row["ts"]),
+            "ts": iso_z(row["ts"]),
             "bar": {k: row[k] for k in ("open", "high", "low", "close", "volume")},
             "metrics": values,
         }
     ]
     events += [{"type": "alert", **alert.as_json()} for alert in out.alerts]
     return events
-
-
-def _iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")

@@ -16,15 +16,16 @@ An action's ``ts`` is its ex-date at 00:00 UTC, like a daily bar label; "before
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from marketlake.schema import TS_TYPE, Timeframe, normalize_symbol
+from marketlake.schema import TS_TYPE, Instrument, Timeframe
 
 ACTION_SCHEMA = pa.schema(
     [
@@ -38,40 +39,42 @@ ACTION_SCHEMA = pa.schema(
 _PRICES = ("open", "high", "low", "close", "vwap")
 
 
-def write_actions(store: Any, table: pa.Table, *, replace: bool = False) -> int:
-    """Store corporate actions idempotently on (symbol, ts, kind); return how many are new.
+class ActionSource(Protocol):
+    """What adjusting needs of a store (``marketlake.store.Store`` has it): the recorded
+    actions, raw closes before a date and the instrument's time zone."""
 
-    An action stored already keeps its value unless ``replace`` is set.
-    """
-    rows = table.to_pylist()
-    with store.transaction():
-        new = set(store.insert_new("corporate_actions", rows))
-        written = len(new)
-        for row in rows:
-            key = {"symbol": row["symbol"], "ts": row["ts"], "kind": row["kind"]}
-            if not replace or (row["symbol"], row["ts"], row["kind"]) in new:
-                continue
-            found = store.select_rows("corporate_actions", key)
-            if found and found[0]["value"] != row["value"]:
-                store.update_rows("corporate_actions", key, row)
-                written += 1
-    return written
+    def read_actions(
+        self,
+        symbols: str | Sequence[str],
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        kind: str | None = None,
+    ) -> pa.Table: ...
+
+    def close_before(
+        self, symbol: str, timeframe: str | Timeframe, when: datetime, *, within_days: int = 30
+    ) -> float | None: ...
+
+    def instrument(self, symbol: str) -> Instrument: ...
 
 
-def read_actions(
-    store: Any, symbol: str, start: datetime | None = None, end: datetime | None = None
-) -> pa.Table:
-    """A symbol's actions with ex-dates in ``[start, end)``, oldest first."""
-    sql = "SELECT symbol, ts, kind, value, source FROM corporate_actions WHERE symbol = ?"
-    params: list[Any] = [normalize_symbol(symbol)]
-    if start is not None:
-        sql += " AND ts >= ?"
-        params.append(start)
-    if end is not None:
-        sql += " AND ts < ?"
-        params.append(end)
-    table: pa.Table = store.query(sql + " ORDER BY ts, kind", params)
-    return table.cast(ACTION_SCHEMA)
+class _Page(Protocol):
+    @property
+    def table(self) -> pa.Table: ...
+
+
+class BarSource(ActionSource, Protocol):
+    """An :class:`ActionSource` that reads bars too."""
+
+    def read_bars(
+        self,
+        symbols: str,
+        timeframe: Timeframe,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int | None = None,
+    ) -> _Page: ...
 
 
 def cutoff(ex_date: datetime, timeframe: Timeframe, timezone: str) -> datetime:
@@ -123,7 +126,7 @@ def adjust_bars(
 
 
 def read_adjusted(
-    store: Any,
+    store: BarSource,
     symbol: str,
     timeframe: str | Timeframe,
     start: datetime | None = None,
@@ -137,33 +140,23 @@ def read_adjusted(
     )
 
 
-def adjust_table(store: Any, symbol: str, tf: Timeframe, bars: pa.Table) -> pa.Table:
+def adjust_table(store: ActionSource, symbol: str, tf: Timeframe, bars: pa.Table) -> pa.Table:
     """``bars`` of one symbol (time-ordered, any page of them) adjusted for the splits and
     dividends recorded after each bar."""
     if bars.num_rows == 0:
         return bars
     first = bars.column("ts")[0].as_py()
-    actions = read_actions(store, symbol, start=first - timedelta(days=7))
+    actions = store.read_actions(symbol, start=first - timedelta(days=7))
     if actions.num_rows == 0:
         return bars
     zone = store.instrument(symbol).timezone
     rows = actions.to_pylist()
     cuts = [cutoff(r["ts"], tf, zone) for r in rows]
     prevs = [
-        _close_before(store, symbol, tf, when) if r["kind"] == "dividend" else None
+        store.close_before(symbol, tf, when) if r["kind"] == "dividend" else None
         for r, when in zip(rows, cuts, strict=True)
     ]
     price, volume = adjustment_factors(
         bars.column("ts"), cuts, [r["kind"] for r in rows], [r["value"] for r in rows], prevs
     )
     return adjust_bars(bars, price, volume)
-
-
-def _close_before(store: Any, symbol: str, tf: Timeframe, when: datetime) -> float | None:
-    """The raw close of the last stored bar before ``when`` (within 30 days), if any."""
-    found = store.query(
-        "SELECT close FROM bars WHERE symbol = ? AND timeframe = ? AND ts < ? AND ts >= ? "
-        "ORDER BY ts DESC LIMIT 1",
-        [normalize_symbol(symbol), str(tf), when, when - timedelta(days=30)],
-    ).to_pylist()
-    return float(found[0]["close"]) if found else None

@@ -8,7 +8,7 @@ the instrument's timezone, so a crypto 1d bar is a local day (a UTC day for the
 usual ``timezone="UTC"``), DST included. FX uses local weekdays (24/5).
 
 Every session carries its trading date; that date at 00:00 UTC labels the
-session's daily bar (DESIGN.md, "Bar labels"). Times are epoch microseconds.
+session's daily bar (docs/cli.md, "Conventions"). Times are epoch microseconds.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 
 from marketlake.errors import ConfigError
 from marketlake.schema import US_PER_SECOND, Instrument
+from marketlake.timeseries.times import epoch_us
 
 Array = np.ndarray[Any, Any]
 DAY_US = 86400 * US_PER_SECOND
@@ -154,12 +155,6 @@ def _year(day: int) -> int:
     return int(np.datetime64(int(day), "D").astype("datetime64[Y]").astype(np.int64)) + 1970
 
 
-def _utc_us(values: Any) -> Array:
-    """Microseconds of a tz-aware pandas column (NaT becomes the minimum int)."""
-    naive = values.dt.tz_convert("UTC").dt.tz_localize(None)
-    return np.asarray(naive.to_numpy().astype("datetime64[us]").astype(np.int64))
-
-
 @lru_cache(maxsize=16)
 def _exchange_sessions(name: str, first_year: int, last_year: int) -> Sessions:
     import exchange_calendars as xcals
@@ -173,12 +168,12 @@ def _exchange_sessions(name: str, first_year: int, last_year: int) -> Sessions:
         ) from None
     schedule = cal.schedule
     days = schedule.index.to_numpy().astype("datetime64[D]").astype(np.int64)
-    opens, closes = _utc_us(schedule["open"]), _utc_us(schedule["close"])
+    opens, closes = epoch_us(schedule["open"]), epoch_us(schedule["close"])
     breaks = schedule["break_start"].notna().to_numpy()
     break_starts, break_ends = closes.copy(), closes.copy()
     if breaks.any():
-        break_starts[breaks] = _utc_us(schedule["break_start"])[breaks]
-        break_ends[breaks] = _utc_us(schedule["break_end"])[breaks]
+        break_starts[breaks] = epoch_us(schedule["break_start"])[breaks]
+        break_ends[breaks] = epoch_us(schedule["break_end"])[breaks]
     return Sessions(name, days, opens, closes, break_starts, break_ends)
 
 
@@ -212,14 +207,3 @@ def _local_days(timezone: str, weekdays_only: bool, first_day: int, last_day: in
         closes.copy(),
         always_open=not weekdays_only,
     )
-
-
-def session_of(sessions: Sessions, ts_sorted: Array) -> tuple[Array, Array]:
-    """Row ranges of each session in sorted timestamps: ``(first_row, end_row)`` per session.
-
-    Rows ``first_row[k]:end_row[k]`` fall inside session ``k`` (open <= ts < close);
-    rows outside every session belong to none.
-    """
-    lo = np.searchsorted(ts_sorted, sessions.opens, side="left")
-    hi = np.searchsorted(ts_sorted, sessions.closes, side="left")
-    return lo, hi

@@ -62,27 +62,15 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[AlertOut]:
     """The newest alerts first."""
-    where: list[str] = ["1 = 1"]
-    params: list[Any] = []
-    if symbol:
-        where.append("symbol = ?")
-        params.append(normalize_symbol(symbol))
-    if rule_id:
-        where.append("rule_id = ?")
-        params.append(rule_id)
     begin = parse_time(start, param="start") if start else None
     stop = parse_time(end, param="end") if end else None
     check_range(begin, stop)
-    for value, clause in ((begin, "ts >= ?"), (stop, "ts < ?")):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    sql = (
-        f"SELECT * FROM alerts WHERE {' AND '.join(where)} "  # noqa: S608 - fixed clauses
-        f"ORDER BY ts DESC, id LIMIT {int(limit)}"
+    rows = await in_thread(
+        lambda: store.read_alerts(
+            symbol=symbol or None, rule_id=rule_id or None, start=begin, end=stop, limit=limit
+        )
     )
-    table = await in_thread(store.query, sql, params)
-    return [AlertOut(**row) for row in table.to_pylist()]
+    return [AlertOut(**row) for row in rows]
 
 
 @router.get(

@@ -147,12 +147,10 @@ def coverage_table(store: Store, symbols: list[str] | None, timeframe: str | Non
 
 def actions_table(store: Store, symbol: str, start: str | None, end: str | None) -> pa.Table:
     """Stored splits and dividends of ``symbol`` (as `marketlake actions`)."""
-    from marketlake.timeseries.adjust import read_actions
-
     symbol = normalize_symbol(symbol)
     store.instrument(symbol)
     begin, stop = time_range(start, end)
-    return read_actions(store, symbol, begin, stop)
+    return store.read_actions(symbol, begin, stop)
 
 
 def arrow_bytes(table: pa.Table) -> bytes:

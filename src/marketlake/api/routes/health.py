@@ -30,7 +30,7 @@ async def ready(request: Request, ctx: ContextDep) -> Readiness | Response:
     checks: dict[str, str] = {}
     try:
         with ctx.metrics.store_call("ready"):
-            await in_thread(ctx.store.query, "SELECT 1")
+            await in_thread(ctx.store.ping)
             version = await in_thread(ctx.store.schema_version)
         checks["store"] = f"ok (schema {version})"
     except MarketLakeError as exc:

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/instruments", tags=["instruments"])
 
 def _out(store: Store, instrument: Instrument) -> InstrumentOut:
     return InstrumentOut(
-        **instrument.model_dump(), auto_registered=store.is_auto_registered(instrument.symbol)
+        **instrument.model_dump(), auto_registered=bool(store.auto_registered([instrument.symbol]))
     )
 
 
@@ -26,7 +26,7 @@ async def list_instruments(_: ReadAccess, store: StoreDep) -> list[InstrumentOut
     """Every registered instrument, by symbol."""
 
     def load() -> list[InstrumentOut]:
-        auto = {r["symbol"] for r in store.select_rows("instruments", {"auto_registered": True})}
+        auto = store.auto_registered()
         return [
             InstrumentOut(**i.model_dump(), auto_registered=i.symbol in auto)
             for i in store.list_instruments()

@@ -9,10 +9,7 @@ from fastapi import APIRouter, Path, Query, Response, status
 from marketlake.api.deps import ContextDep, ReadAccess, StoreDep, WriteAccess, in_thread
 from marketlake.api.errors import problem_responses
 from marketlake.api.models import IngestRequest, JobAccepted, JobOut
-from marketlake.errors import InputError
-from marketlake.schema import parse_time, utcnow
 from marketlake.store import Job
-from marketlake.store.base import check_range
 
 router = APIRouter(tags=["jobs"])
 
@@ -42,22 +39,11 @@ async def run_ingest(
     body: IngestRequest, _: WriteAccess, ctx: ContextDep, response: Response
 ) -> JobAccepted:
     """Check the request, record a job and run it in the background; poll ``url`` for it."""
-    from marketlake.timeseries.times import parse_period
+    from marketlake.timeseries.times import resolve_range
 
-    end = (
-        parse_time(body.end, param="end") if body.end else utcnow().replace(second=0, microsecond=0)
-    )
-    if body.period and body.start:
-        raise InputError("give either start (and end) or period, not both", param="period")
-    if body.period:
-        start = end - parse_period(body.period)
-    elif body.start:
-        start = parse_time(body.start, param="start")
-    else:
-        raise InputError(
-            'give start (and optionally end) or period, e.g. "period": "7d"', param="start"
-        )
-    check_range(start, end)
+    start, end = resolve_range(body.start, body.end, body.period, fields=True)
+    assert start is not None  # required=True gives both ends
+    assert end is not None
     plan = ctx.jobs.plan(body.provider, body.symbols, body.timeframe, start, end)
     job_id: str = await in_thread(lambda: ctx.jobs.start_record(ctx.store, plan))
     ctx.jobs.launch(ctx.store, plan, job_id)

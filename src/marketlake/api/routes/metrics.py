@@ -47,7 +47,7 @@ class SymbolMetrics(BaseModel):
 
 def read_metrics(store: Store, symbol: str | None = None) -> list[SymbolMetrics]:
     """Stored metrics grouped by symbol, in symbol order."""
-    rows = store.select_rows("metrics", {"symbol": symbol} if symbol else None, order_by="symbol")
+    rows = store.latest_metrics(symbol)
     grouped: dict[str, dict[str, Any]] = {}
     for row in rows:
         entry = grouped.setdefault(

@@ -43,12 +43,7 @@ async def prices(
         table = series.table.slice(max(0, series.rows - limit), limit)
     else:
         with ctx.metrics.store_call("newest_bars"):
-            table = await in_thread(
-                ctx.store.query,
-                "SELECT * FROM (SELECT ts, close FROM bars WHERE symbol = ? "
-                "AND timeframe = ? ORDER BY ts DESC LIMIT ?) ORDER BY ts",
-                [symbol, tf, limit],
-            )
+            table = await in_thread(ctx.store.newest_closes, symbol, tf, limit)
     frame = pl.from_arrow(table.select(["ts", "close"]).rename_columns(["ts", "price"]))
     assert isinstance(frame, pl.DataFrame)
     head = orjson.dumps({"symbol": symbol, "timeframe": tf})
@@ -91,34 +86,26 @@ def _latest_price(store: Store, symbol: str) -> bytes | None:
     """
     now = utcnow()
     best: dict[str, Any] | None = None
-    for row in store.query(
-        "SELECT timeframe, max(ts) AS ts FROM bars WHERE symbol = ? GROUP BY timeframe", [symbol]
-    ).to_pylist():
-        tf = Timeframe.parse(row["timeframe"])
-        ended = (
-            tf.next_start(row["ts"])
-            if tf.is_calendar
-            else row["ts"] + timedelta(seconds=tf.seconds)
-        )
+    for timeframe, newest in store.latest_bar_times(symbol).items():
+        tf = Timeframe.parse(timeframe)
+        ended = tf.next_start(newest) if tf.is_calendar else newest + timedelta(seconds=tf.seconds)
         final = ended <= now
-        as_of = ended if final else row["ts"]
+        as_of = ended if final else newest
         rank = (as_of, -(tf.seconds if not tf.is_calendar else 31 * 86400))
         if best is None or rank > best["rank"]:
             best = {
                 "rank": rank,
                 "timeframe": str(tf),
-                "open": row["ts"],
+                "open": newest,
                 "ts": as_of,
                 "final": final,
             }
-    trade = store.query(
-        "SELECT ts, price FROM trades WHERE symbol = ? ORDER BY ts DESC LIMIT 1", [symbol]
-    ).to_pylist()
-    if trade and (best is None or trade[0]["ts"] >= best["ts"]):
+    trade = store.latest_trade(symbol)
+    if trade is not None and (best is None or trade["ts"] >= best["ts"]):
         out = {
             "symbol": symbol,
-            "price": trade[0]["price"],
-            "ts": trade[0]["ts"],
+            "price": trade["price"],
+            "ts": trade["ts"],
             "source": "trade",
             "timeframe": None,
             "bar_ts": None,
@@ -127,10 +114,9 @@ def _latest_price(store: Store, symbol: str) -> bytes | None:
         return orjson.dumps(out)
     if best is None:
         return None
-    close = store.query(
-        "SELECT close FROM bars WHERE symbol = ? AND timeframe = ? AND ts = ?",
-        [symbol, best["timeframe"], best["open"]],
-    ).to_pylist()[0]["close"]
+    close = store.close_at(symbol, best["timeframe"], best["open"])
+    if close is None:  # deleted since it was found
+        return None
     out = {
         "symbol": symbol,
         "price": close,

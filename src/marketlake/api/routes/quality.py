@@ -13,7 +13,7 @@ from fastapi import APIRouter, Path, Query
 
 from marketlake.api.deps import ReadAccess, StoreDep, in_thread
 from marketlake.api.errors import problem_responses
-from marketlake.api.models import QualityFinding, QualityReport, QualityReportSummary
+from marketlake.api.models import QualityFinding, QualityReportOut, QualityReportSummary
 from marketlake.errors import NotFoundError
 from marketlake.store import Store
 
@@ -56,9 +56,7 @@ async def list_reports(
     limit: Annotated[int, Query(ge=1, le=1000, description="How many of the newest")] = 50,
 ) -> list[QualityReportSummary]:
     """Validation reports, newest first."""
-    rows: list[dict[str, Any]] = await in_thread(
-        store.select_rows, "quality_reports", None, order_by="created_at", descending=True
-    )
+    rows: list[dict[str, Any]] = await in_thread(store.quality_reports)
     reports = [_summary(r) for r in rows]
     if symbol is not None:
         reports = [r for r in reports if _mentions(r, symbol)]
@@ -67,7 +65,7 @@ async def list_reports(
 
 @router.get(
     "/reports/{report_id}",
-    response_model=QualityReport,
+    response_model=QualityReportOut,
     summary="One quality report",
     responses=problem_responses(404),
 )
@@ -79,20 +77,19 @@ async def get_report(
         Literal["error", "warning"] | None, Query(description="Only findings of this severity")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=100_000, description="Findings to return")] = 1000,
-) -> QualityReport:
+) -> QualityReportOut:
     """A report with its findings (the first ``limit`` of them, by time)."""
     return await in_thread(_report, store, report_id, severity, limit)  # type: ignore[no-any-return]
 
 
-def _report(store: Store, report_id: str, severity: str | None, limit: int) -> QualityReport:
-    rows = store.select_rows("quality_reports", {"id": report_id})
-    if not rows:
+def _report(store: Store, report_id: str, severity: str | None, limit: int) -> QualityReportOut:
+    row = store.quality_report(report_id)
+    if row is None:
         raise NotFoundError(
             f"unknown quality report {report_id}; list them with GET /api/v1/quality/reports"
         )
-    where: dict[str, Any] = {"report_id": report_id, "severity": severity}
-    findings = store.select_rows("quality_findings", where, order_by="ts")
+    findings = store.quality_findings(report_id, severity=severity, order="time")
     items = [QualityFinding(**{**f, "values": _json(f.get("values"))}) for f in findings[:limit]]
-    return QualityReport(
-        **_summary(rows[0]).model_dump(), findings=items, findings_total=len(findings)
+    return QualityReportOut(
+        **_summary(row).model_dump(), findings=items, findings_total=len(findings)
     )
