@@ -121,3 +121,92 @@ def test_the_provider_names_of_the_help_are_the_registry_s() -> None:
     from marketlake.providers import PROVIDERS
 
     assert tuple(sorted(PROVIDERS)) == PROVIDER_NAMES
+
+
+# -- issue 18: settings, bus, store paths, unknown symbols ------------------------------------
+
+
+def _run(*args: str, env: dict[str, str] | None = None, cwd: Any = None) -> Any:
+    """`marketlake ARGS` as a subprocess with a bounded wait."""
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "marketlake", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("MARKETLAKE_API_CORS_ORIGINS", "notjson", "MARKETLAKE_API_CORS_ORIGINS is not valid JSON"),
+        ("MARKETLAKE_QUALITY_RULES", "{bad", "MARKETLAKE_QUALITY_RULES is not valid JSON"),
+        ("MARKETLAKE_ROLLUP_TIMEFRAMES", '["7q"]', "unknown timeframe '7q'"),
+        ("MARKETLAKE_ANALYTICS_BUCKET", "2w", "unknown timeframe '2w'"),
+        ("MARKETLAKE_LOG_LEVEL", "LOUD", "unknown log level 'LOUD': use one of CRITICAL"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it_and_exit_2(
+    tmp_path: Any, variable: str, value: str, says: str
+) -> None:
+    done = _run(
+        "instruments",
+        "list",
+        env={variable: value, "MARKETLAKE_STORE": "duckdb:///:memory:"},
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    line = _one_error(done.stderr)
+    assert says in line
+    assert variable in line
+
+
+def test_a_lower_case_log_level_is_fine() -> None:
+    from marketlake.config import load_settings
+
+    assert load_settings(log_level="debug").log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("command", "bus", "says"),
+    [
+        (["worker"], "redis://127.0.0.1:1/0", "cannot reach the bus redis://127.0.0.1:1/0"),
+        (["worker"], "redis://:hunter2@127.0.0.1:1/0", "redis://:***@127.0.0.1:1/0"),
+        (["worker"], "redis://127.0.0.1:6379/99", "DB index is out of range"),
+        (["stream", "binance", "BTCUSDT"], "redis://127.0.0.1:1/0", "cannot reach the bus"),
+        (["stream", "binance", "BTCUSDT"], "redis://127.0.0.1:6379/99", "DB index"),
+        (["metrics"], "redis://127.0.0.1:1/0", "cannot reach the bus"),
+    ],
+)
+def test_an_unreachable_bus_is_one_redacted_line_and_exit_2(
+    tmp_path: Any, command: list[str], bus: str, says: str
+) -> None:
+    done = _run(
+        *command,
+        env={
+            "MARKETLAKE_BUS": bus,
+            "MARKETLAKE_STORE": "duckdb:///:memory:",
+            "MARKETLAKE_METRICS_PORT": "0",
+        },
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    line = _one_error(done.stderr)
+    assert says in line
+    assert "MARKETLAKE_BUS" in line
+    assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_an_unsupported_bus_names_the_supported_ones(
+    capsys: Capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MARKETLAKE_BUS", "kafka://broker:9092")
+    assert cli(["--store", "duckdb:///:memory:", "worker"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert "use memory:// or redis://" in line
+    assert "Redis" not in line.split(":", 1)[1].split("use")[0]

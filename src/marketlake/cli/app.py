@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
-from pydantic import ValidationError
 from typer.core import TyperOption
 
 from marketlake import __version__
 from marketlake.cli.output import err_console, error
-from marketlake.config import Settings
-from marketlake.errors import ConfigError, InputError, MarketLakeError, StoreLockedError
+from marketlake.config import Settings, load_settings
+from marketlake.errors import InputError, MarketLakeError, StoreLockedError
 
 if TYPE_CHECKING:
     from marketlake.store import Store
@@ -192,13 +191,7 @@ def _root(
         )
         ctx.call_on_close(ctx.obj.close)
         return
-    try:
-        settings = Settings(store=store) if store else Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(
-            f"setting MARKETLAKE_{str(first['loc'][0]).upper()}: {first['msg']}"
-        ) from None
+    settings = load_settings(store=store) if store else load_settings()
     from marketlake.cli import remote
 
     remote.route(ctx, settings, api=api, api_key=api_key, command_line=list(ARGV.get()))
