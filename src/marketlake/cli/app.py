@@ -22,7 +22,7 @@ from typer.core import TyperOption
 from marketlake import __version__
 from marketlake.cli.output import err_console, error
 from marketlake.config import Settings, load_settings
-from marketlake.errors import InputError, MarketLakeError, StoreLockedError
+from marketlake.errors import ConfigError, InputError, MarketLakeError, StoreLockedError
 
 if TYPE_CHECKING:
     from marketlake.store import Store
@@ -73,12 +73,16 @@ class State:
     wait_s: float = 0.0
     cwd: Path | None = None
     remote: bool = False
+    command: str = ""
     _store: Store | None = field(default=None, repr=False)
     _owns_store: bool = field(default=True, repr=False)
 
     @property
     def store(self) -> Store:
         if self._store is None:
+            words = self.command.split()
+            if not {" ".join(words[:1]), " ".join(words[:2])} & CREATES_STORE:
+                _require_existing(self.settings.store)
             self._store = _open_waiting(self.settings.store, self.wait_s)
         return self._store
 
@@ -98,6 +102,50 @@ class State:
         if self._store is not None and self._owns_store:
             self._store.close()
         self._store = None
+
+
+# Commands that may create the embedded store; every other one reads an existing store
+# and refuses a DuckDB path that does not exist (a typo would show an empty store).
+CREATES_STORE = frozenset(
+    {
+        "backtest portfolio",
+        "backtest run",
+        "backtest sweep",
+        "backtest walk-forward",
+        "demo",
+        "import-csv",
+        "import-lake",
+        "ingest",
+        "instruments add",
+        "keys create",
+        "migrate",
+        "scheduler",
+        "serve",
+        "stream",
+        "worker",
+    }
+)
+
+
+def _command_of(ctx: typer.Context) -> str:
+    """The command being run, as ``"bars"`` or ``"instruments add"`` (group and subcommand)."""
+    from marketlake.cli.remote import _after
+
+    name = ctx.invoked_subcommand or ""
+    following = [a for a in _after(list(ARGV.get()), name) if not a.startswith("-")]
+    return f"{name} {following[0]}" if following else name
+
+
+def _require_existing(uri: str, option: str = "--store (MARKETLAKE_STORE)") -> None:
+    """Refuse a ``duckdb:///FILE`` whose file does not exist, naming it and the fix."""
+    from marketlake.store.holder import database_path
+
+    path = database_path(uri)
+    if path is not None and not path.exists():
+        raise ConfigError(
+            f"no DuckDB store at {path}: create one with `marketlake demo`, `marketlake "
+            f"ingest …` or `marketlake import-csv …`, or point {option} at an existing file"
+        )
 
 
 def _open_waiting(uri: str, wait_s: float) -> Store:
@@ -195,7 +243,7 @@ def _root(
     from marketlake.cli import remote
 
     remote.route(ctx, settings, api=api, api_key=api_key, command_line=list(ARGV.get()))
-    ctx.obj = State(settings=settings, debug=debug, wait_s=wait)
+    ctx.obj = State(settings=settings, debug=debug, wait_s=wait, command=_command_of(ctx))
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -326,6 +326,8 @@ def metrics(
     from marketlake.stream.portfolio import Portfolio
 
     st = state(ctx)
+    for symbol in symbols or []:
+        st.store.instrument(symbol)  # unknown: NotFoundError (exit 2), like bars
     wanted = {s.upper() for s in symbols or []}
     per_symbol: dict[str, dict[str, Any]] = {}
     for row in st.store.select_rows("metrics", order_by="symbol"):
