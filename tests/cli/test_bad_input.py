@@ -383,3 +383,22 @@ def test_an_unknown_time_zone_in_the_schedule_is_one_line(
     assert cli(["--store", stored, "scheduler", "--list"]) == 2
     line = _one_error(capsys.readouterr().err)
     assert "job mars: timezone: unknown time zone 'Mars/Olympus'" in line
+
+
+def test_a_fifo_given_as_the_csv_is_refused_without_blocking(tmp_path: Any) -> None:
+    import os
+
+    fifo = tmp_path / "prices.csv"
+    os.mkfifo(fifo)
+    done = _run(  # a reader of the FIFO would block: the subprocess bounds the wait
+        "--store", f"duckdb:///{tmp_path}/s.duckdb", "import-csv", str(fifo), "--symbol", "F"
+    )
+    assert done.returncode == 2, done.stderr
+    assert "is not a regular file; give a CSV file" in _one_error(done.stderr)
+
+
+def test_an_unknown_instrument_timezone_is_one_plain_line(capsys: Capsys, tmp_path: Any) -> None:
+    uri = f"duckdb:///{tmp_path}/s.duckdb"
+    assert cli(["--store", uri, "instruments", "add", "MARS", "--timezone", "Mars/Olympus"]) == 2
+    line = _one_error(capsys.readouterr().err)
+    assert line.startswith("error: --timezone: unknown IANA timezone 'Mars/Olympus'")
