@@ -175,13 +175,13 @@ def test_synthetic_data_needs_a_range(capsys: pytest.CaptureFixture[str]) -> Non
     assert "--synthetic needs --start" in err
 
 
-def test_missing_bars_exit_1_with_what_to_ingest(
+def test_missing_bars_exit_2_with_what_to_ingest(
     store_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, _, err = call(
         capsys, "--store", store_uri, "backtest", "run", "-s", "buy_and_hold", "--symbol", "MSFT"
     )
-    assert code == 1
+    assert code == 2  # nothing to backtest is bad input (NotFoundError), as for `bars`
     assert "marketlake ingest synthetic MSFT" in " ".join(err.split())
 
 
