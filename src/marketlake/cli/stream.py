@@ -205,7 +205,6 @@ def worker(
 
     st = state(ctx)
     settings = st.settings
-    _reachable(open_bus(settings, "worker"))
     bus = open_bus(settings, "worker")
     if isinstance(bus, MemoryBus):
         raise InputError(
@@ -215,7 +214,8 @@ def worker(
             param="bus",
         )
     _logging(settings)
-    job = Worker(settings, st.store, bus, name=name)
+    job = Worker(settings, st.store, bus, name=name)  # checks the alert rules first
+    _reachable(open_bus(settings, "worker"))
     assert isinstance(bus, RedisBus)
     _metrics_server(
         settings.metrics_port,
@@ -326,8 +326,6 @@ def metrics(
     from marketlake.stream.portfolio import Portfolio
 
     st = state(ctx)
-    for symbol in symbols or []:
-        st.store.instrument(symbol)  # unknown: NotFoundError (exit 2), like bars
     wanted = {s.upper() for s in symbols or []}
     per_symbol: dict[str, dict[str, Any]] = {}
     for row in st.store.select_rows("metrics", order_by="symbol"):
@@ -336,6 +334,8 @@ def metrics(
         entry = per_symbol.setdefault(row["symbol"], {"symbol": row["symbol"], "ts": row["ts"]})
         entry[row["name"]] = row["value"]
         entry["ts"] = max(entry["ts"], row["ts"])
+    for symbol in sorted(wanted - set(per_symbol)):
+        st.store.instrument(symbol)  # neither metrics nor registered: NotFoundError, exit 2
     statuses = asyncio.run(_statuses(st.settings))
     feeds = [v for k, v in statuses.items() if k.startswith("feed:")]
     workers = [v for k, v in statuses.items() if k.startswith("worker:")]
