@@ -10,8 +10,6 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
-from marketlake.errors import ConfigError
-
 DEFAULT_STORE_URI = "duckdb:///./data/marketlake.duckdb"
 _URI_AUTHORITY = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.\-]*://)([^\s/?#]*)")
 # The grammar of ``schema.Timeframe`` (which this lowest layer cannot import): N{m,h,d}, 1w, 1mo.
@@ -238,20 +236,26 @@ def _check_timeframe(value: str) -> str:
     return value.strip()
 
 
+class SettingsInvalid(ValueError):
+    """A ``MARKETLAKE_*`` value that cannot be used; the message is one line naming the
+    variable and the fix (the CLI and ``connect()`` raise it as a ConfigError: this
+    lowest layer does not import the exception tree)."""
+
+
 def load_settings(**values: Any) -> Settings:
     """:class:`Settings` from the environment (and ``values``); a bad ``MARKETLAKE_*``
-    value raises :class:`ConfigError` with one line naming the variable and the fix."""
+    value raises :class:`SettingsInvalid` with one line naming the variable and the fix."""
     try:
         return Settings(**values)
     except ValidationError as exc:
         first = exc.errors()[0]
         name = f"MARKETLAKE_{str(first['loc'][0]).upper()}" if first["loc"] else "a setting"
         message = str(first["msg"]).removeprefix("Value error, ")
-        raise ConfigError(f"setting {name}: {message}") from None
+        raise SettingsInvalid(f"setting {name}: {message}") from None
     except SettingsError as exc:
         found = _SETTINGS_FIELD.search(str(exc))
         name = f"MARKETLAKE_{found.group(1).upper()}" if found else "a MARKETLAKE_ variable"
-        raise ConfigError(
+        raise SettingsInvalid(
             f"setting {name} is not valid JSON; list settings take a JSON list "
             "(e.g. '[\"https://app.example\"]'), mapping settings a JSON object "
             '(e.g. \'{"outlier": "off"}\')'

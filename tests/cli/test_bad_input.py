@@ -402,3 +402,14 @@ def test_an_unknown_instrument_timezone_is_one_plain_line(capsys: Capsys, tmp_pa
     assert cli(["--store", uri, "instruments", "add", "MARS", "--timezone", "Mars/Olympus"]) == 2
     line = _one_error(capsys.readouterr().err)
     assert line.startswith("error: --timezone: unknown IANA timezone 'Mars/Olympus'")
+
+
+def test_connect_with_a_bad_setting_raises_a_config_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import marketlake
+    from marketlake.errors import ConfigError
+
+    monkeypatch.setenv("MARKETLAKE_LOG_LEVEL", "LOUD")
+    with pytest.raises(ConfigError, match="setting MARKETLAKE_LOG_LEVEL: unknown log level"):
+        marketlake.connect("duckdb:///:memory:").instruments()

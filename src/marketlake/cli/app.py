@@ -21,7 +21,7 @@ from typer.core import TyperOption
 
 from marketlake import __version__
 from marketlake.cli.output import err_console, error
-from marketlake.config import Settings, load_settings
+from marketlake.config import Settings, SettingsInvalid, load_settings
 from marketlake.errors import ConfigError, InputError, MarketLakeError, StoreLockedError
 
 if TYPE_CHECKING:
@@ -239,7 +239,10 @@ def _root(
         )
         ctx.call_on_close(ctx.obj.close)
         return
-    settings = load_settings(store=store) if store else load_settings()
+    try:
+        settings = load_settings(store=store) if store else load_settings()
+    except SettingsInvalid as exc:
+        raise ConfigError(str(exc)) from None
     from marketlake.cli import remote
 
     remote.route(ctx, settings, api=api, api_key=api_key, command_line=list(ARGV.get()))
