@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 DEFAULT_STORE_URI = "duckdb:///./data/marketlake.duckdb"
 _URI_AUTHORITY = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.\-]*://)([^\s/?#]*)")
+# The grammar of ``schema.Timeframe`` (which this lowest layer cannot import): N{m,h,d}, 1w, 1mo.
+_TIMEFRAME = re.compile(r"^(?:[1-9][0-9]*(?:m|h|d)|1w|1mo)$")
+_LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+_SETTINGS_FIELD = re.compile(r'field "([a-z0-9_]+)"')
 _SECRET_PARAM = re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api_?key)=([^&\s]+)")
 
 
@@ -208,9 +213,67 @@ class Settings(BaseSettings):
         "a provider delivered at a timeframe is kept and the summary says so)",
     )
 
-    log_level: str = Field("INFO", description="Log level")
+    log_level: str = Field("INFO", description="Log level: CRITICAL, ERROR, WARNING, INFO or DEBUG")
     log_json: bool = Field(False, description="Log as JSON lines instead of console text")
 
     def alert_rules_path(self) -> Path:
         """The alert rules file: ``alert_rules_file``, else ``<config_dir>/alert_rules.yml``."""
         return self.alert_rules_file or self.config_dir / "alert_rules.yml"
+
+    @field_validator("rollup_timeframes")
+    @classmethod
+    def _timeframes(cls, value: list[str]) -> list[str]:
+        for item in value:
+            _check_timeframe(item)
+        return value
+
+    @field_validator("analytics_bucket")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        return _check_timeframe(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level == "WARN":
+            level = "WARNING"
+        if level not in _LOG_LEVELS:
+            raise ValueError(f"unknown log level {value!r}: use one of {', '.join(_LOG_LEVELS)}")
+        assert isinstance(logging.getLevelName(level), int)
+        return level
+
+
+def _check_timeframe(value: str) -> str:
+    if not _TIMEFRAME.match(value.strip()):
+        raise ValueError(
+            f"unknown timeframe {value!r}: use N followed by m, h or d (for example 5m, 1h, "
+            "1d), or 1w or 1mo"
+        )
+    return value.strip()
+
+
+class SettingsInvalid(ValueError):
+    """A ``MARKETLAKE_*`` value that cannot be used; the message is one line naming the
+    variable and the fix (the CLI and ``connect()`` raise it as a ConfigError: this
+    lowest layer does not import the exception tree)."""
+
+
+def load_settings(**values: Any) -> Settings:
+    """:class:`Settings` from the environment (and ``values``); a bad ``MARKETLAKE_*``
+    value raises :class:`SettingsInvalid` with one line naming the variable and the fix."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = f"MARKETLAKE_{str(first['loc'][0]).upper()}" if first["loc"] else "a setting"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsInvalid(f"setting {name}: {message}") from None
+    except SettingsError as exc:
+        found = _SETTINGS_FIELD.search(str(exc))
+        name = f"MARKETLAKE_{found.group(1).upper()}" if found else "a MARKETLAKE_ variable"
+        raise SettingsInvalid(
+            f"setting {name} is not valid JSON; list settings take a JSON list "
+            "(e.g. '[\"https://app.example\"]'), mapping settings a JSON object "
+            '(e.g. \'{"outlier": "off"}\')'
+        ) from None

@@ -10,7 +10,7 @@ the CLI to exit codes in one place (``cli/app.py``).
     │   ├── SchemaError        a table whose columns or types do not fit
     │   ├── DataError          rows that break a data rule (CSV lines, OHLC, ...)
     │   └── ConfigError        a bad setting, URI or config file
-    ├── NotFoundError          unknown symbol, job, report ...: exit 1, HTTP 404
+    ├── NotFoundError          unknown symbol, job, report ...: exit 2, HTTP 404
     ├── ConflictError          an object that already exists: exit 1, HTTP 409
     ├── AuthError              missing or bad credentials: HTTP 401
     │   └── ForbiddenError     a key without the needed scope: HTTP 403

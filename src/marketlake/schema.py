@@ -123,6 +123,9 @@ def from_epoch_us(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
+_SPACE_OFFSET = re.compile(r"\d \d{2}(:?\d{2})?$")
+
+
 def parse_time(text: str | datetime, *, param: str = "time") -> datetime:
     """Parse an ISO date or datetime; a date alone means 00:00 UTC, naive means UTC."""
     if isinstance(text, datetime):
@@ -131,9 +134,15 @@ def parse_time(text: str | datetime, *, param: str = "time") -> datetime:
         try:
             value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
         except ValueError:
-            raise SchemaError(
+            # A `+` of an offset sent unencoded in a URL query arrives as a space.
+            hint = (
+                "; in a URL, encode the '+' of an offset as %2B (…T10:00:00%2B01:00)"
+                if _SPACE_OFFSET.search(text)
+                else ""
+            )
+            raise InputError(
                 f"{param} {text!r} is not an ISO date or datetime; use 2024-03-04 or "
-                f"2024-03-04T14:30:00Z",
+                f"2024-03-04T14:30:00Z{hint}",
                 param=param,
             ) from None
     if value.tzinfo is None:

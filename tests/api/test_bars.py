@@ -223,12 +223,13 @@ async def test_malformed_symbol_is_422(client: httpx.AsyncClient) -> None:
     assert r.json()["param"] == "symbol"
 
 
-async def test_cursor_of_another_symbol_sorting_after_gives_nothing(
+async def test_cursor_of_another_symbol_is_422_not_an_empty_page(
     client: httpx.AsyncClient,
 ) -> None:
     cursor = encode_cursor("ZZZ", parse_time("2024-01-01"))
-    body = (await client.get("/api/v1/bars/AAPL", params={"cursor": cursor})).json()
-    assert body["count"] == 0
+    r = await client.get("/api/v1/bars/AAPL", params={"cursor": cursor})
+    assert r.status_code == 422
+    assert r.json()["param"] == "cursor"
 
 
 async def test_a_rendered_page_is_not_served_after_a_write(

@@ -51,6 +51,9 @@ def test_keys_create_list_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_bad_usage_is_one_line_and_an_exit_code(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
+    from marketlake.store import open_store
+
+    open_store(f"duckdb:///{tmp_path}/e.duckdb").close()  # read commands need a store
     code = cli(["--store", f"duckdb:///{tmp_path}/e.duckdb", *args])
     assert code in (1, 2)
     assert message in capsys.readouterr().err.replace("\n", "")

@@ -40,7 +40,12 @@ def utc(*args: int) -> datetime:
 
 @pytest.fixture
 def uri(tmp_path: Path) -> str:
-    return f"duckdb:///{tmp_path}/cli.duckdb"
+    """An empty embedded store (read commands refuse a path that does not exist)."""
+    from marketlake.store import open_store
+
+    made = f"duckdb:///{tmp_path}/cli.duckdb"
+    open_store(made).close()
+    return made
 
 
 def run(capsys: Capsys, uri: str, *args: str) -> tuple[int, str, str]:

@@ -64,21 +64,26 @@ def test_next_runs_follow_the_cron_expressions() -> None:
     [
         (
             "jobs:\n - {name: a, cron: '61 * * * *', provider: synthetic, symbols: [X]}",
-            r"job a: cron: Value error, Error validating expression '61'",
+            r"job a: cron: Error validating expression '61'",
         ),
         (
             "jobs:\n - {name: a, cron: '* * * * *', provider: nope, symbols: [X]}",
-            "job a: provider: Value error, unknown provider 'nope'",
+            "job a: provider: unknown provider 'nope'",
         ),
         (
             "jobs:\n - {name: a, cron: '* * * * *', provider: synthetic, symbols: [X], "
             "timeframe: 7x}",
-            "job a: timeframe: Value error, unknown timeframe '7x'",
+            "job a: timeframe: unknown timeframe '7x'",
         ),
         (
             "jobs:\n - {name: a, cron: '* * * * *', provider: synthetic, symbols: [X], "
             "lookback: soon}",
-            "job a: lookback: Value error, 'soon' is not a period",
+            "job a: lookback: 'soon' is not a period",
+        ),
+        (
+            "jobs:\n - {name: a, cron: '* * * * *', provider: synthetic, symbols: [X], "
+            "timezone: Mars/Olympus}",
+            "job a: timezone: unknown time zone 'Mars/Olympus'",
         ),
         (
             "jobs:\n - {name: a, cron: '* * * * *', provider: synthetic, symbols: []}",

@@ -181,6 +181,6 @@ def test_replay_prints_metrics_and_alerts(env: Path, capsys: pytest.CaptureFixtu
     assert cli(["replay", "AAPL", "-t", "1h", "--end", fourth]) == 0
     text = capsys.readouterr().out
     assert "3 bars" in text
-    assert cli(["replay", "MSFT", "-t", "1h"]) == 2
+    assert cli(["replay", "MSFT", "-t", "1h"]) == 2  # nothing stored: NotFoundError
     assert "no 1h bars of MSFT" in capsys.readouterr().err
     assert cli(["replay", "AAPL", "-t", "1mo"]) == 2

@@ -36,7 +36,7 @@ from marketlake.api.observability import ApiMetrics, FindingsCollector, Observab
 from marketlake.api.ratelimit import make_rate_limiter
 from marketlake.api.routes import API_ROUTERS
 from marketlake.api.sse import StreamSlots
-from marketlake.config import Settings
+from marketlake.config import Settings, load_settings
 from marketlake.errors import MarketLakeError
 from marketlake.store import Store
 from marketlake.stream.bus import Bus
@@ -71,7 +71,7 @@ TAGS = [
 ]
 _DOCS_ASSETS = "/static/docs"
 # GET routes answered by :class:`HotRoutes` when the request is well-formed (paths below /api/v1)
-HOT_ROUTES = ("/bars/{symbol}", "/prices/{symbol}", "/prices/{symbol}/latest")
+HOT_ROUTES = ("/bars/{symbol:path}", "/prices/{symbol:path}", "/prices/{symbol:path}/latest")
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     "HTTPBearer": {
         "type": "http",
@@ -273,6 +273,6 @@ def app_from_env() -> FastAPI:
     """The app with settings from the environment (uvicorn's factory for several workers)."""
     from marketlake.api.observability import configure_logging
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level, json=settings.log_json)
     return create_app(settings, freeze_gc=True)

@@ -34,7 +34,7 @@ from marketlake.schema import normalize_symbol
 from marketlake.store import Store, open_store
 from marketlake.stream.bus import Bus, open_bus
 
-SYMBOL_PATTERN = r"^[A-Za-z0-9^._=\-]{1,32}$"
+SYMBOL_PATTERN = r"^[A-Za-z0-9^._=\-/]{1,32}$"
 TIMEFRAME_PATTERN = r"^([1-9][0-9]{0,3}[mhd]|1w|1mo)$"
 _SYMBOL = re.compile(r"^[A-Z0-9^._=\-]{1,32}$")
 

@@ -15,6 +15,7 @@ problem carries the ``request_id`` that its log lines carry too.
 from __future__ import annotations
 
 import math
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -136,12 +137,23 @@ async def _marketlake_error(request: Request, exc: Exception) -> Response:
     if status >= 500:
         log.warning("request_failed", status=status, error=exc.message)
     param = getattr(exc, "param", None)
+    message = api_words(exc.message)
     errors = None
     if param is not None:
-        errors = [{"param": param, "location": _location(request, param), "message": exc.message}]
+        errors = [{"param": param, "location": _location(request, param), "message": message}]
     return problem_response(
-        request, status, exc.title, exc.message, param=param, errors=errors, headers=headers
+        request, status, exc.title, message, param=param, errors=errors, headers=headers
     )
+
+
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+
+
+def api_words(message: str) -> str:
+    """A message of the shared layers in the API's words: their command-line options
+    (``--start``, ``--replace-sources``) become the parameters of the request (``start``,
+    ``replace_sources``); the API never tells a client to pass a flag."""
+    return _FLAG.sub(lambda m: m.group(1).replace("-", "_"), message)
 
 
 def _location(request: Request, param: str) -> str:

@@ -220,7 +220,10 @@ class HotRoutes:
         values: dict[int, dict[str, Any]] = {}
         path_params = match.groupdict()
         if (
-            len(query) != len(pairs)
+            # a `{symbol:path}` value with a slash (BTC/USD, or AAPL/latest of a longer
+            # route) goes through the router, which tries the more specific routes first
+            any("/" in value for value in path_params.values())
+            or len(query) != len(pairs)
             or not hot.query_names.issuperset(query)
             or not _validate(hot.plan, path_params, query, values)
         ):

@@ -29,7 +29,7 @@ class InstrumentOut(Instrument):
 
 
 class InstrumentFields(BaseModel):
-    """Everything of an instrument but its symbol (the body of PUT)."""
+    """The fields of an instrument (the body of PUT); the symbol comes from the path."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -39,6 +39,14 @@ class InstrumentFields(BaseModel):
     currency: str = Field("USD", max_length=16, examples=["USD"])
     timezone: str = Field("America/New_York", max_length=64, examples=["America/New_York"])
     active: bool = True
+    symbol: str | None = Field(
+        None,
+        max_length=64,
+        description="Optional; when given (as GET returns it) it must be the path's symbol",
+    )
+    auto_registered: bool | None = Field(
+        None, description="Read-only; accepted (as GET returns it) and ignored"
+    )
 
 
 class InstrumentCreate(Instrument):

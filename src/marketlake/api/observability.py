@@ -170,7 +170,9 @@ class ObservabilityMiddleware:
 
 def route_template(scope: Scope, status: int) -> str:
     """The matched route's path template (``/api/v1/bars/{symbol}``), for low-cardinality labels."""
-    template = getattr(scope.get("route"), "path", None)
+    route = scope.get("route")
+    # `path_format` drops the converters (`{symbol:path}` reads `{symbol}`)
+    template = getattr(route, "path_format", None) or getattr(route, "path", None)
     path: str = scope["path"]
     if template is None:
         return path if status < 400 and not path.startswith("/static/") else "unmatched"

@@ -64,6 +64,8 @@ def aggregate(
     from marketlake.ingest.rollups import aggregate_store
 
     replace = st.settings.rollup_replace_sources if replace_sources is None else replace_sources
+    for symbol in symbols or []:
+        st.store.instrument(symbol)  # an unknown symbol is a NotFoundError (exit 2), like bars
     results = aggregate_store(
         st.store, symbols or None, source, targets, begin, stop, replace_sources=replace
     )

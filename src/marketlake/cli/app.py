@@ -17,12 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
-from pydantic import ValidationError
 from typer.core import TyperOption
 
 from marketlake import __version__
 from marketlake.cli.output import err_console, error
-from marketlake.config import Settings
+from marketlake.config import Settings, SettingsInvalid, load_settings
 from marketlake.errors import ConfigError, InputError, MarketLakeError, StoreLockedError
 
 if TYPE_CHECKING:
@@ -76,12 +75,16 @@ class State:
     cwd: Path | None = None
     remote: bool = False
     bus: Any = None  # inside a server: its event bus (not closed by the command)
+    command: str = ""
     _store: Store | None = field(default=None, repr=False)
     _owns_store: bool = field(default=True, repr=False)
 
     @property
     def store(self) -> Store:
         if self._store is None:
+            words = self.command.split()
+            if not {" ".join(words[:1]), " ".join(words[:2])} & CREATES_STORE:
+                _require_existing(self.settings.store)
             self._store = _open_waiting(self.settings.store, self.wait_s)
         return self._store
 
@@ -101,6 +104,50 @@ class State:
         if self._store is not None and self._owns_store:
             self._store.close()
         self._store = None
+
+
+# Commands that may create the embedded store; every other one reads an existing store
+# and refuses a DuckDB path that does not exist (a typo would show an empty store).
+CREATES_STORE = frozenset(
+    {
+        "backtest portfolio",
+        "backtest run",
+        "backtest sweep",
+        "backtest walk-forward",
+        "demo",
+        "import-csv",
+        "import-lake",
+        "ingest",
+        "instruments add",
+        "keys create",
+        "migrate",
+        "scheduler",
+        "serve",
+        "stream",
+        "worker",
+    }
+)
+
+
+def _command_of(ctx: typer.Context) -> str:
+    """The command being run, as ``"bars"`` or ``"instruments add"`` (group and subcommand)."""
+    from marketlake.cli.remote import _after
+
+    name = ctx.invoked_subcommand or ""
+    following = [a for a in _after(list(ARGV.get()), name) if not a.startswith("-")]
+    return f"{name} {following[0]}" if following else name
+
+
+def _require_existing(uri: str, option: str = "--store (MARKETLAKE_STORE)") -> None:
+    """Refuse a ``duckdb:///FILE`` whose file does not exist, naming it and the fix."""
+    from marketlake.store.holder import database_path
+
+    path = database_path(uri)
+    if path is not None and not path.exists():
+        raise ConfigError(
+            f"no DuckDB store at {path}: create one with `marketlake demo`, `marketlake "
+            f"ingest …` or `marketlake import-csv …`, or point {option} at an existing file"
+        )
 
 
 def _open_waiting(uri: str, wait_s: float) -> Store:
@@ -196,16 +243,13 @@ def _root(
         ctx.call_on_close(ctx.obj.close)
         return
     try:
-        settings = Settings(store=store) if store else Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise ConfigError(
-            f"setting MARKETLAKE_{str(first['loc'][0]).upper()}: {first['msg']}"
-        ) from None
+        settings = load_settings(store=store) if store else load_settings()
+    except SettingsInvalid as exc:
+        raise ConfigError(str(exc)) from None
     from marketlake.cli import remote
 
     remote.route(ctx, settings, api=api, api_key=api_key, command_line=list(ARGV.get()))
-    ctx.obj = State(settings=settings, debug=debug, wait_s=wait)
+    ctx.obj = State(settings=settings, debug=debug, wait_s=wait, command=_command_of(ctx))
     ctx.call_on_close(ctx.obj.close)
 
 

@@ -49,7 +49,8 @@ def add(
         )
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise InputError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InputError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}") from None
     state(ctx).store.add_instrument(instrument)
     console.print(f"added {instrument.symbol}")
 

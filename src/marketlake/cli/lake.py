@@ -86,6 +86,15 @@ def export(
     from marketlake.timeseries.times import resolve_range
 
     begin, stop = resolve_range(start, end, None, required=False)
+    target = state(ctx).path(to)
+    if target.exists() and not target.is_dir():
+        raise InputError(
+            f"--to {to} is an existing file; export writes a directory (a lake): name a "
+            "new or existing directory, e.g. --to lake/",
+            param="to",
+        )
+    for symbol in _symbols(symbols) or []:
+        state(ctx).store.instrument(symbol)  # unknown: NotFoundError (exit 2), like bars
     if format_ is ExportFormat.nautilus:
         _export_nautilus(ctx, to, _symbols(symbols), timeframe, begin, stop, as_json)
         return
@@ -198,7 +207,7 @@ def copy(
 ) -> None:
     """Copy instruments, bars and trades from one store to another, idempotently.
 
-    Example: `marketlake copy --from duckdb:///data/marketlake.duckdb
+    Example: `marketlake copy --from duckdb:///./data/marketlake.duckdb
     --to postgresql://postgres@localhost/marketlake`
     """
     from marketlake.store import open_store
@@ -207,6 +216,9 @@ def copy(
 
     if source == target:
         raise InputError("--from and --to name the same store", param="to")
+    from marketlake.cli.app import _require_existing
+
+    _require_existing(source, "--from")
     begin, stop = resolve_range(start, end, None, required=False)
     with open_store(source) as src, open_store(target) as dst:
         result = copy_store(

@@ -69,6 +69,36 @@ def _metrics_server(port: int, *collectors: Any) -> None:
         ) from None
 
 
+def _reachable(bus: Any) -> None:
+    """Refuse at start a Redis bus that does not answer (down, wrong port, bad db index):
+    once running, a worker or feed rides out an outage, but a wrong URL is a mistake."""
+    from marketlake.errors import BusError
+    from marketlake.stream.bus.redis import RedisBus
+
+    if not isinstance(bus, RedisBus):
+        return
+
+    async def ping() -> str | None:
+        try:
+            await asyncio.wait_for(bus.ping(), timeout=10)
+        except BusError as exc:
+            return str(exc.__cause__ or exc)
+        except TimeoutError:
+            return "no answer in 10 s"
+        finally:
+            await bus.close()
+        return None
+
+    problem = asyncio.run(ping())
+    if problem is not None:
+        raise ConfigError(
+            f"cannot reach the bus {redact(bus.uri)}: {redact(problem).rstrip('.')}; "
+            "start Redis or fix MARKETLAKE_BUS (redis://HOST:6379/0; the db index "
+            "is 0-15 by default)",
+            param="bus",
+        )
+
+
 def stream(
     ctx: typer.Context,
     provider: Annotated[str, typer.Argument(help="Live feed: binance.")],
@@ -102,6 +132,7 @@ def stream(
         if window
         else Schedule.load(settings.config_dir / "ingestion_schedule.yml")
     )
+    _reachable(open_bus(settings, "feed"))
     bus = open_bus(settings, "feed")
     store = st.store if isinstance(bus, MemoryBus) else None
     _logging(settings)
@@ -183,7 +214,8 @@ def worker(
             param="bus",
         )
     _logging(settings)
-    job = Worker(settings, st.store, bus, name=name)
+    job = Worker(settings, st.store, bus, name=name)  # checks the alert rules first
+    _reachable(open_bus(settings, "worker"))
     assert isinstance(bus, RedisBus)
     _metrics_server(
         settings.metrics_port,
@@ -302,6 +334,8 @@ def metrics(
         entry = per_symbol.setdefault(row["symbol"], {"symbol": row["symbol"], "ts": row["ts"]})
         entry[row["name"]] = row["value"]
         entry["ts"] = max(entry["ts"], row["ts"])
+    for symbol in sorted(wanted - set(per_symbol)):
+        st.store.instrument(symbol)  # neither metrics nor registered: NotFoundError, exit 2
     statuses = asyncio.run(_statuses(st.settings, st.bus))
     feeds = [v for k, v in statuses.items() if k.startswith("feed:")]
     workers = [v for k, v in statuses.items() if k.startswith("worker:")]
@@ -356,12 +390,23 @@ def metrics(
 async def _statuses(settings: Settings, served: Any = None) -> dict[str, dict[str, Any]]:
     """Feed and worker states: from the bus of the server this runs in (its in-process
     feed), else from the bus the settings name."""
+    from marketlake.errors import BusError
     from marketlake.stream.bus import open_bus
 
     if served is not None:
         found: dict[str, dict[str, Any]] = await served.statuses()
         return found
     bus = open_bus(settings)
+    try:
+        await bus.ping()
+    except BusError as exc:
+        await bus.close()
+        raise ConfigError(
+            f"cannot reach the bus {redact(settings.bus)}: "
+            f"{redact(str(exc.__cause__ or exc)).rstrip('.')}; start Redis or fix "
+            "MARKETLAKE_BUS (redis://HOST:6379/0)",
+            param="bus",
+        ) from None
     try:
         return await bus.statuses()
     finally:

@@ -63,7 +63,7 @@ def connect(uri: str | None = None, *, api_key: str | None = None, timeout: floa
     """Open MarketLake: the configured store, a store URI, or a server's URL.
 
     >>> lake = connect()                                   # MARKETLAKE_STORE
-    >>> lake = connect("duckdb:///data/marketlake.duckdb")  # a store, in this process
+    >>> lake = connect("duckdb:///./data/marketlake.duckdb")  # a store, in this process
     >>> lake = connect("http://127.0.0.1:8000", api_key="mlk_…")  # a server
     """
     if uri is not None and uri.startswith(("http://", "https://")):

@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from marketlake.config import Settings
-from marketlake.errors import InputError, NotFoundError
+from marketlake.config import Settings, SettingsInvalid, load_settings
+from marketlake.errors import ConfigError, InputError, NotFoundError
 from marketlake.schema import Instrument, Timeframe, normalize_symbol, parse_time
 from marketlake.store import Store, open_store
 
@@ -33,7 +33,10 @@ class LocalTransport:
     """Opens ``uri`` (default: the configured store) on first use."""
 
     def __init__(self, uri: str | None = None, settings: Settings | None = None) -> None:
-        self.settings = settings or (Settings(store=uri) if uri else Settings())
+        try:
+            self.settings = settings or (load_settings(store=uri) if uri else load_settings())
+        except SettingsInvalid as exc:
+            raise ConfigError(str(exc)) from None
         self.name = self.settings.store
         self._store: Store | None = None
 

@@ -64,6 +64,20 @@ class ScheduledJob(BaseModel):
         _trigger(value, "UTC")
         return value
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as UTC, "
+                "America/New_York or Europe/London"
+            ) from None
+        return value
+
     @field_validator("provider")
     @classmethod
     def _known_provider(cls, value: str) -> str:
@@ -126,9 +140,8 @@ def load_schedule(path: Path) -> list[ScheduledJob]:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "entry"
-            raise ConfigError(
-                f"schedule file {path}, job {label}: {where}: {first['msg']}"
-            ) from None
+            message = str(first["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"schedule file {path}, job {label}: {where}: {message}") from None
     names = [j.name for j in jobs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateTable
 
-from marketlake.errors import StoreError, StoreLockedError, StoreVersionError
+from marketlake.errors import ConfigError, StoreError, StoreLockedError, StoreVersionError
 from marketlake.schema import (
     BAR_SCHEMA,
     TRADE_SCHEMA,
@@ -38,6 +38,12 @@ from marketlake.store.base import OnConflict, Store, WriteResult, check_keys, ch
 from marketlake.store.holder import lock_holder, path_of
 from marketlake.store.merge import Group, split_groups, ts_micros
 from marketlake.store.tables import SCHEMA_VERSION, metadata
+
+# Files a store URI must not name: DuckDB would read them as an empty in-memory database.
+DATA_FILE_SUFFIXES = frozenset(
+    {".csv", ".tsv", ".txt", ".json", ".jsonl", ".ndjson", ".parquet", ".arrow", ".feather"}
+    | {".gz", ".zst", ".xlsx", ".xls"}
+)
 
 
 class DuckDBStore(Store):
@@ -55,6 +61,15 @@ class DuckDBStore(Store):
         super().__init__(uri)
         self.max_fast_groups = max_fast_groups
         self.path = path_of(uri)
+        suffix = Path(self.path).suffix.lower()
+        if suffix in DATA_FILE_SUFFIXES:
+            # DuckDB would open such a file as an empty in-memory database (or write a
+            # database under a data file's name): a mistake, never a store
+            raise ConfigError(
+                f"{self.path} is a {suffix} data file, not a DuckDB store: name a store "
+                "file such as ./data/marketlake.duckdb (import CSV files with "
+                "`marketlake import-csv`, Parquet lakes with `marketlake import-lake`)"
+            )
         if self.path != ":memory:" and not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -124,7 +124,7 @@ def _times(start: str | None, end: str | None) -> tuple[datetime | None, datetim
 
 
 @router.get(
-    "/{symbol}",
+    "/{symbol:path}",
     response_model=BarsPage,
     summary="Bars of a symbol",
     responses={
@@ -184,7 +184,13 @@ async def get_bars(
     tf = str(Timeframe.parse(timeframe))
     begin, stop = _times(start, end)
     if cursor is not None:
-        decode_cursor(cursor)
+        cursor_symbol = decode_cursor(cursor)[0]
+        if cursor_symbol != symbol:
+            raise InputError(
+                f"cursor belongs to the bars of {cursor_symbol}, not {symbol}; pass the "
+                f"next_cursor of a page of {symbol}, or start again without cursor",
+                param="cursor",
+            )
     fmt = formats.negotiate(format, request.headers.get("accept"))
     if fmt == "json" and limit is not None and limit > JSON_MAX_LIMIT:
         raise InputError(
@@ -333,7 +339,7 @@ def _attachment(symbol: str, tf: str, fmt: str) -> dict[str, str]:
 
 
 @router.get(
-    "/{symbol}/latest",
+    "/{symbol:path}/latest",
     response_model=LatestBar,
     summary="Newest bar",
     responses=problem_responses(404, 422),
@@ -355,3 +361,8 @@ async def latest_bar(
             f"no {tf} bars stored for {symbol}; ingest some with POST /api/v1/ingest/run"
         )
     return LatestBar(**row)
+
+
+# `{symbol:path}` reaches symbols with a slash (`BTC%2FUSD`); it would also take
+# `AAPL/latest` as a symbol, so the `/latest` route is tried first.
+router.routes.sort(key=lambda route: not getattr(route, "path", "").endswith("/latest"))

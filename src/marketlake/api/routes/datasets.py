@@ -199,7 +199,7 @@ async def many_bars(
 
 
 @router.get(
-    "/trades/{symbol}",
+    "/trades/{symbol:path}",
     summary="Stored trades",
     response_class=Response,
     responses={**_ARROW_ONLY, **problem_responses(404, 422)},
@@ -235,7 +235,7 @@ async def coverage(
 
 
 @router.get(
-    "/actions/{symbol}",
+    "/actions/{symbol:path}",
     summary="Corporate actions",
     response_class=Response,
     responses={**_ARROW_ONLY, **problem_responses(404, 422)},

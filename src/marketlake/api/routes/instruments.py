@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Response, status
 
 from marketlake.api.deps import ReadAccess, StoreDep, SymbolDep, WriteAccess, in_thread
 from marketlake.api.errors import problem_responses
 from marketlake.api.models import InstrumentCreate, InstrumentFields, InstrumentOut
+from marketlake.errors import ConflictError, InputError
 from marketlake.schema import Instrument
 from marketlake.store import Store
 
@@ -48,13 +50,20 @@ async def create_instrument(
 ) -> InstrumentOut:
     """Register a new instrument; an existing symbol is a 409 (use PUT to change it)."""
     instrument = Instrument(**body.model_dump())
-    await in_thread(store.add_instrument, instrument)
-    response.headers["Location"] = f"/api/v1/instruments/{instrument.symbol}"
+    try:
+        await in_thread(store.add_instrument, instrument)
+    except ConflictError:
+        path = f"/api/v1/instruments/{quote(instrument.symbol, safe='')}"
+        raise ConflictError(
+            f"instrument {instrument.symbol} exists already; see it with GET {path} or "
+            f"change it with PUT {path}"
+        ) from None
+    response.headers["Location"] = f"/api/v1/instruments/{quote(instrument.symbol, safe='')}"
     return InstrumentOut(**instrument.model_dump())
 
 
 @router.get(
-    "/{symbol}",
+    "/{symbol:path}",
     response_model=InstrumentOut,
     summary="One instrument",
     responses=problem_responses(404),
@@ -66,7 +75,7 @@ async def get_instrument(symbol: SymbolDep, _: ReadAccess, store: StoreDep) -> I
 
 
 @router.put(
-    "/{symbol}",
+    "/{symbol:path}",
     response_model=InstrumentOut,
     summary="Create or replace an instrument",
     responses={201: {"description": "Created", "model": InstrumentOut}},
@@ -75,16 +84,22 @@ async def put_instrument(
     symbol: SymbolDep, body: InstrumentFields, _: WriteAccess, store: StoreDep, response: Response
 ) -> InstrumentOut:
     """Replace the instrument's fields, or register it (201) when it is new."""
-    instrument = Instrument(symbol=symbol, **body.model_dump())
+    if body.symbol is not None and body.symbol.strip().upper() != symbol:
+        raise InputError(
+            f"body symbol {body.symbol!r} is not the path's {symbol}; rename an instrument "
+            f"by POST of the new one and DELETE of the old, or leave symbol out",
+            param="symbol",
+        )
+    instrument = Instrument(symbol=symbol, **body.model_dump(exclude={"symbol", "auto_registered"}))
 
     if await in_thread(store.put_instrument, instrument):
         response.status_code = status.HTTP_201_CREATED
-        response.headers["Location"] = f"/api/v1/instruments/{symbol}"
+        response.headers["Location"] = f"/api/v1/instruments/{quote(symbol, safe='')}"
     return InstrumentOut(**instrument.model_dump())
 
 
 @router.delete(
-    "/{symbol}",
+    "/{symbol:path}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     summary="Remove an instrument",

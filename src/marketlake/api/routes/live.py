@@ -86,7 +86,7 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
 
 
 @router.get(
-    "/replay/{symbol}",
+    "/replay/{symbol:path}",
     summary="Replay stored bars (server-sent events)",
     responses={**SSE_DOC, **problem_responses(404, 422)},
     response_class=Response,

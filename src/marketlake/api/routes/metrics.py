@@ -73,7 +73,7 @@ async def latest(
 
 
 @router.get(
-    "/metrics/{symbol}",
+    "/metrics/{symbol:path}",
     response_model=SymbolMetrics,
     summary="Analytics of a symbol",
     responses=problem_responses(404),

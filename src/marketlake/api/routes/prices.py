@@ -21,7 +21,7 @@ router = APIRouter(prefix="/prices", tags=["prices"])
 
 
 @router.get(
-    "/{symbol}",
+    "/{symbol:path}",
     response_model=PriceSeries,
     summary="Newest closes",
     responses=problem_responses(404, 422),
@@ -52,7 +52,7 @@ async def prices(
 
 
 @router.get(
-    "/{symbol}/latest",
+    "/{symbol:path}/latest",
     response_model=LatestPrice,
     summary="Newest price",
     responses=problem_responses(404, 422),
@@ -127,3 +127,8 @@ def _latest_price(store: Store, symbol: str) -> bytes | None:
         "final": best["final"],
     }
     return orjson.dumps(out)
+
+
+# `{symbol:path}` reaches symbols with a slash (`BTC%2FUSD`); it would also take
+# `AAPL/latest` as a symbol, so the `/latest` route is tried first.
+router.routes.sort(key=lambda route: not getattr(route, "path", "").endswith("/latest"))

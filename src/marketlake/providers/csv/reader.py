@@ -37,6 +37,8 @@ import pyarrow.csv as pacsv
 from marketlake.errors import DataError, InputError
 from marketlake.providers.base import Provider
 from marketlake.providers.csv.rows import (
+    EARLIEST_US,
+    LATEST_US,
     BadRow,
     RowChecks,
     infer_timeframe,
@@ -134,13 +136,16 @@ def _first_lines(path: Path) -> tuple[list[str], int]:
     if nul >= 0:
         raise InputError(f"{path} is binary data (a NUL byte at offset {nul}), not a CSV text file")
     raw = head.splitlines()[:3]
-    try:
-        return [raw[0].decode("utf-8-sig"), *(r.decode("utf-8") for r in raw[1:])], size
-    except UnicodeDecodeError:
-        raise InputError(
-            f"{path} is not UTF-8 text: its first line cannot be decoded; "
-            "convert it (e.g. with iconv) and try again"
-        ) from None
+    for number, line in enumerate(raw, 1):
+        try:
+            line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(
+                f"{path} is not UTF-8 text: line {number} has the byte "
+                f"0x{line[exc.start]:02x}; convert the file (e.g. iconv -f latin1 -t utf-8 "
+                "FILE > FILE.utf8) and import that"
+            ) from None
+    return [raw[0].decode("utf-8-sig"), *(r.decode("utf-8") for r in raw[1:])], size
 
 
 def detect_layout(path: Path, delimiter: str = ",") -> Layout:
@@ -352,10 +357,27 @@ class CsvBarReader:
                 block = data[:cut]
                 if line == 1 and block.startswith(b"\xef\xbb\xbf"):
                     block = block[3:]
+                self._check_utf8(block, line)
                 yield block, line, handle.tell() - len(carry)
                 line += block.count(b"\n")
             if carry.strip():
+                self._check_utf8(carry, line)
                 yield carry, line, handle.tell()
+
+    def _check_utf8(self, block: bytes, line: int) -> None:
+        """Refuse a block that is not UTF-8, naming the line of the first bad byte (Arrow
+        would fail on it with a traceback, or read it as garbled text)."""
+        if block.isascii():
+            return
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            at = line + block.count(b"\n", 0, exc.start)
+            raise InputError(
+                f"{self.path} is not UTF-8 text: line {at} has the byte "
+                f"0x{block[exc.start]:02x}; convert the file (e.g. iconv -f latin1 -t utf-8 "
+                "FILE > FILE.utf8) and import that"
+            ) from None
 
     def _read_chunk(
         self, data: bytes, types: dict[str, pa.DataType] | None, *, threads: bool = True
@@ -429,7 +451,8 @@ class CsvBarReader:
             return self.timeframe
         column = self._time_column(batch)
         times = parse_times(column, self.tz, self.date_format)
-        inferred = infer_timeframe(times.us[times.ok])
+        usable = times.ok & (times.us >= EARLIEST_US) & (times.us < LATEST_US)
+        inferred = infer_timeframe(times.us[usable])
         if inferred is None:
             unreadable = np.flatnonzero(
                 ~times.ok & np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False))

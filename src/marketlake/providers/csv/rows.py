@@ -48,6 +48,11 @@ TIME_HINT = (
 _DOTTED_DATE = r"^(\d{4})\.(\d{2})\.(\d{2})"  # MetaTrader: 2024.03.04
 
 
+# Times a row may carry (µs since the epoch): year 0000 or 9999 is a broken date, not data.
+EARLIEST_US = -5_364_662_400 * 1_000_000  # 1800-01-01
+LATEST_US = 10_413_792_000 * 1_000_000  # 2300-01-01
+
+
 def time_hint(date_format: str | None) -> str:
     """What to do about a cell that is not a time."""
     if date_format:
@@ -286,6 +291,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _cell(column: pa.Array, i: int) -> str:
+    """Cell ``i`` as the file wrote it, also a date Python cannot hold (year 0000)."""
+    try:
+        value = column[i].as_py()
+    except (OverflowError, ValueError):
+        return str(column.slice(i, 1).cast(pa.string())[0].as_py())
+    return "" if value is None else _text(value)
+
+
 def _not_a_number(text: str) -> str:
     if re.match(r"^[-+]?\d+,\d+$", text.strip()):
         return "is not a number (a decimal comma? pass --decimal ,)"
@@ -324,10 +338,7 @@ class RowChecks:
 
         raw = {name: col for name, (col, _) in columns.items()}
         names = {name: label for name, (_, label) in columns.items()}
-        cell = {
-            name: (lambda i, c=col: "" if c[i].as_py() is None else _text(c[i].as_py()))
-            for name, col in raw.items()
-        }
+        cell = {name: (lambda i, c=col: _cell(c, i)) for name, col in raw.items()}
         times = parse_times(raw["ts"], self.tz, self.date_format)
         first_naive = np.flatnonzero(times.naive & rows)
         if first_naive.size:
@@ -352,6 +363,15 @@ class RowChecks:
         )
         hint = time_hint(self.date_format)
         flag(~times.ok, names["ts"], cell["ts"], lambda i: hint)
+        flag(
+            times.ok & ((times.us < EARLIEST_US) | (times.us >= LATEST_US)),
+            names["ts"],
+            cell["ts"],
+            lambda i: (
+                "is out of range: market data lies between 1800 and 2299; check the "
+                "date column (or --date-format)"
+            ),
+        )
         parsed: dict[str, Array] = {"ts": self._label(times)}
         for name in ("open", "high", "low", "close", "volume", "trades", "vwap", "quote volume"):
             if name not in raw:
