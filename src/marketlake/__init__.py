@@ -21,15 +21,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from marketlake.client import BacktestRun, Lake, QualityReport, connect
+    from marketlake.client import BacktestRun, Lake, ValidationReport, connect
 
-__all__ = ["BacktestRun", "Lake", "QualityReport", "__version__", "connect"]
+__all__ = ["BacktestRun", "Lake", "ValidationReport", "__version__", "connect"]
 
 
 def __getattr__(name: str) -> Any:
-    """``connect``, ``Lake``, ``BacktestRun`` and ``QualityReport`` are imported when
+    """``connect``, ``Lake``, ``BacktestRun`` and ``ValidationReport`` are imported when
     first used."""
-    if name in ("connect", "Lake", "BacktestRun", "QualityReport"):
+    if name in ("connect", "Lake", "BacktestRun", "ValidationReport"):
         from marketlake import client
 
         return getattr(client, name)

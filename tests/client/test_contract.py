@@ -251,7 +251,7 @@ def test_a_bad_timeframe_is_input_error_everywhere(lake: ml.Lake, call: Any) -> 
 
 def test_validate_returns_findings_and_a_summary(lake: ml.Lake) -> None:
     report = lake.validate("GAPUSDT", "1h", start=START, end=END)
-    assert isinstance(report, ml.QualityReport)
+    assert isinstance(report, ml.ValidationReport)
     series = report.series.set_index("symbol")
     assert series.loc["GAPUSDT", "bars"] == 5 * 24 - 6
     assert series.loc["GAPUSDT", "missing"] == 6

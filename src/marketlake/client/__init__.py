@@ -9,6 +9,6 @@ calls with equal frames. See ``docs/python.md``.
 
 from __future__ import annotations
 
-from marketlake.client.lake import BacktestRun, Lake, QualityReport, connect
+from marketlake.client.lake import BacktestRun, Lake, ValidationReport, connect
 
-__all__ = ["BacktestRun", "Lake", "QualityReport", "connect"]
+__all__ = ["BacktestRun", "Lake", "ValidationReport", "connect"]

@@ -343,10 +343,10 @@ class Lake:
         *,
         start: TimeLike = None,
         end: TimeLike = None,
-    ) -> QualityReport:
+    ) -> ValidationReport:
         """Check stored bars against the quality rules (all series, or those of ``symbols``
         and ``timeframe``) in ``[start, end)``, as `marketlake validate`; the report is
-        stored. Returns a :class:`QualityReport` (``.findings``, ``.series``, ``.summary``)."""
+        stored. Returns a :class:`ValidationReport` (``.findings``, ``.series``, ``.summary``)."""
         frames = [timeframe] if isinstance(timeframe, str) else list(timeframe or [])
         body = {
             "symbols": _symbols(symbols) if symbols else None,
@@ -354,7 +354,7 @@ class Lake:
             "start": _time_param(start),
             "end": _time_param(end),
         }
-        return QualityReport.of(self._t.task("validate", body))
+        return ValidationReport.of(self._t.task("validate", body))
 
     def aggregate(
         self,
@@ -564,7 +564,7 @@ def _rows(rows: list[dict[str, Any]], as_: As, *, times: Sequence[str] = ()) -> 
 
 
 @dataclass
-class QualityReport:
+class ValidationReport:
     """A stored validation report: ``.findings`` (one row per finding: rule, severity,
     symbol, timeframe, ts, end_ts, message, values), ``.series`` (one row per series:
     bars, expected, missing, errors, warnings, score) and ``.summary`` (counts per rule,
@@ -577,7 +577,7 @@ class QualityReport:
     series: pd.DataFrame
 
     @classmethod
-    def of(cls, record: dict[str, Any]) -> QualityReport:
+    def of(cls, record: dict[str, Any]) -> ValidationReport:
         import pandas as pd
 
         columns = ["rule", "severity", "symbol", "timeframe", "ts", "end_ts", "message", "values"]
