@@ -164,9 +164,8 @@ GATEWAY = {
     "select_rows",
 }
 RAW_SQL_CALLS = {"execute", "query", "sql"}
-# stream/pipeline.py writes metrics and alerts with its own SQL until its hot path gets
-# named store operations (issue 15, the stream worker's part); remove it from here then.
-SQL_ALLOWED = {"stream/pipeline.py"}
+# modules that may write SQL outside store/: none (a new entry needs a reason beside it)
+SQL_ALLOWED: set[str] = set()
 
 
 def sql_outside_store(source: str) -> list[str]:

@@ -747,3 +747,30 @@ def test_stored_metrics_and_alerts_read_empty_without_a_stream(store: Store) -> 
     assert store.read_alerts(symbol="btcusdt", rule_id="r", start=at(0), end=at(1)) == []
     with pytest.raises(InputError):
         store.read_alerts(start=at(1), end=at(0))
+
+
+def test_stream_metrics_keep_the_latest_value_and_alerts_are_stored_once(store: Store) -> None:
+    store.write_metrics([])
+    store.write_metrics([("BTCUSDT", "price", at(1), 100.0), ("BTCUSDT", "vwap", at(1), 99.5)])
+    store.write_metrics([("BTCUSDT", "price", at(2), 101.0), ("ETHUSDT", "price", at(2), 3.0)])
+    latest = {(m["symbol"], m["name"]): m["value"] for m in store.latest_metrics()}
+    assert latest == {
+        ("BTCUSDT", "price"): 101.0,
+        ("BTCUSDT", "vwap"): 99.5,
+        ("ETHUSDT", "price"): 3.0,
+    }
+
+    def alert(n: int, rule: str, minute: int) -> dict[str, object]:
+        return {
+            "id": f"a{n}", "rule_id": rule, "symbol": "BTCUSDT", "ts": at(minute),
+            "kind": "price_above", "value": 100.0 + n, "message": f"alert {n}", "seq": n,
+        }  # fmt: skip
+
+    assert sorted(store.add_alerts([alert(1, "up", 1), alert(2, "up", 3)])) == ["a1", "a2"]
+    # a replay stores nothing twice and reports only the new id
+    assert store.add_alerts([alert(2, "up", 3), alert(3, "down", 2)]) == ["a3"]
+    assert store.add_alerts([alert(n, "up", n) for n in range(1, 4)]) == []
+    marks = {r["rule_id"]: (r["ts"], r["seq"]) for r in store.last_alert_per_rule("BTCUSDT")}
+    assert marks == {"up": (at(3), 2), "down": (at(2), 3)}
+    assert store.last_alert_per_rule("ETHUSDT") == []
+    assert len(store.read_alerts(symbol="BTCUSDT")) == 3

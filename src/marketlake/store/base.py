@@ -16,7 +16,7 @@ import base64
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -820,6 +820,48 @@ class Store(ABC):
         """The stored metric values (symbol, name, ts, value), of one symbol or all, by symbol."""
         where = {"symbol": normalize_symbol(symbol)} if symbol else None
         return self.select_rows("metrics", where, order_by="symbol")
+
+    def write_metrics(self, rows: Sequence[tuple[str, str, datetime, Any]]) -> None:
+        """Store the latest value of metrics: ``(symbol, name, ts, value)`` rows, one kept
+        per symbol and name (the newer write wins)."""
+        if not rows:
+            return
+        values_sql = ", ".join(["(?, ?, ?, ?)"] * len(rows))
+        self.execute(
+            f"INSERT INTO metrics (symbol, name, ts, value) VALUES {values_sql} "
+            "ON CONFLICT (symbol, name) DO UPDATE SET ts = excluded.ts, value = excluded.value",
+            [v for row in rows for v in row],
+        )
+
+    def add_alerts(self, rows: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Insert alert rows (all with the same columns) whose ``id`` is not stored yet;
+        return the ids inserted, so a replayed alert is stored and announced once."""
+        inserted: list[str] = []
+        chunk = 200
+        for i in range(0, len(rows), chunk):
+            part = rows[i : i + chunk]
+            columns = list(part[0])
+            row_sql = f"({', '.join('?' * len(columns))})"
+            inserted += (
+                self.query(
+                    f"INSERT INTO alerts ({', '.join(columns)}) "
+                    f"VALUES {', '.join([row_sql] * len(part))} "
+                    "ON CONFLICT (id) DO NOTHING RETURNING id",
+                    [row[c] for row in part for c in columns],
+                )
+                .column("id")
+                .to_pylist()
+            )
+        return inserted
+
+    def last_alert_per_rule(self, symbol: str) -> list[dict[str, Any]]:
+        """For each rule that fired on ``symbol``: its newest alert's ``ts`` and ``seq``."""
+        rows: list[dict[str, Any]] = self.query(
+            "SELECT rule_id, max(ts) AS ts, max(seq) AS seq FROM alerts WHERE symbol = ? "
+            "GROUP BY rule_id",
+            [symbol],
+        ).to_pylist()
+        return rows
 
     def read_alerts(
         self,

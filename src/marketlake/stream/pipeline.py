@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -180,11 +181,7 @@ class Pipeline:
         since = first_minute - SEED_TRADES_US
         if last is not None:
             since = max(since, to_epoch_us(last["ts"]) + step)
-        history = self.store.query(
-            "SELECT rule_id, max(ts) AS ts, max(seq) AS seq FROM alerts WHERE symbol = ? "
-            "GROUP BY rule_id",
-            [symbol],
-        ).to_pylist()
+        history = self.store.last_alert_per_rule(symbol)
         self.engine.seed(
             symbol, {r["rule_id"]: (to_epoch_us(r["ts"]), int(r["seq"])) for r in history}
         )
@@ -253,42 +250,18 @@ def persist_data(store: Store, out: Outputs) -> tuple[WriteResult, WriteResult]:
 
 def upsert_metrics(store: Store, metrics: dict[str, dict[str, Any]]) -> None:
     """Store the latest value of every metric (one row per symbol and name)."""
-    rows: list[Any] = []
+    rows: list[tuple[str, str, datetime, Any]] = []
     for symbol, values in metrics.items():
         ts = from_epoch_us(int(values["ts"]))
-        for name, value in values.items():
-            if name != "ts":
-                rows += [symbol, name, ts, value]
-    values_sql = ", ".join(["(?, ?, ?, ?)"] * (len(rows) // 4))
-    store.execute(
-        f"INSERT INTO metrics (symbol, name, ts, value) VALUES {values_sql} "  # noqa: S608 - only placeholders are joined
-        "ON CONFLICT (symbol, name) DO UPDATE SET ts = excluded.ts, value = excluded.value",
-        rows,
-    )
+        rows += [(symbol, name, ts, value) for name, value in values.items() if name != "ts"]
+    store.write_metrics(rows)
 
 
 def insert_alerts(store: Store, alerts: list[Alert]) -> list[Alert]:
-    """Insert alerts whose id is not stored yet; return those (``ON CONFLICT … RETURNING``)."""
+    """Store alerts whose id is not stored yet; return those, in time order."""
     unique = {a.id: a for a in alerts}
-    new: list[Alert] = []
-    chunk = 200
-    items = list(unique.values())
-    for i in range(0, len(items), chunk):
-        part = items[i : i + chunk]
-        columns = list(part[0].row())
-        row_sql = f"({', '.join('?' * len(columns))})"
-        inserted = (
-            store.query(
-                f"INSERT INTO alerts ({', '.join(columns)}) "  # noqa: S608 - fixed column names
-                f"VALUES {', '.join([row_sql] * len(part))} "
-                "ON CONFLICT (id) DO NOTHING RETURNING id",
-                [v for a in part for v in a.row().values()],
-            )
-            .column("id")
-            .to_pylist()
-        )
-        new += [unique[x] for x in inserted]
-    return sorted(new, key=lambda a: (a.ts_us, a.symbol, a.rule_id))
+    inserted = store.add_alerts([a.row() for a in unique.values()]) if unique else []
+    return sorted((unique[x] for x in inserted), key=lambda a: (a.ts_us, a.symbol, a.rule_id))
 
 
 def _int64(column: pa.ChunkedArray) -> Array:
