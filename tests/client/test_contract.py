@@ -105,6 +105,11 @@ def test_bars_are_a_frame_with_a_utc_time_index(lake: ml.Lake) -> None:
     assert list(df.columns[:5]) == ["open", "high", "low", "close", "volume"]
     assert len(df) == 2 * 78  # two sessions of 5-minute bars
     assert df.index[0] == pd.Timestamp("2024-03-04 14:30", tz="UTC")
+    close = df["close"].to_numpy().copy()
+    df["close"] *= 2  # the user's own frame: writable, not a read-only view of Arrow memory
+    df.iloc[0, 0] = -1.0
+    assert (df["close"].to_numpy() == close * 2).all()
+    assert df.iloc[0, 0] == -1.0
 
 
 def test_several_symbols_come_in_long_format(lake: ml.Lake) -> None:

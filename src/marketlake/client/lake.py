@@ -119,9 +119,17 @@ def frame(
     for i, field_ in enumerate(table.schema):
         if pa.types.is_string(field_.type) and field_.name in categorical:
             table = table.set_column(i, field_.name, table.column(i).dictionary_encode())
-    df = table.to_pandas()
-    if index and index in df.columns:
-        df = df.set_index(index)
+    # Arrow's conversion into one consolidated block, then set_index, each cost as much as
+    # the read itself: the columns are converted as separate blocks and copied (Arrow's
+    # zero-copy arrays are read-only; users expect to write into their frame), and the
+    # index is built on its own
+    if not index or index not in table.column_names:
+        return table.to_pandas(split_blocks=True).copy()
+    import pandas as pd
+
+    labels = pd.Index(table.column(index).to_pandas(), name=index)
+    df = table.drop_columns([index]).to_pandas(split_blocks=True).copy()
+    df.index = labels
     return df
 
 
