@@ -190,6 +190,24 @@ def test_after_sigkill_the_cli_works_directly_again(lake: Path) -> None:
         assert {i["symbol"] for i in json.loads(out)} == {"AAPL", "BTCUSDT"}
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_server_stopped_by_a_signal_removes_its_discovery_file(
+    lake: Path, stop: signal.Signals
+) -> None:
+    """`kill`/`docker stop` (SIGTERM) and Ctrl-C (SIGINT) stop the server cleanly: the
+    discovery file goes, and the CLI works on the file directly."""
+    discovery = server_file_path(lake / "lake.duckdb")
+    with running(["serve"], lake / "serve.log") as (_, process):
+        assert discovery.exists()
+        process.send_signal(stop)
+        code = process.wait(timeout=30)
+    assert code == 128 + stop, (lake / "serve.log").read_text()  # as a shell reports it
+    assert not discovery.exists(), (lake / "serve.log").read_text()
+    code, out, err = marketlake(lake, "instruments", "list", "--json")
+    assert code == 0, err
+    assert {i["symbol"] for i in json.loads(out)} == {"AAPL", "BTCUSDT"}
+
+
 def test_a_discovery_file_of_a_process_that_is_not_the_server(lake: Path) -> None:
     """A live pid (reused by another process) with nothing listening: one line, exit 2."""
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

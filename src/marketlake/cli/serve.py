@@ -347,14 +347,39 @@ def run_server(
     _announce(host, port)
     if live is not None:
         _describe(settings, live)
+    previous = _exit_on_sigterm()
     try:
         server = _ending_streams(uvicorn.Server)(uvicorn.Config(app, **options))  # type: ignore[arg-type]
         server.run(sockets=[sock])
     finally:
+        _restore_sigterm(previous)
         if discovery is not None and token is not None:
             remove_server_file(discovery, token)
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def _exit_on_sigterm() -> Any:
+    """After a graceful shutdown uvicorn raises the signal that stopped it again; with
+    SIGTERM's default action (``docker stop``, systemd, ``kill``) the process would then
+    die before its clean-up and leave the discovery file behind. Raise SystemExit (143,
+    as a shell reports a SIGTERM) instead, so the ``finally`` blocks run."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
+
+
+def _restore_sigterm(previous: Any) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _ending_streams(base: type[Any]) -> type[Any]:
