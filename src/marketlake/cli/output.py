@@ -44,11 +44,22 @@ class _Console:
         self._default = default
         self._err = err
 
-    def __getattr__(self, name: str) -> Any:
+    def _target(self) -> Console:
         streams = _streams.get()
         if streams is None:
-            return getattr(self._default, name)
-        return getattr(streams.err_console if self._err else streams.console, name)
+            return self._default
+        return streams.err_console if self._err else streams.console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target(), name)
+
+    # special methods skip __getattr__: Rich's Live/Progress use the console as a
+    # context manager (`with console:`), so these must be forwarded by hand
+    def __enter__(self) -> Console:
+        return self._target().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._target().__exit__(*exc)
 
 
 console = cast(Console, _Console(Console(), err=False))
