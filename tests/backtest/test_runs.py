@@ -12,7 +12,7 @@ from marketlake.backtest import BacktestConfig, get_backtest, list_backtests, ru
 from marketlake.backtest.data import Bars, divides, load_bars, split_symbols
 from marketlake.backtest.runs import equity_points
 from marketlake.errors import InputError, NotFoundError
-from marketlake.schema import Timeframe
+from marketlake.schema import BAR_SCHEMA, Timeframe
 from marketlake.store import Store
 from marketlake.timeseries.aggregate import rollup
 from tests.conftest import bars_for
@@ -293,3 +293,43 @@ def test_a_hole_of_years_is_refused_on_request_and_normal_closures_are_not_holes
         run_backtest(
             duck, "sma_cross", {}, symbols=["AAPL"], timeframe="1h", save=False, on_hole="split"
         )
+
+
+def test_a_portfolio_on_adjusted_bars_is_not_hit_by_a_split(store: Store) -> None:
+    """A 2:1 split halves the stored prices; on raw bars a held position loses half its value
+    overnight, on adjusted bars (`backtest portfolio --adjusted`) nothing happens."""
+    from marketlake.backtest.runs import run_portfolio_backtest
+    from marketlake.timeseries.adjust import ACTION_SCHEMA
+
+    days = [datetime(2024, 1, d, tzinfo=UTC) for d in range(2, 12)]
+    rows = {"XYZ": [100.0] * 5 + [50.0] * 5, "ABC": [20.0] * 10}  # XYZ splits 2:1 on day 5
+    store.ensure_instruments(list(rows))
+    for symbol, closes in rows.items():
+        store.write_bars(
+            pa.table(
+                {
+                    "symbol": [symbol] * 10, "timeframe": ["1d"] * 10, "ts": days,
+                    "open": closes, "high": closes, "low": closes, "close": closes,
+                    "volume": [1000.0] * 10, "trades": [None] * 10, "vwap": closes,
+                    "source": ["test"] * 10,
+                }
+            ).cast(BAR_SCHEMA)
+        )  # fmt: skip
+    store.write_actions(
+        pa.table(
+            {"symbol": ["XYZ"], "ts": [days[5]], "kind": ["split"], "value": [2.0],
+             "source": ["test"]},
+            schema=ACTION_SCHEMA,
+        )
+    )  # fmt: skip
+
+    def final(adjusted: bool) -> float:
+        result = run_portfolio_backtest(
+            store, "equal_weight", symbols=["XYZ", "ABC"], timeframe="1d", save=False,
+            adjusted=adjusted,
+        )  # fmt: skip
+        return float(result.stats["final_equity"])
+
+    raw, adjusted = final(False), final(True)
+    assert adjusted == pytest.approx(10_000.0)  # flat prices once the split is applied
+    assert raw < 9_000.0  # half of the XYZ half lost on the split day

@@ -158,8 +158,13 @@ def load_bars(
     timeframe: str | Timeframe,
     start: datetime | None,
     end: datetime | None,
+    *,
+    adjusted: bool = False,
 ) -> list[Bars]:
     """Stored bars of ``symbols`` in ``[start, end)``, rolled up from a finer timeframe if needed.
+
+    ``adjusted``: split- and dividend-adjusted with the stored corporate actions (a split
+    then moves no price and no position), as ``marketlake bars --adjusted``.
 
     A symbol without bars at ``timeframe`` in the range is rolled up on the fly
     (with :func:`marketlake.timeseries.aggregate.rollup`) from the coarsest stored
@@ -172,6 +177,10 @@ def load_bars(
         table = store.read_bars(symbol, tf, start, end).table
         if table.num_rows == 0:
             table = _rolled_up(store, symbol, tf, start, end)
+        if adjusted and table.num_rows:
+            from marketlake.timeseries.adjust import adjust_table
+
+            table = adjust_table(store, symbol, tf, table)
         out.append(_as_bars(symbol, table))
     return out
 

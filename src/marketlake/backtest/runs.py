@@ -107,16 +107,18 @@ def run_portfolio_backtest(
     synthetic: bool = False,
     seed: int = 7,
     save: bool = True,
+    adjusted: bool = False,
 ) -> PortfolioResult:
     """Run a portfolio strategy on stored (or synthetic) bars of several symbols with one
-    cash account; store the result unless ``save=False``."""
+    cash account; store the result unless ``save=False``. ``adjusted``: on split- and
+    dividend-adjusted bars."""
     chosen = get_portfolio_strategy(strategy, params)
     config = config or PortfolioConfig()
     tf = str(Timeframe.parse(timeframe))
     names = list(dict.fromkeys(normalize_symbol(s) for s in symbols))
     if not names:
         raise InputError("give at least one symbol", param="symbols")
-    bars = load_for_backtest(store, names, tf, start, end, synthetic, seed)
+    bars = load_for_backtest(store, names, tf, start, end, synthetic, seed, adjusted=adjusted)
     empty = [b.symbol for b in bars if len(b) == 0]
     if empty:
         raise InputError(
@@ -133,6 +135,7 @@ def run_portfolio_backtest(
             "start": None if start is None else iso_z(start),
             "end": None if end is None else iso_z(end),
             "source": "synthetic" if synthetic else "store",
+            "adjusted": adjusted,
             "config": dict(vars(config)),
         }
         result.id = save_portfolio(store, request, result)
@@ -147,6 +150,8 @@ def load_for_backtest(
     end: datetime | None,
     synthetic: bool,
     seed: int,
+    *,
+    adjusted: bool = False,
 ) -> list[Any]:
     if synthetic:
         if start is None or end is None:
@@ -155,7 +160,7 @@ def load_for_backtest(
         return [made.get(name) or no_bars(name) for name in names]
     if store is None:
         raise InputError("no store given; pass one or use synthetic data", param="store")
-    return load_bars(store, names, tf, start, end)
+    return load_bars(store, names, tf, start, end, adjusted=adjusted)
 
 
 def save_result(store: Store, request: dict[str, Any], result: BacktestResult) -> str:

@@ -304,6 +304,13 @@ def portfolio(
             "--weights-out", help="Write units and weights per bar and symbol (.csv or .parquet)."
         ),
     ] = None,
+    adjusted: Annotated[
+        bool,
+        typer.Option(
+            "--adjusted",
+            help="Trade on split- and dividend-adjusted bars (the stored corporate actions).",
+        ),
+    ] = False,
     synthetic: Synthetic = False,
     seed: Seed = 7,
     no_save: NoSave = False,
@@ -345,6 +352,7 @@ def portfolio(
         synthetic=synthetic,
         seed=seed,
         save=not no_save,
+        adjusted=adjusted,
     )
     if weights_out is not None:
         _write_table(result.positions_table(), weights_out)
