@@ -413,3 +413,19 @@ def test_connect_with_a_bad_setting_raises_a_config_error(
     monkeypatch.setenv("MARKETLAKE_LOG_LEVEL", "LOUD")
     with pytest.raises(ConfigError, match="setting MARKETLAKE_LOG_LEVEL: unknown log level"):
         marketlake.connect("duckdb:///:memory:").instruments()
+
+
+def test_the_top_level_help_loads_no_settings_machinery() -> None:
+    """`marketlake --help` reads no settings, so it leaves pydantic (about half of its
+    start-up time) unimported."""
+    probe = (
+        "import sys\n"
+        "from marketlake.cli.app import cli\n"
+        "assert cli(['--help']) == 0\n"
+        "print('loaded:' + ','.join(m for m in ('pydantic', 'marketlake.config') "
+        "if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "loaded:", done.stdout[-500:]

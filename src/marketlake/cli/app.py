@@ -21,10 +21,10 @@ from typer.core import TyperOption
 
 from marketlake import __version__
 from marketlake.cli.output import err_console, error
-from marketlake.config import Settings, SettingsInvalid, load_settings
 from marketlake.errors import ConfigError, InputError, MarketLakeError, StoreLockedError
 
 if TYPE_CHECKING:
+    from marketlake.config import Settings
     from marketlake.store import Store
 
 
@@ -242,6 +242,8 @@ def _root(
         )
         ctx.call_on_close(ctx.obj.close)
         return
+    from marketlake.config import SettingsInvalid, load_settings  # pydantic: not for --help
+
     try:
         settings = load_settings(store=store) if store else load_settings()
     except SettingsInvalid as exc:

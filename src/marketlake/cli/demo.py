@@ -12,8 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from marketlake.cli.app import State, state
-from marketlake.cli.output import console, emit_json, err_console, show_table
-from marketlake.config import redact
+from marketlake.cli.output import console, emit_json, err_console, redact, show_table
 
 # The demo's instruments as fields (built into Instruments when the demo runs: the CLI
 # imports no pydantic model or Arrow schema to show its help).

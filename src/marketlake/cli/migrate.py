@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from marketlake.cli.app import state
-from marketlake.cli.output import show_table
-from marketlake.config import Settings, redact
+from marketlake.cli.output import redact, show_table
 
 if TYPE_CHECKING:
+    from marketlake.config import Settings
     from marketlake.store.pgschema import TimescaleOptions
 
 

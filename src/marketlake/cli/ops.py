@@ -8,8 +8,7 @@ import typer
 
 from marketlake import __version__
 from marketlake.cli.app import state
-from marketlake.cli.output import console, emit_json, show_table
-from marketlake.config import redact
+from marketlake.cli.output import console, emit_json, redact, show_table
 from marketlake.errors import MarketLakeError
 
 jobs_group = typer.Typer(help="Recorded jobs (ingest, import, …).", no_args_is_help=True)

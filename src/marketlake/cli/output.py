@@ -20,8 +20,6 @@ from typing import IO, Any, cast
 from rich.console import Console
 from rich.table import Table
 
-from marketlake.config import redact
-
 
 @dataclass(slots=True)
 class Streams:
@@ -179,6 +177,14 @@ def show_table(
             "(widen the terminal, or use --format csv or --json)[/]",
             highlight=False,
         )
+
+
+def redact(text: str) -> str:
+    """:func:`marketlake.config.redact`, imported when first used: the CLI's modules load
+    for `--help`, which needs no pydantic."""
+    from marketlake.config import redact as redact_uris
+
+    return redact_uris(text)
 
 
 def error(message: str) -> None:

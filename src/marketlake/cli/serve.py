@@ -23,12 +23,12 @@ import typer
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console
-from marketlake.config import Settings
 from marketlake.errors import ConfigError, InputError, MarketLakeError
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from marketlake.config import Settings
     from marketlake.store import Store
     from marketlake.stream.windows import Schedule
 

@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from marketlake.cli.app import state
-from marketlake.cli.output import console, emit_json, show_table, stdout
-from marketlake.config import Settings, redact
+from marketlake.cli.output import console, emit_json, redact, show_table, stdout
 from marketlake.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    pass
+    from marketlake.config import Settings
 
 
 if TYPE_CHECKING:
