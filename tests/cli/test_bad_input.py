@@ -429,3 +429,18 @@ def test_the_top_level_help_loads_no_settings_machinery() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "loaded:", done.stdout[-500:]
+
+
+def test_the_key_commands_load_no_web_framework() -> None:
+    """`keys create` needs the key helpers only: importing `marketlake.api.keys` leaves
+    FastAPI and the app (about a second of start-up) unimported."""
+    probe = (
+        "import sys\n"
+        "import marketlake.api.keys\n"
+        "print('loaded:' + ','.join(m for m in ('fastapi', 'marketlake.api.app') "
+        "if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "loaded:", done.stdout[-500:]
