@@ -97,7 +97,7 @@ class Settings(BaseSettings):
         "marketlake:ratelimit:", description="Redis key prefix of the rate limiter"
     )
     api_cache_max_rows: int = Field(
-        1_000_000, description="Bars the API keeps in memory for hot series (0: no cache)"
+        1_000_000, description="Bars the API keeps in memory for hot series (0: no bar cache)"
     )
     api_cache_ttl_s: float = Field(
         1.0,

@@ -150,6 +150,25 @@ def test_cache_evicts_the_least_recently_used_series(duck: Store) -> None:
     assert cache.peek(duck, "BTCUSDT", "1m") is None
 
 
+def test_small_values_are_remembered_with_the_bar_cache_off(duck: Store) -> None:
+    """`max_rows` 0 turns off the bar cache, not the memo of the symbol list: a bars
+    request that misses costs one store query, and a write is still seen at once."""
+    off = BarCache(0, 60)
+    calls: list[int] = []
+
+    def compute() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert off.memo(duck, ("x",), compute) == 1
+    assert off.memo(duck, ("x",), compute) == 1
+    assert off.peek_memo(duck, ("x",)) == (True, 1)
+    off.remember(duck, ("page",), b"{}", generation=duck.generation, weight=100)
+    assert off.peek_memo(duck, ("page",)) == (False, None)  # pages weigh bars: not kept
+    duck.write_bars(bars_for(["AAPL"]))
+    assert off.memo(duck, ("x",), compute) == 2
+
+
 def test_a_series_miss_reads_from_the_store_while_every_load_slot_is_taken(
     duck: Store,
 ) -> None:

@@ -410,9 +410,11 @@ class BarCache:
         return store.generation
 
     def memo(self, store: Store, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
-        """``compute()``, remembered under ``key`` with the same freshness rule as series."""
-        if not self.enabled:
-            return compute()
+        """``compute()``, remembered under ``key`` with the same freshness rule as series.
+
+        Memos are small values (the symbol list, a latest price) that weigh no bars, so
+        they are kept even when the bar cache is off (``max_rows`` 0): a request that
+        misses the bar cache then costs one store query, not two."""
         full = ("memo", *key)
         entry = self._get(store, full)
         if entry is None:
@@ -447,7 +449,7 @@ class BarCache:
 
     def peek_memo(self, store: Store, key: tuple[Any, ...]) -> tuple[bool, Any]:
         """``(True, value)`` when ``key`` is remembered and fresh, else ``(False, None)``."""
-        entry = self._get(store, ("memo", *key)) if self.enabled else None
+        entry = self._get(store, ("memo", *key))
         return (False, None) if entry is None else (True, entry.value)
 
     def clear(self) -> None:
