@@ -292,7 +292,7 @@ class DuckDBStore(Store):
     ) -> pa.Table:
         """The rows of one series, in time order, read through a relation: DuckDB fills
         its Arrow result straight from the scan, in parallel, where ``execute`` would
-        materialise the result first and convert it afterwards (a third slower for 500k
+        materialise the result first and convert it afterwards (a quarter slower for 500k
         bars). A relation with parameters is run eagerly and slowly, so the values are
         written as literals: the integer id and times formatted from aware datetimes."""
         sql = f"SELECT ts, {layout.VALUE_LIST}, src FROM bar_data WHERE sid = {int(sid)}"
