@@ -6,7 +6,8 @@ Targets: local ≤ 60 ms, through a local server ≤ 2× local (Arrow IPC over H
 CLI through a server: ``marketlake bars BTCUSDT --tail 20`` run directly on the DuckDB
 file (no server) and then on the same file while ``marketlake serve`` holds it (the
 command goes through ``POST /api/v1/cli``), target: the server adds ≤ 30 ms.
-Each figure is the median of several runs, warm (the first call is not counted).
+Each figure is the median of several runs, warm (the first call is not counted); the
+three ``lake.bars`` figures are taken in turns, so that all see the same machine load.
 """
 
 from __future__ import annotations
@@ -30,14 +31,18 @@ QUICK = os.environ.get("MARKETLAKE_BENCH_QUICK") == "1"
 ROWS = 100_000 if QUICK else 500_000
 
 
-def _median(work: Callable[[], Any], runs: int = 7) -> float:
-    work()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def _interleaved(works: dict[str, Callable[[], Any]], runs: int = 9) -> dict[str, float]:
+    """Median seconds of each work, run in turns (after one warm call each), so that all of
+    them see the same load on a shared machine."""
+    for work in works.values():
         work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in works}
+    for _ in range(runs):
+        for name, work in works.items():
+            start = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(found) for name, found in times.items()}
 
 
 def _process(code: str, runs: int = 7) -> float:
@@ -102,30 +107,39 @@ def main() -> None:
         _seed(local_uri)
         served_uri = f"duckdb:///{folder}/served.duckdb"
         key = _seed(served_uri)
-        with ml.connect(local_uri) as lake:
-            local = _median(lambda: lake.bars("BTCUSDT", "1m"))
-            frame = lake.bars("BTCUSDT", "1m")
         parquet = folder / "btc.parquet"
-        frame.to_parquet(parquet)
-        pandas_t = _median(lambda: pd.read_parquet(parquet))
+        log = folder / "serve.log"
         runs = 5 if QUICK else 9
         cli_direct = _cli(served_uri, runs)  # nobody holds the file: the CLI opens it
         load_before = os.getloadavg()[0]
-        log = folder / "serve.log"
         with (
+            ml.connect(local_uri) as lake,
             running(["--store", served_uri, "serve"], log) as (url, _),
-            ml.connect(url, api_key=key) as lake,
+            ml.connect(url, api_key=key) as served,
         ):
-            remote = _median(lambda: lake.bars("BTCUSDT", "1m"))
-            assert len(lake.bars("BTCUSDT", "1m")) == ROWS
+            frame = lake.bars("BTCUSDT", "1m")
+            frame.to_parquet(parquet)
+            assert served.bars("BTCUSDT", "1m").equals(frame)
+            bars_load = os.getloadavg()[0]
+            found = _interleaved(
+                {
+                    "local": lambda: lake.bars("BTCUSDT", "1m"),
+                    "remote": lambda: served.bars("BTCUSDT", "1m"),
+                    "parquet": lambda: pd.read_parquet(parquet),
+                },
+                runs=7 if QUICK else 15,
+            )
+            bars_load_after = os.getloadavg()[0]
             cli_served = _cli(served_uri, runs)  # the same file, held: through the server
         load_after = os.getloadavg()[0]
+    local, remote, pandas_t = found["local"], found["remote"], found["parquet"]
     print(f"  lake.bars local           {local * 1000:7.1f} ms  (target ≤ 60 ms: "
           f"{'met' if local <= 0.060 else 'NOT met'})")  # fmt: skip
     print(f"  lake.bars through server  {remote * 1000:7.1f} ms  {remote / local:.2f}× local "
           f"(target ≤ 2×: {'met' if remote <= 2 * local else 'NOT met'})")  # fmt: skip
     print(f"  pandas.read_parquet       {pandas_t * 1000:7.1f} ms  (local is "
-          f"{local / pandas_t:.2f}× it)")  # fmt: skip
+          f"{local / pandas_t:.2f}× it; the three taken in turns, medians; load average "
+          f"{bars_load:.2f} before, {bars_load_after:.2f} after)")  # fmt: skip
     added = cli_served - cli_direct
     print(f"  marketlake bars --tail 20 {cli_direct * 1000:7.1f} ms directly, "
           f"{cli_served * 1000:.1f} ms through the server: {added * 1000:+.1f} ms, "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -15,7 +15,8 @@ import pytest
 from marketlake.errors import ConfigError, StoreError, StoreVersionError
 from marketlake.schema import BAR_SCHEMA
 from marketlake.store import Store, WriteResult, open_store
-from marketlake.store.duckdb import DuckDBStore, path_of
+from marketlake.store.duckdb import DuckDBStore, _increasing, path_of, timestamptz
+from marketlake.store.duckdb_bars import ROW_GROUP
 from marketlake.store.merge import find_repeats, match_times, same_values, split_groups
 from tests.conftest import bars_for
 from tests.store import test_contract as contract
@@ -198,6 +199,45 @@ def test_split_groups_orders_groups_and_stops_at_the_limit() -> None:
     assert groups is not None
     assert [(s, t, g.num_rows) for s, t, g in groups] == [("MSFT", "1h", 3), ("AAPL", "1h", 3)]
     assert split_groups(batch, 1) is None
+
+
+def test_read_bars_sorted_across_row_groups(duck: Store) -> None:
+    # more than two row groups, the later half written first: each batch DuckDB returns
+    # is in order, the order breaks only between them
+    bars = bars_for("BTCUSDT", "1m", "2024-03-04", "2024-09-04")
+    assert bars.num_rows > 2 * ROW_GROUP
+    half = bars.num_rows // 2
+    duck.write_bars(bars.slice(half))
+    duck.write_bars(bars.slice(0, half))
+    assert duck.read_bars("BTCUSDT", "1m").table.equals(bars)
+
+
+def test_increasing_reads_times_chunk_by_chunk() -> None:
+    def times(*chunks: list[int]) -> pa.ChunkedArray:
+        return pa.chunked_array([pa.array(c, pa.int64()) for c in chunks], pa.int64()).cast(
+            pa.timestamp("us", tz="UTC")
+        )
+
+    assert _increasing(times([1, 2], [], [3, 4]))
+    assert _increasing(times())
+    assert not _increasing(times([1, 2], [], [2, 3]))
+    assert not _increasing(times([1, 3, 2]))
+
+
+def test_read_bounds_are_exact_to_the_microsecond_in_any_offset(duck: Store) -> None:
+    bars = bars_for("AAPL", "1h")
+    duck.write_bars(bars)
+    at = bars.column("ts").to_pylist()
+    plus_two = timezone(timedelta(hours=2))
+    tick = timedelta(microseconds=1)
+    table = duck.read_bars("AAPL", "1h", start=at[2] + tick, end=at[5].astimezone(plus_two)).table
+    assert table.column("ts").to_pylist() == at[3:5]
+    table = duck.read_bars("AAPL", "1h", start=at[2].astimezone(plus_two), end=at[5] + tick).table
+    assert table.column("ts").to_pylist() == at[2:6]
+    moment = datetime(2024, 3, 4, 16, 0, 0, 1, tzinfo=plus_two)
+    assert timestamptz(moment) == "TIMESTAMPTZ '2024-03-04T14:00:00.000001+00:00'"
+    with pytest.raises(ValueError, match="no timezone"):
+        timestamptz(datetime(2024, 1, 1))  # noqa: DTZ001 - naive on purpose
 
 
 def test_read_bars_of_an_unsorted_series_come_back_sorted(duck: Store) -> None:

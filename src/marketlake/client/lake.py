@@ -118,19 +118,44 @@ def frame(
     # most of the cost of a large conversion
     for i, field_ in enumerate(table.schema):
         if pa.types.is_string(field_.type) and field_.name in categorical:
-            table = table.set_column(i, field_.name, table.column(i).dictionary_encode())
-    # Arrow's conversion into one consolidated block, then set_index, each cost as much as
-    # the read itself: the columns are converted as separate blocks and copied (Arrow's
-    # zero-copy arrays are read-only; users expect to write into their frame), and the
-    # index is built on its own
+            table = table.set_column(i, field_.name, _dictionary(table.column(i)))
+    # Arrow converts the columns straight into pandas' consolidated blocks: one copy, into
+    # memory the frame owns (users write into their frame; Arrow's zero-copy arrays would
+    # be read-only). The index is built on its own: set_index would copy the frame again
     if not index or index not in table.column_names:
-        return table.to_pandas(split_blocks=True).copy()
-    import pandas as pd
-
-    labels = pd.Index(table.column(index).to_pandas(), name=index)
-    df = table.drop_columns([index]).to_pandas(split_blocks=True).copy()
+        return table.to_pandas()
+    labels = _labels(table.column(index), index)
+    df = table.drop_columns([index]).to_pandas()
     df.index = labels
     return df
+
+
+def _labels(column: pa.ChunkedArray, name: str) -> pd.Index:
+    """The frame's index. UTC times become a DatetimeIndex from their int64 values
+    directly, without the copies of Arrow's tz-aware pandas conversion."""
+    import pandas as pd
+
+    kind = column.type
+    if pa.types.is_timestamp(kind) and kind.tz == "UTC" and not column.null_count:
+        values = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+        return pd.DatetimeIndex(values.to_numpy(), name=name).tz_localize("UTC")
+    labels: pd.Index = pd.Index(column.to_pandas(), name=name)
+    return labels
+
+
+def _dictionary(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A string column dictionary-encoded. A column of one value (a series' source, as a
+    store gives it) is checked with one comparison instead of hashing every row."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    if len(column) and not column.null_count:
+        first = column[0]
+        if pc.all(pc.equal(column, first)).as_py():
+            codes = pa.array(np.zeros(len(column), np.int32))
+            values = pa.array([first.as_py()], column.type)
+            return pa.chunked_array([pa.DictionaryArray.from_arrays(codes, values)])
+    return column.dictionary_encode()
 
 
 @dataclass

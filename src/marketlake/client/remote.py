@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -33,19 +33,27 @@ class RemoteTransport:
     def close(self) -> None:
         self._http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> Any:
+        """The server's answer; an error answer raises the project's exception. With
+        ``stream`` the body of a good answer is left to the caller to read and close."""
         import httpx
 
         try:
-            response = self._http.request(method, path, **kwargs)
+            request = self._http.build_request(method, path, **kwargs)
+            response = self._http.send(request, stream=stream)
+            if stream and response.status_code >= 400:
+                response.read()
         except httpx.HTTPError as exc:
-            raise MarketLakeError(
-                f"cannot reach the MarketLake server at {self.url} ({type(exc).__name__}); "
-                "start it with `marketlake serve` or check the URL"
-            ) from None
+            raise self._unreachable(exc) from None
         if response.status_code >= 400:
             raise _error(response)
         return response
+
+    def _unreachable(self, exc: Exception) -> MarketLakeError:
+        return MarketLakeError(
+            f"cannot reach the MarketLake server at {self.url} ({type(exc).__name__}); "
+            "start it with `marketlake serve` or check the URL"
+        )
 
     def instruments(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("GET", "/instruments").json()
@@ -88,9 +96,18 @@ class RemoteTransport:
         return self._arrow(f"/bars/{_path(symbols[0])}", params)
 
     def _arrow(self, path: str, params: dict[str, Any]) -> pa.Table:
-        response = self._call("GET", path, params=params, headers={"Accept": ARROW})
-        with pa.ipc.open_stream(response.content) as reader:
-            return reader.read_all()
+        """An Arrow IPC answer, read message by message as it arrives: joining the whole
+        body first (``response.content``) cost a third of a 500k-bar request."""
+        import httpx
+
+        response = self._call("GET", path, stream=True, params=params, headers={"Accept": ARROW})
+        try:
+            with pa.ipc.open_stream(_Body(response.iter_bytes())) as reader:
+                return reader.read_all()
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            response.close()
 
     def trades(self, symbol: str, start: str | None, end: str | None) -> pa.Table:
         return self._arrow(f"/trades/{_path(symbol)}", _times(start, end))
@@ -179,6 +196,37 @@ class RemoteTransport:
     def metrics(self) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self._call("GET", "/metrics/latest").json()
         return rows
+
+
+class _Body:
+    """A streamed body as the file an Arrow IPC reader reads: each read joins only the
+    chunks it spans (a message), never the whole body."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending: list[bytes] = []  # after a read: nothing, or the rest of one chunk
+        self._size = 0
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or self._size < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._pending.append(chunk)
+            self._size += len(chunk)
+        if 0 <= size < self._size:  # the read ends inside the last chunk
+            last = self._pending[-1]
+            cut = len(last) - (self._size - size)
+            data = b"".join([*self._pending[:-1], last[:cut]])
+            self._pending, self._size = [last[cut:]], self._size - size
+            return data
+        data = b"".join(self._pending)
+        self._pending, self._size = [], 0
+        return data
 
 
 def _groups(symbols: list[str], most: int = 500, chars: int = 4000) -> list[list[str]]:

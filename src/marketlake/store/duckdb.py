@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -290,22 +290,20 @@ class DuckDBStore(Store):
         after: datetime | None,
         limit: int | None,
     ) -> pa.Table:
-        sql = f"SELECT ts, {layout.VALUE_LIST}, src FROM bar_data WHERE sid = ?"
-        params: list[Any] = [sid]
-        for clause, value in (
-            (" AND ts >= ?", start),
-            (" AND ts < ?", end),
-            (" AND ts > ?", after),
-        ):
+        """The rows of one series, in time order, read through a relation: DuckDB fills
+        its Arrow result straight from the scan, in parallel, where ``execute`` would
+        materialise the result first and convert it afterwards (a quarter slower for 500k
+        bars). A relation with parameters is run eagerly and slowly, so the values are
+        written as literals: the integer id and times formatted from aware datetimes."""
+        sql = f"SELECT ts, {layout.VALUE_LIST}, src FROM bar_data WHERE sid = {int(sid)}"
+        for op, value in ((">=", start), ("<", end), (">", after)):
             if value is not None:
-                sql += clause
-                params.append(value)
+                sql += f" AND ts {op} {timestamptz(value)}"
         if limit is not None:
             sql += f" ORDER BY ts LIMIT {int(limit)}"
-        rows = self._con.execute(sql, params).to_arrow_table()
-        ts = ts_micros(rows)
-        if limit is None and ts.size > 1 and not bool(np.all(ts[1:] > ts[:-1])):
-            rows = rows.take(pa.array(np.argsort(ts, kind="stable")))
+        rows = self._con.sql(sql).to_arrow_table(layout.ROW_GROUP)  # a batch per row group
+        if limit is None and not _increasing(rows.column("ts")):
+            rows = rows.take(pa.array(np.argsort(ts_micros(rows), kind="stable")))
         return rows
 
     def delete_bars(self, symbol: str, timeframe: str | Timeframe | None = None) -> int:
@@ -360,3 +358,25 @@ class DuckDBStore(Store):
         return WriteResult(
             inserted=n_batch - existing, duplicates=table.num_rows - n_batch + existing
         )
+
+
+def _increasing(column: pa.ChunkedArray) -> bool:
+    """Whether a time column strictly increases, read in place chunk by chunk."""
+    previous: int | None = None
+    for chunk in column.chunks:
+        if not len(chunk):
+            continue
+        ts = chunk.view(pa.int64()).to_numpy()
+        if previous is not None and ts[0] <= previous:
+            return False
+        if not bool(np.all(ts[1:] > ts[:-1])):
+            return False
+        previous = int(ts[-1])
+    return True
+
+
+def timestamptz(value: datetime) -> str:
+    """An aware datetime as a DuckDB TIMESTAMPTZ literal, exact to the microsecond."""
+    if value.tzinfo is None:
+        raise ValueError(f"{value!r} has no timezone")
+    return f"TIMESTAMPTZ '{value.astimezone(UTC).isoformat()}'"
