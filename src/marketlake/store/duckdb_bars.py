@@ -27,8 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from marketlake.schema import BAR_SCHEMA, BAR_VALUES, constant_column, from_epoch_us
+from marketlake.schema import (
+    BAR_SCHEMA,
+    BAR_VALUES,
+    constant_column,
+    from_epoch_us,
+    string_array,
+)
 from marketlake.store.base import OnConflict, WriteResult
+from marketlake.store.duckdb_bind import bound
 from marketlake.store.merge import (
     Array,
     Group,
@@ -129,7 +136,7 @@ class SeriesIds:
         src = self._sources.get(name)
         if src is None:
             src = max(self._sources.values(), default=-1) + 1
-            self._con.execute("INSERT INTO bar_sources VALUES (?, ?)", [src, name])
+            bound(self._con, "INSERT INTO bar_sources VALUES (?, ?)", [src, name])
             self._sources[name] = src
         return src
 
@@ -148,7 +155,7 @@ class SeriesIds:
         names = [""] * (max(self._sources.values(), default=-1) + 1)
         for name, src in self._sources.items():
             names[src] = name
-        return pa.array(names, pa.string())
+        return string_array(names)
 
 
 def physical(rows: pa.Table, sid: int | pa.Array, src: pa.Array) -> pa.Table:
