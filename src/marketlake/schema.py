@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, Field, field_validator
 
 from marketlake.errors import InputError, SchemaError, TimeframeError
@@ -262,6 +261,8 @@ def empty_bars() -> pa.Table:
 
 
 def _ts_to_utc(column: pa.ChunkedArray | pa.Array, name: str) -> pa.Array | pa.ChunkedArray:
+    import pyarrow.compute as pc
+
     typ = column.type
     if pa.types.is_timestamp(typ):
         if typ.tz is None:
@@ -309,6 +310,8 @@ def normalize_bars(
     keyword arguments; ``trades`` and ``vwap`` may be absent (null). Raises
     :class:`SchemaError` naming the first column that cannot be made to fit.
     """
+    import pyarrow.compute as pc
+
     n = table.num_rows
     names = set(table.column_names)
     columns: dict[str, Any] = {}
@@ -350,6 +353,8 @@ def normalize_trades(
     table: pa.Table, *, symbol: str | None = None, source: str | None = None
 ) -> pa.Table:
     """Return ``table`` in :data:`TRADE_SCHEMA` (see :func:`normalize_bars`)."""
+    import pyarrow.compute as pc
+
     n = table.num_rows
     names = set(table.column_names)
     columns: dict[str, Any] = {}

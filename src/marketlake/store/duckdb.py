@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from marketlake.errors import ConfigError, StoreError, StoreLockedError, StoreVersionError
 from marketlake.schema import (
@@ -225,6 +224,8 @@ class DuckDBStore(Store):
     # -- bars -------------------------------------------------------------------------
 
     def write_bars(self, table: pa.Table, *, on_conflict: OnConflict = "ignore") -> WriteResult:
+        import pyarrow.compute as pc
+
         check_on_conflict(on_conflict)
         table = table if table.schema.equals(BAR_SCHEMA) else normalize_bars(table)
         if table.num_rows == 0:

@@ -25,7 +25,6 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from marketlake.schema import (
     BAR_SCHEMA,
@@ -142,6 +141,8 @@ class SeriesIds:
 
     def source_ids(self, column: pa.ChunkedArray) -> pa.Array:
         """A source name column as int32 ids."""
+        import pyarrow.compute as pc
+
         first = column[0].as_py()
         if pc.all(pc.equal(column, first)).as_py():
             return pa.array(np.full(len(column), self.source(first), dtype=np.int32))
@@ -169,6 +170,8 @@ def physical(rows: pa.Table, sid: int | pa.Array, src: pa.Array) -> pa.Table:
 
 def canonical(rows: pa.Table, symbol: str, timeframe: str, sources: pa.Array) -> pa.Table:
     """``bar_data`` rows (ts, values, src) of one series as canonical bars."""
+    import pyarrow.compute as pc
+
     n = rows.num_rows
     src = rows.column("src").combine_chunks()
     bounds = pc.min_max(src).as_py()
@@ -303,6 +306,8 @@ def _replace(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
 
 def series_column(ids: SeriesIds, table: pa.Table) -> pa.Array:
     """The series id of every row of a canonical table (creating new series)."""
+    import pyarrow.compute as pc
+
     sym = pc.dictionary_encode(table.column("symbol").combine_chunks())
     tf = pc.dictionary_encode(table.column("timeframe").combine_chunks())
     symbols, timeframes = sym.dictionary.to_pylist(), tf.dictionary.to_pylist()

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from marketlake.schema import BAR_VALUES
 
@@ -35,6 +34,8 @@ def ts_micros(table: pa.Table) -> Array:
 
 def _same_column(a: pa.ChunkedArray, b: pa.ChunkedArray) -> Array:
     """Row-wise equality where null equals null and NaN equals NaN."""
+    import pyarrow.compute as pc
+
     if pa.types.is_floating(a.type):
         x = np.asarray(a.to_numpy())  # nulls become NaN
         y = np.asarray(b.to_numpy())
@@ -135,6 +136,8 @@ Group = tuple[str, str, pa.Table]
 def split_groups(table: pa.Table, max_groups: int) -> list[Group] | None:
     """Split a canonical batch into (symbol, timeframe, rows) groups, keeping row order
     inside each group; None when there are more than ``max_groups`` groups."""
+    import pyarrow.compute as pc
+
     symbol, timeframe = table.column("symbol"), table.column("timeframe")
     first_symbol, first_tf = symbol[0].as_py(), timeframe[0].as_py()
     if (
