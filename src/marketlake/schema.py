@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, Field, field_validator
 
 from marketlake.errors import InputError, SchemaError, TimeframeError
@@ -262,6 +261,8 @@ def empty_bars() -> pa.Table:
 
 
 def _ts_to_utc(column: pa.ChunkedArray | pa.Array, name: str) -> pa.Array | pa.ChunkedArray:
+    import pyarrow.compute as pc
+
     typ = column.type
     if pa.types.is_timestamp(typ):
         if typ.tz is None:
@@ -284,6 +285,18 @@ def constant_column(value: str, n: int) -> pa.Array:
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
 
 
+def string_array(values: list[str]) -> pa.Array:
+    """A string column of ``values`` built straight from its buffers: ``pa.array`` of Python
+    objects imports pandas (about 0.3 s) to check whether they are pandas objects."""
+    data = [value.encode() for value in values]
+    offsets = np.zeros(len(data) + 1, dtype=np.int64)
+    np.cumsum([len(d) for d in data], out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        return pa.array(values, pa.large_string()).cast(pa.string())
+    buffers = [pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b"".join(data))]
+    return pa.StringArray.from_buffers(len(data), *buffers)
+
+
 def normalize_bars(
     table: pa.Table,
     *,
@@ -297,6 +310,8 @@ def normalize_bars(
     keyword arguments; ``trades`` and ``vwap`` may be absent (null). Raises
     :class:`SchemaError` naming the first column that cannot be made to fit.
     """
+    import pyarrow.compute as pc
+
     n = table.num_rows
     names = set(table.column_names)
     columns: dict[str, Any] = {}
@@ -338,6 +353,8 @@ def normalize_trades(
     table: pa.Table, *, symbol: str | None = None, source: str | None = None
 ) -> pa.Table:
     """Return ``table`` in :data:`TRADE_SCHEMA` (see :func:`normalize_bars`)."""
+    import pyarrow.compute as pc
+
     n = table.num_rows
     names = set(table.column_names)
     columns: dict[str, Any] = {}

@@ -431,6 +431,75 @@ def test_the_top_level_help_loads_no_settings_machinery() -> None:
     assert done.stdout.strip().splitlines()[-1] == "loaded:", done.stdout[-500:]
 
 
+# What a command loads is most of its start-up time (bench/bench_startup.py measures it);
+# these check the lazy imports, with no timing.
+HELP_LEAVES = (
+    "click",  # Typer 0.2x carries its own copy
+    "asyncio",  # the commands that run event loops import it when they run
+    "rich.progress",
+    "socket",
+    "marketlake.store",
+    "sqlalchemy",
+    "psycopg",
+)
+STORE_LEAVES = ("sqlalchemy", "psycopg", "pandas", "fastapi", "marketlake.store.postgres")
+
+
+def _loaded_after(probe: str, watch: tuple[str, ...]) -> list[str]:
+    """The modules of ``watch`` loaded once ``probe`` has run in a fresh interpreter."""
+    report = f"print('loaded:' + ','.join(m for m in {watch!r} if m in sys.modules))"
+    code = f"{probe}\nimport sys\n{report}\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("loaded:"), done.stdout[-500:]
+    return [m for m in line.removeprefix("loaded:").split(",") if m]
+
+
+def test_the_top_level_help_loads_only_what_it_shows() -> None:
+    """`marketlake --help` (the command list) loads neither Click, asyncio, progress bars
+    nor anything of the store."""
+    probe = "from marketlake.cli.app import cli\nassert cli(['--help']) == 0"
+    assert _loaded_after(probe, HELP_LEAVES) == []
+
+
+def test_the_help_is_the_same_after_building_the_commands_twice(capsys: Capsys) -> None:
+    """Typer builds the command tree on every run; the signature each command's two reads
+    share (see cli.app._ParamsOnce) leaves the second build's help as the first's."""
+    assert cli(["keys", "create", "--help"]) == 0
+    first = capsys.readouterr().out
+    assert cli(["keys", "create", "--help"]) == 0
+    assert capsys.readouterr().out == first
+    assert "--scope" in first
+
+
+def test_commands_on_an_up_to_date_duckdb_store_load_no_sqlalchemy_psycopg_or_pandas(
+    stored: str,
+) -> None:
+    """Opening an existing DuckDB store needs no SQLAlchemy (only creating or upgrading one
+    does), no PostgreSQL driver, and binding query parameters imports no pandas: a key
+    created, the instruments listed and the last bars printed load none of them."""
+    probe = (
+        "from marketlake.cli.app import cli\n"
+        f"store = {stored!r}\n"
+        "assert cli(['--store', store, 'keys', 'create', 'probe', '--json']) == 0\n"
+        "assert cli(['--store', store, 'instruments', 'list', '--json']) == 0\n"
+        "assert cli(['--store', store, 'bars', 'AAPL', '--tail', '5', '--json']) == 0\n"
+        "assert cli(['--store', store, 'keys', 'list', '--json']) == 0"
+    )
+    assert _loaded_after(probe, STORE_LEAVES) == []
+
+
+def test_creating_a_duckdb_store_still_builds_its_tables(tmp_path: Any) -> None:
+    """The tables come from the SQLAlchemy catalogue, imported when a store is created."""
+    from marketlake.store import open_store
+
+    with open_store(f"duckdb:///{tmp_path}/new.duckdb") as store:
+        assert store.schema_version() > 0
+        assert store.select_rows("api_keys") == []
+
+
 def test_the_key_commands_load_no_web_framework() -> None:
     """`keys create` needs the key helpers only: importing `marketlake.api.keys` leaves
     FastAPI and the app (about a second of start-up) unimported."""

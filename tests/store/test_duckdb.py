@@ -248,3 +248,72 @@ def test_read_bars_of_an_unsorted_series_come_back_sorted(duck: Store) -> None:
     latest = duck.latest_bar("AAPL", "1h")
     assert latest is not None
     assert latest["ts"] == datetime(2024, 3, 5, 20, tzinfo=UTC)
+
+
+# -- start-up: what opening the store loads ------------------------------------------------
+
+
+def test_the_catalogue_names_the_tables_of_the_sqlalchemy_definitions() -> None:
+    """store.catalogue (plain names, no SQLAlchemy) agrees with store.tables."""
+    from marketlake.store import catalogue, tables
+
+    assert catalogue.SCHEMA_VERSION == tables.SCHEMA_VERSION
+    assert {n: tuple(c.name for c in t.columns) for n, t in tables.TABLES.items()} == (
+        catalogue.COLUMNS
+    )
+    assert {
+        n: tuple(c.name for c in t.primary_key.columns) for n, t in tables.TABLES.items()
+    } == catalogue.PRIMARY_KEYS
+
+
+def test_parameters_bind_without_pandas_and_pandas_still_works_after() -> None:
+    """While pandas is not loaded, DuckDB binds parameters of every kind without importing
+    it (store.duckdb._bound); once pandas is imported, its NaT still binds as NULL."""
+    probe = """
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from marketlake.store import open_store
+
+store = open_store("duckdb:///:memory:")
+when = datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)
+values = ["x'); DROP TABLE jobs; --", 7, 2.5, True, None, when, b"\\x00", Decimal("1.5")]
+sql = "SELECT " + ", ".join("?" for _ in values)
+row = store.query(sql, values).to_pylist()[0]
+assert list(row.values()) == values, row
+assert store.execute("SELECT ? + 1", [41]) == 42
+assert "pandas" not in sys.modules
+import pandas as pd
+assert store.query("SELECT ? IS NULL AS null", [pd.NaT]).to_pylist() == [{"null": True}]
+print("ok")
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_ts_micros_and_string_array_match_what_pyarrow_builds() -> None:
+    """The buffer-built forms (no pandas import) equal pyarrow's own."""
+    from marketlake.schema import TS_TYPE, string_array
+    from marketlake.store.merge import ts_micros
+
+    ts = pa.array(np.arange(6, dtype=np.int64) * 1000).cast(TS_TYPE)
+    for table in (
+        pa.table({"ts": ts}),
+        pa.table({"ts": ts}).slice(2, 3),
+        pa.table({"ts": pa.chunked_array([ts.slice(0, 2), ts.slice(4, 2)])}),
+        pa.table({"ts": ts}).slice(0, 0),
+    ):
+        expected = table.column("ts").combine_chunks().cast(pa.int64()).to_numpy()
+        got = ts_micros(table)
+        assert got.dtype == np.int64
+        assert got.tolist() == expected.tolist()
+    for names in ([], [""], ["yahoo", "", "binance", "é"]):
+        built = string_array(names)
+        built.validate(full=True)
+        assert built.equals(pa.array(names, pa.string()))

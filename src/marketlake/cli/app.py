@@ -9,14 +9,15 @@ the traceback instead.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
+import typer.main
 from typer.core import TyperOption
 
 from marketlake import __version__
@@ -36,6 +37,28 @@ def _flag_aware_type(option: TyperOption, ctx: Any) -> str | None:
 
 _typer_display_type = TyperOption.display_type_rich
 TyperOption.display_type_rich = _flag_aware_type  # type: ignore[method-assign,assignment]
+
+
+class _ParamsOnce(threading.local):
+    """Typer reads each command's signature twice in a row while it builds the command
+    tree (for the parameters, then for the callback), evaluating every annotation each
+    time: the second read takes the first's result (a fifth of `marketlake --help`).
+    Only that immediate repeat is served; any other read is Typer's own."""
+
+    def __init__(self) -> None:
+        self.held: tuple[Any, Any] | None = None
+
+    def __call__(self, func: Any) -> Any:
+        held, self.held = self.held, None
+        if held is not None and held[0] is func:
+            return held[1]
+        params = _typer_params(func)
+        self.held = (func, params)
+        return params
+
+
+_typer_params = typer.main.get_params_from_function  # type: ignore[attr-defined]
+typer.main.get_params_from_function = _ParamsOnce()  # type: ignore[attr-defined]
 
 app = typer.Typer(
     name="marketlake",
@@ -284,12 +307,12 @@ def cli(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     try:
         result = app(args=args, prog_name="marketlake", standalone_mode=False)
-    except (typer.Exit, click.exceptions.Exit) as exc:
+    except _click_errors("Exit") as exc:
         return int(exc.exit_code)
-    except (typer.Abort, click.exceptions.Abort):
+    except _click_errors("Abort"):
         error("aborted")
         return 130
-    except (typer.TyperException, click.ClickException) as exc:
+    except _click_errors("ClickException") as exc:
         return _usage_error(exc)
     except MarketLakeError as exc:
         if debug:  # the traceback, and still the error's own exit code
@@ -303,6 +326,17 @@ def cli(argv: list[str] | None = None) -> int:
         error("interrupted")
         return 130
     return result if isinstance(result, int) else 0
+
+
+def _click_errors(name: str) -> tuple[type[Any], ...]:
+    """Typer's exception ``name`` (Exit, Abort, ClickException), and Click's where it is
+    loaded: Typer 0.2x carries its own copy of Click, so Click (20 ms) is imported only
+    by older Typer versions, and only then can Click's exceptions be raised."""
+    own = {"Exit": typer.Exit, "Abort": typer.Abort, "ClickException": typer.TyperException}
+    click = sys.modules.get("click")
+    if click is None:
+        return (own[name],)
+    return own[name], getattr(click.exceptions, name)
 
 
 def _usage_error(exc: Exception) -> int:

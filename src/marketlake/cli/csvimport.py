@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketlake.cli.app import state
 from marketlake.cli.output import console, emit_json, show_table, stderr_isatty
@@ -80,6 +79,8 @@ def import_csv_command(
 
     Example: `marketlake import-csv aapl.csv --symbol AAPL --timeframe 1d`
     """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
     from marketlake.ingest.csv_import import import_csv
     from marketlake.quality.policy import QualityPolicy
 

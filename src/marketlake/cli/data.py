@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import asdict
 from datetime import datetime
 from enum import StrEnum
@@ -10,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from marketlake.cli.app import State, state
 from marketlake.cli.output import (
@@ -74,6 +72,10 @@ def ingest(
 
     Example: `marketlake ingest yahoo AAPL MSFT -t 1d --start 2024-01-01 --end 2024-07-01`
     """
+    import asyncio
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     from marketlake.providers import get_provider
     from marketlake.timeseries.times import resolve_range
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
@@ -85,6 +84,8 @@ def demo(
     mirror (`python -m marketlake.tools.mirror`) on loopback; alerts come from
     config/alert_rules.yml and P&L from config/portfolio.yml. Ctrl-C stops everything.
     """
+    import asyncio
+
     st = state(ctx)
     store = st.store
     from marketlake.schema import Instrument
@@ -236,6 +237,8 @@ def _mirror(timeout_s: float = 60.0) -> Iterator[tuple[str, str]]:
 def _top_up(st: State, settings: Any, since: datetime) -> None:
     """Today's minutes of the live symbols from the mirror's REST klines, so the chart
     runs on without a gap into the live candles."""
+    import asyncio
+
     from marketlake.ingest.jobs import run_ingest
     from marketlake.providers.binance.rest import BinanceProvider
 

@@ -44,12 +44,12 @@ def migrate(
 
     Example: `marketlake --store postgresql://postgres@localhost/marketlake migrate`
     """
-    from marketlake.store.postgres import PostgresStore
-    from marketlake.store.tables import SCHEMA_VERSION
+    from marketlake.store import is_postgres
+    from marketlake.store.catalogue import SCHEMA_VERSION
 
     st = state(ctx)
     uri = st.settings.store
-    if not PostgresStore.supports_uri(uri):
+    if not is_postgres(uri):
         version = st.store.schema_version()
         row = {"store": uri, "before": version, "after": version, "layout": "duckdb"}
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 from datetime import datetime
 from enum import StrEnum
@@ -258,6 +257,8 @@ def repair(
 
     Example: `marketlake repair AAPL -t 1m --provider synthetic`
     """
+    import asyncio
+
     from marketlake.ingest.repair import RepairResult, repair_gaps, source_provider
     from marketlake.providers import get_provider
     from marketlake.quality.policy import QualityPolicy

@@ -20,7 +20,6 @@ The answer of ``POST /api/v1/cli`` is a stream of frames: one byte (1 stdout,
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import os
@@ -322,6 +321,8 @@ async def stream_command(
 ) -> AsyncIterator[bytes]:
     """Run ``argv`` with ``run(argv, caller)`` (the CLI, which the server side passes in)
     in a thread, and yield its output as frames."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
     gone = threading.Event()  # the caller went away: the command finishes unheard

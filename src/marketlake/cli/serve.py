@@ -8,12 +8,8 @@ process only may open, this is how live data and the API run on one machine.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ipaddress
-import logging
 import os
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,13 +22,15 @@ from marketlake.cli.output import console
 from marketlake.errors import ConfigError, InputError, MarketLakeError
 
 if TYPE_CHECKING:
+    import asyncio
+    import socket
+
     from fastapi import FastAPI
 
     from marketlake.config import Settings
     from marketlake.store import Store
     from marketlake.stream.windows import Schedule
 
-log = logging.getLogger("marketlake.serve")
 GRACEFUL_SHUTDOWN_S = 5.0
 """Open streams (SSE) get this long to end after Ctrl-C before they are cut."""
 
@@ -155,6 +153,8 @@ def _attach_live(app: FastAPI, settings: Settings, live: Live, bus: Any) -> None
 
 @contextlib.asynccontextmanager
 async def _running(app: Any, settings: Settings, live: Live) -> AsyncIterator[None]:
+    import asyncio
+
     ctx = app.state.ctx
     stop = asyncio.Event()
     feed_task: asyncio.Task[Any] | None = None
@@ -195,13 +195,17 @@ async def _running(app: Any, settings: Settings, live: Live) -> AsyncIterator[No
 
 
 def _report_end(task: asyncio.Task[Any]) -> None:
+    import logging
+
     if task.cancelled():
         return
     exc = task.exception()
     if exc is not None:
         message = exc.message if isinstance(exc, MarketLakeError) else repr(exc)
         ours = isinstance(exc, MarketLakeError)
-        log.error("the live feed stopped: %s", message, exc_info=None if ours else exc)
+        logging.getLogger("marketlake.serve").error(
+            "the live feed stopped: %s", message, exc_info=None if ours else exc
+        )
 
 
 def _describe(settings: Settings, live: Live) -> None:
@@ -252,6 +256,8 @@ def app_from_env() -> FastAPI:
 
 def _bind(host: str, port: int) -> socket.socket:
     """A listening socket (port 0: a free one), so the URL is known before serving."""
+    import socket
+
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -269,6 +275,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _local_url(host: str, port: int) -> str | None:
     """The loopback URL other processes on this machine reach the server at, if any."""
+    import ipaddress
+
     if host in ("0.0.0.0", "", "::"):
         return f"http://127.0.0.1:{port}"
     try:

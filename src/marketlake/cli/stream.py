@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
@@ -71,6 +70,8 @@ def _metrics_server(port: int, *collectors: Any) -> None:
 def _reachable(bus: Any) -> None:
     """Refuse at start a Redis bus that does not answer (down, wrong port, bad db index):
     once running, a worker or feed rides out an outage, but a wrong URL is a mistake."""
+    import asyncio
+
     from marketlake.errors import BusError
     from marketlake.stream.bus.redis import RedisBus
 
@@ -117,6 +118,8 @@ def stream(
 
     Example: `marketlake stream binance BTCUSDT ETHUSDT --window 08:00-16:30`
     """
+    import asyncio
+
     from marketlake.stream.bus import MemoryBus, open_bus
     from marketlake.stream.live import feed_class, run_stream
     from marketlake.stream.prometheus import FeedCollector
@@ -197,6 +200,8 @@ def worker(
     Several workers share the load (one Redis consumer group); SIGTERM finishes the
     entries in flight, acknowledges them and exits.
     """
+    import asyncio
+
     from marketlake.stream.bus import MemoryBus, open_bus
     from marketlake.stream.bus.redis import RedisBus
     from marketlake.stream.prometheus import WorkerCollector, redis_backlog
@@ -264,6 +269,8 @@ def replay(
 
     Example: `marketlake replay BTCUSDT -t 1m --start 2024-03-04 --end 2024-03-05`
     """
+    import asyncio
+
     from marketlake.stream.replay import replay as replay_events
     from marketlake.timeseries.times import resolve_range
 
@@ -322,6 +329,8 @@ def metrics(
     as_json: AsJson = False,
 ) -> None:
     """Latest analytics per symbol, the live feeds' connection state and the portfolio."""
+    import asyncio
+
     from marketlake.stream.portfolio import Portfolio
 
     st = state(ctx)

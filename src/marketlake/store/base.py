@@ -7,7 +7,8 @@ for the auxiliary tables) is portable SQL on those primitives.
 
 SQL in this module uses ``?`` placeholders; backends translate them if their
 driver wants another style. Table and column names come only from the
-catalogue in :mod:`marketlake.store.tables`, never from user input.
+catalogue (:mod:`marketlake.store.catalogue`, the names of the tables of
+:mod:`marketlake.store.tables`), never from user input.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from marketlake.schema import (
     parse_time,
     utcnow,
 )
+from marketlake.store.catalogue import COLUMNS, PRIMARY_KEYS
 from marketlake.store.liveness import LIVE_STATUSES, Heartbeat, is_dead, this_owner
 from marketlake.store.merge import Group, split_groups
-from marketlake.store.tables import TABLES
 from marketlake.timeseries.adjust import ACTION_SCHEMA
 
 OnConflict = Literal["ignore", "replace"]
@@ -1094,9 +1095,9 @@ class Store(ABC):
 
     @staticmethod
     def _key_of(table: str) -> list[str]:
-        if table not in TABLES:
+        if table not in PRIMARY_KEYS:
             raise ValueError(f"unknown table {table!r}")
-        return [c.name for c in TABLES[table].primary_key.columns]
+        return list(PRIMARY_KEYS[table])
 
     @staticmethod
     def _insert_statements(
@@ -1147,9 +1148,9 @@ class Store(ABC):
 
 
 def _columns(table: str, values: dict[str, Any]) -> list[str]:
-    if table not in TABLES:
+    if table not in COLUMNS:
         raise ValueError(f"unknown table {table!r}")
-    known = TABLES[table].columns
+    known = COLUMNS[table]
     unknown = [c for c in values if c not in known]
     if unknown:
         raise ValueError(f"table {table!r} has no column(s) {unknown}")

@@ -15,14 +15,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.schema import CreateTable
 
 from marketlake.errors import ConfigError, StoreError, StoreLockedError, StoreVersionError
 from marketlake.schema import (
@@ -35,9 +32,13 @@ from marketlake.schema import (
 )
 from marketlake.store import duckdb_bars as layout
 from marketlake.store.base import OnConflict, Store, WriteResult, check_keys, check_on_conflict
+from marketlake.store.catalogue import SCHEMA_VERSION
+from marketlake.store.duckdb_bind import bound
 from marketlake.store.holder import lock_holder, path_of
 from marketlake.store.merge import Group, split_groups, ts_micros
-from marketlake.store.tables import SCHEMA_VERSION, metadata
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
 
 # Files a store URI must not name: DuckDB would read them as an empty in-memory database.
 DATA_FILE_SUFFIXES = frozenset(
@@ -104,7 +105,7 @@ class DuckDBStore(Store):
         with self._lock:
             self.generation += 1
             try:
-                result = self._con.execute(sql, list(params)).fetchall()
+                result = bound(self._con, sql, params).fetchall()
             except duckdb.Error as exc:
                 raise StoreError(f"DuckDB: {exc}") from exc
         if result and len(result) == 1 and len(result[0]) == 1 and isinstance(result[0][0], int):
@@ -114,7 +115,7 @@ class DuckDBStore(Store):
     def query(self, sql: str, params: Sequence[Any] = ()) -> pa.Table:
         with self._lock:
             try:
-                return self._con.execute(sql, list(params)).to_arrow_table()
+                return bound(self._con, sql, params).to_arrow_table()
             except duckdb.Error as exc:
                 raise StoreError(f"DuckDB: {exc}") from exc
 
@@ -176,7 +177,8 @@ class DuckDBStore(Store):
                 return
             with self.transaction():
                 self._create_tables()
-                self._con.execute(
+                bound(
+                    self._con,
                     "INSERT OR REPLACE INTO marketlake_meta VALUES ('schema_version', ?)",
                     [str(SCHEMA_VERSION)],
                 )
@@ -189,6 +191,12 @@ class DuckDBStore(Store):
         return bool(row and row[0])
 
     def _create_tables(self) -> None:
+        # SQLAlchemy (a quarter of a second to import) only to create or upgrade a store
+        from sqlalchemy.dialects import postgresql
+        from sqlalchemy.schema import CreateTable
+
+        from marketlake.store.tables import metadata
+
         for statement in layout.LAYOUT_DDL:
             self._con.execute(statement)
         if self._has_old_bars_table():
@@ -201,11 +209,14 @@ class DuckDBStore(Store):
             create = CreateTable(table, if_not_exists=True)
             ddl = create.compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
             self._con.execute(str(ddl))
-            self._add_missing_columns(table.name)
+            self._add_missing_columns(table)
 
-    def _add_missing_columns(self, name: str) -> None:
+    def _add_missing_columns(self, table: Table) -> None:
+        from sqlalchemy.dialects import postgresql
+
+        name = table.name
         have = {row[0] for row in self._con.execute(f"DESCRIBE {name}").fetchall()}
-        for column in metadata.tables[name].columns:
+        for column in table.columns:
             if column.name not in have:
                 sql_type = column.type.compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
                 self._con.execute(f'ALTER TABLE {name} ADD COLUMN "{column.name}" {sql_type}')
@@ -213,6 +224,8 @@ class DuckDBStore(Store):
     # -- bars -------------------------------------------------------------------------
 
     def write_bars(self, table: pa.Table, *, on_conflict: OnConflict = "ignore") -> WriteResult:
+        import pyarrow.compute as pc
+
         check_on_conflict(on_conflict)
         table = table if table.schema.equals(BAR_SCHEMA) else normalize_bars(table)
         if table.num_rows == 0:

@@ -25,10 +25,16 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from marketlake.schema import BAR_SCHEMA, BAR_VALUES, constant_column, from_epoch_us
+from marketlake.schema import (
+    BAR_SCHEMA,
+    BAR_VALUES,
+    constant_column,
+    from_epoch_us,
+    string_array,
+)
 from marketlake.store.base import OnConflict, WriteResult
+from marketlake.store.duckdb_bind import bound
 from marketlake.store.merge import (
     Array,
     Group,
@@ -129,12 +135,14 @@ class SeriesIds:
         src = self._sources.get(name)
         if src is None:
             src = max(self._sources.values(), default=-1) + 1
-            self._con.execute("INSERT INTO bar_sources VALUES (?, ?)", [src, name])
+            bound(self._con, "INSERT INTO bar_sources VALUES (?, ?)", [src, name])
             self._sources[name] = src
         return src
 
     def source_ids(self, column: pa.ChunkedArray) -> pa.Array:
         """A source name column as int32 ids."""
+        import pyarrow.compute as pc
+
         first = column[0].as_py()
         if pc.all(pc.equal(column, first)).as_py():
             return pa.array(np.full(len(column), self.source(first), dtype=np.int32))
@@ -148,7 +156,7 @@ class SeriesIds:
         names = [""] * (max(self._sources.values(), default=-1) + 1)
         for name, src in self._sources.items():
             names[src] = name
-        return pa.array(names, pa.string())
+        return string_array(names)
 
 
 def physical(rows: pa.Table, sid: int | pa.Array, src: pa.Array) -> pa.Table:
@@ -162,6 +170,8 @@ def physical(rows: pa.Table, sid: int | pa.Array, src: pa.Array) -> pa.Table:
 
 def canonical(rows: pa.Table, symbol: str, timeframe: str, sources: pa.Array) -> pa.Table:
     """``bar_data`` rows (ts, values, src) of one series as canonical bars."""
+    import pyarrow.compute as pc
+
     n = rows.num_rows
     src = rows.column("src").combine_chunks()
     bounds = pc.min_max(src).as_py()
@@ -296,6 +306,8 @@ def _replace(con: duckdb.DuckDBPyConnection, rows: pa.Table) -> None:
 
 def series_column(ids: SeriesIds, table: pa.Table) -> pa.Array:
     """The series id of every row of a canonical table (creating new series)."""
+    import pyarrow.compute as pc
+
     sym = pc.dictionary_encode(table.column("symbol").combine_chunks())
     tf = pc.dictionary_encode(table.column("timeframe").combine_chunks())
     symbols, timeframes = sym.dictionary.to_pylist(), tf.dictionary.to_pylist()

@@ -5,8 +5,10 @@ backend compiles the same definitions on open. Bars and trades carry no
 primary key here: each backend enforces their keys its own fastest way
 (an anti-join in DuckDB, a unique index in PostgreSQL).
 
-Adding a table or a column: add it here, bump :data:`SCHEMA_VERSION`, and add
-an Alembic revision under ``store/migrations/versions``.
+Adding a table or a column: add it here and in :mod:`marketlake.store.catalogue`
+(the plain names that commands use without importing SQLAlchemy), bump
+:data:`SCHEMA_VERSION` there, and add an Alembic revision under
+``store/migrations/versions``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 3
+from marketlake.store.catalogue import SCHEMA_VERSION
+
+__all__ = ["SCHEMA_VERSION", "TABLES", "metadata"]
 
 metadata = MetaData()
 

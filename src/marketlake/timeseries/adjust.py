@@ -23,7 +23,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from marketlake.schema import TS_TYPE, Instrument, Timeframe
 
@@ -98,6 +97,8 @@ def adjustment_factors(
     prev_closes: list[float | None],
 ) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Price and volume factors of every bar from the actions after it (see module doc)."""
+    import pyarrow.compute as pc
+
     ts_us = pc.cast(ts, pa.int64()).to_numpy(zero_copy_only=False)
     price = np.ones(len(ts_us))
     volume = np.ones(len(ts_us))
@@ -115,6 +116,8 @@ def adjust_bars(
     bars: pa.Table, price: np.ndarray[Any, Any], volume: np.ndarray[Any, Any]
 ) -> pa.Table:
     """``bars`` with prices (open, high, low, close, vwap) and volumes scaled by the factors."""
+    import pyarrow.compute as pc
+
     out = bars
     for name in _PRICES:
         index = out.schema.get_field_index(name)
