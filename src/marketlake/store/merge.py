@@ -24,7 +24,11 @@ Array = np.ndarray[Any, Any]
 def ts_micros(table: pa.Table) -> Array:
     """The ``ts`` column as int64 microseconds since the epoch (zero-copy when possible)."""
     column = table.column("ts")
-    array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return micros_of(column.chunk(0) if column.num_chunks == 1 else column.combine_chunks())
+
+
+def micros_of(array: pa.Array) -> Array:
+    """One time array as int64 microseconds since the epoch (zero-copy when possible)."""
     micros = array.cast(pa.int64())
     if micros.null_count == 0 and len(micros):  # a view of the buffer, as to_numpy makes,
         data = micros.buffers()[1]  # without pyarrow importing pandas (about 0.3 s) first
